@@ -1,1 +1,14 @@
+//! Strata: a caching edge server (CDN edge / reverse proxy) that reads STON-style
+//! configuration. A request flows `server` → `router` → `proxy` → `cache` → `origin` and
+//! back; `manage` is the operator's side door. See `design.md` in the shared docs.
 
+pub mod body;
+pub mod cache;
+pub mod config;
+pub mod log;
+pub mod manage;
+pub mod origin;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod stats;

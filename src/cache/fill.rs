@@ -1,0 +1,551 @@
+//! Single-flight fill: one origin read per object, fanned out to its sinks.
+//!
+//! The first miss on a key becomes the *leader*: it fetches from the origin and, if the
+//! answer may be stored, hands the body to a fill task. Concurrent misses become *waiters*.
+//! The fill task writes the body into the store chunk by chunk (the store is the primary
+//! sink: readers read what it holds) and keeps only the chunk in progress in memory, so
+//! memory stays bounded however many clients wait and however large the object is. Extra
+//! sinks (the backup pipe) receive every completed chunk after the store has it.
+//!
+//! A fill that breaks mid-body ends every reader with an error and leaves nothing behind.
+//! An answer that may not be stored releases the waiters to fetch on their own
+//! (hit-for-miss), so they never queue behind an uncacheable object.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use tokio::sync::{mpsc, watch};
+
+use crate::body::{self, Body, BoxError};
+use crate::cache::store::{NewObject, ObjectMeta, Store, StoreError};
+use crate::origin::OriginError;
+
+/// A boxed future, for the object-safe sink trait.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where a fill's bytes go besides the store and its readers (the backup pipe plugs in here).
+///
+/// A sink sees chunks in order and then either `finish` (the object is complete and its
+/// length checked) or `abort` (it is not; nothing may be committed). A sink that fails is
+/// dropped from the fill; it never slows or fails the clients.
+pub trait FillSink: Send {
+    /// A completed chunk: `index` × chunk size is its offset.
+    fn chunk(&mut self, index: u32, data: Bytes) -> BoxFuture<'_, Result<(), BoxError>>;
+    /// The object is complete and committed to the store as `meta`.
+    fn finish(&mut self, meta: Arc<ObjectMeta>) -> BoxFuture<'_, Result<(), BoxError>>;
+    /// The fill failed: discard everything received.
+    fn abort(&mut self, why: &str);
+}
+
+/// The progress of one fill, as its readers see it.
+#[derive(Clone)]
+pub enum FillState {
+    /// The leader is waiting for the origin's response head.
+    Pending,
+    /// The body is arriving: `written` bytes are readable (chunks in `meta`, the rest in the tail).
+    Streaming {
+        /// The store writer's latest snapshot.
+        meta: Arc<ObjectMeta>,
+        /// Bytes received so far.
+        written: u64,
+    },
+    /// The object is complete and committed.
+    Done(Arc<ObjectMeta>),
+    /// The answer may not be stored: fetch on your own (hit-for-miss).
+    Uncacheable,
+    /// The origin gave no answer.
+    OriginFailed(OriginError),
+    /// The body broke; every reader must fail.
+    Aborted(Arc<str>),
+}
+
+/// The chunk being filled, not yet in the store.
+struct Tail {
+    index: u32,
+    buf: BytesMut,
+}
+
+/// One in-flight fill.
+pub struct Fill {
+    /// The object's key.
+    pub key: String,
+    state: watch::Sender<FillState>,
+    tail: Mutex<Tail>,
+}
+
+impl Fill {
+    /// A receiver of this fill's state changes.
+    pub fn subscribe(&self) -> watch::Receiver<FillState> {
+        self.state.subscribe()
+    }
+
+    /// Waits until the fill is past `Pending` (or `timeout` passes) and returns its state.
+    pub async fn head(&self, timeout: Duration) -> Option<FillState> {
+        let mut rx = self.subscribe();
+        let wait = rx.wait_for(|s| !matches!(s, FillState::Pending));
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(s)) => Some(s.clone()),
+            // The sender is gone only if the leader vanished: treat as aborted.
+            Ok(Err(_)) => Some(FillState::Aborted("fill abandoned".into())),
+            Err(_) => None,
+        }
+    }
+
+    /// Copies `[start, end)` out of the tail if the tail holds chunk `index`.
+    fn read_tail(&self, index: u32, start: usize, end: usize) -> Option<Bytes> {
+        let t = self.tail.lock().ok()?;
+        (t.index == index && t.buf.len() >= end).then(|| Bytes::copy_from_slice(&t.buf[start..end]))
+    }
+}
+
+/// The table of in-flight fills, plus the short memory of uncacheable keys.
+#[derive(Default)]
+pub struct Fills {
+    inflight: Mutex<HashMap<String, Arc<Fill>>>,
+    /// Keys recently found uncacheable: misses on them go straight to the origin.
+    hit_for_miss: Mutex<HashMap<String, Instant>>,
+}
+
+/// What a miss becomes.
+pub enum Join {
+    /// You fetch; resolve the guard with the origin's answer.
+    Leader(FillGuard),
+    /// Someone already fetches; read from this fill.
+    Waiter(Arc<Fill>),
+    /// This key is known to be uncacheable: fetch on your own.
+    Bypass,
+}
+
+/// How long an uncacheable answer keeps its key out of collapsing.
+const HIT_FOR_MISS: Duration = Duration::from_secs(10);
+
+impl Fills {
+    /// Joins the fill of `key`, becoming its leader if there is none.
+    pub fn join(self: &Arc<Self>, key: &str) -> Join {
+        if let Ok(mut h) = self.hit_for_miss.lock()
+            && let Some(until) = h.get(key)
+        {
+            if Instant::now() < *until {
+                return Join::Bypass;
+            }
+            h.remove(key);
+        }
+        let Ok(mut map) = self.inflight.lock() else {
+            return Join::Bypass;
+        };
+        if let Some(f) = map.get(key) {
+            return Join::Waiter(f.clone());
+        }
+        let (tx, _) = watch::channel(FillState::Pending);
+        let fill = Arc::new(Fill {
+            key: key.to_string(),
+            state: tx,
+            tail: Mutex::new(Tail {
+                index: 0,
+                buf: BytesMut::new(),
+            }),
+        });
+        map.insert(key.to_string(), fill.clone());
+        Join::Leader(FillGuard {
+            fills: self.clone(),
+            fill: Some(fill),
+        })
+    }
+
+    /// Whether a fill of `key` is in flight.
+    pub fn is_filling(&self, key: &str) -> bool {
+        self.inflight.lock().map(|m| m.contains_key(key)).unwrap_or(false)
+    }
+
+    /// Number of fills in flight (for monitoring and tests).
+    pub fn len(&self) -> usize {
+        self.inflight.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether no fill is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn finish(&self, key: &str) {
+        if let Ok(mut m) = self.inflight.lock() {
+            m.remove(key);
+        }
+    }
+}
+
+/// The leader's handle: resolve it exactly once. Dropping it unresolved aborts the fill.
+pub struct FillGuard {
+    fills: Arc<Fills>,
+    fill: Option<Arc<Fill>>,
+}
+
+impl FillGuard {
+    /// The origin gave no answer: waiters see the error (they may serve stale or link on it).
+    pub fn fail(mut self, err: OriginError) {
+        if let Some(f) = self.fill.take() {
+            self.fills.finish(&f.key);
+            f.state.send_replace(FillState::OriginFailed(err));
+        }
+    }
+
+    /// The stored object was revalidated in place (304): waiters read `meta` from the store.
+    pub fn done(mut self, meta: Arc<ObjectMeta>) {
+        if let Some(f) = self.fill.take() {
+            self.fills.finish(&f.key);
+            f.state.send_replace(FillState::Done(meta));
+        }
+    }
+
+    /// The answer may not be stored: waiters fetch on their own, and so do later misses for a while.
+    pub fn uncacheable(mut self) {
+        if let Some(f) = self.fill.take() {
+            if let Ok(mut h) = self.fills.hit_for_miss.lock() {
+                h.retain(|_, until| Instant::now() < *until);
+                h.insert(f.key.clone(), Instant::now() + HIT_FOR_MISS);
+            }
+            self.fills.finish(&f.key);
+            f.state.send_replace(FillState::Uncacheable);
+        }
+    }
+
+    /// The answer is stored: spawns the fill task that writes `body` into `store` (and
+    /// `sinks`), and returns the fill to read from. The task runs on even if every client
+    /// goes away, so one disconnect never aborts the fill for the others.
+    pub async fn stream(
+        mut self,
+        store: Store,
+        object: NewObject,
+        body: Body,
+        sinks: Vec<Box<dyn FillSink>>,
+    ) -> Result<Arc<Fill>, StoreError> {
+        let Some(fill) = self.fill.take() else {
+            return Err(StoreError::Io(Arc::new(std::io::Error::other("fill already resolved"))));
+        };
+        let expected = object.total_len;
+        let writer = match store.begin(object).await {
+            Ok(w) => w,
+            Err(e) => {
+                self.fills.finish(&fill.key);
+                fill.state.send_replace(FillState::Uncacheable);
+                return Err(e);
+            }
+        };
+        fill.state.send_replace(FillState::Streaming {
+            meta: writer.meta(),
+            written: 0,
+        });
+        let task_fill = fill.clone();
+        let fills = self.fills.clone();
+        tokio::spawn(async move {
+            let result = run_fill(&task_fill, writer, body, expected, sinks).await;
+            fills.finish(&task_fill.key);
+            match result {
+                Ok(meta) => {
+                    task_fill.state.send_replace(FillState::Done(meta));
+                }
+                Err(why) => {
+                    tracing::warn!(key = %task_fill.key, %why, "fill aborted");
+                    task_fill.state.send_replace(FillState::Aborted(why.into()));
+                }
+            }
+        });
+        Ok(fill)
+    }
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        if let Some(f) = self.fill.take() {
+            self.fills.finish(&f.key);
+            f.state
+                .send_replace(FillState::Aborted("the fetching request went away".into()));
+        }
+    }
+}
+
+/// The fill task: origin body → tail → store chunks → sinks; commit when the length checks out.
+async fn run_fill(
+    fill: &Fill,
+    mut writer: crate::cache::store::ObjectWriter,
+    mut body: Body,
+    expected: Option<u64>,
+    mut sinks: Vec<Box<dyn FillSink>>,
+) -> Result<Arc<ObjectMeta>, String> {
+    let chunk_size = writer.meta().chunk_size as usize;
+    let mut written: u64 = 0;
+    let mut meta = writer.meta();
+    let abort_all = |sinks: &mut Vec<Box<dyn FillSink>>, why: &str| {
+        for s in sinks.iter_mut() {
+            s.abort(why);
+        }
+    };
+    loop {
+        let frame = match body.frame().await {
+            None => break,
+            Some(Err(e)) => {
+                let why = format!("origin body failed after {written} bytes: {e}");
+                abort_all(&mut sinks, &why);
+                writer.abort().await;
+                return Err(why);
+            }
+            Some(Ok(f)) => f,
+        };
+        let Ok(mut data) = frame.into_data() else {
+            continue; // trailers are not stored
+        };
+        if let Some(exp) = expected
+            && written + data.len() as u64 > exp
+        {
+            let why = format!("origin sent more than its Content-Length {exp}");
+            abort_all(&mut sinks, &why);
+            writer.abort().await;
+            return Err(why);
+        }
+        while !data.is_empty() {
+            let (index, full) = {
+                let Ok(mut t) = fill.tail.lock() else {
+                    return Err("tail lock poisoned".into());
+                };
+                let room = chunk_size - t.buf.len();
+                let take = room.min(data.len());
+                t.buf.extend_from_slice(&data.split_to(take));
+                written += take as u64;
+                (t.index, (t.buf.len() == chunk_size).then(|| t.buf.clone().freeze()))
+            };
+            match full {
+                Some(chunk) => {
+                    meta = flush_chunk(fill, &mut writer, &mut sinks, index, chunk, written).await?;
+                }
+                None => {
+                    fill.state.send_replace(FillState::Streaming {
+                        meta: meta.clone(),
+                        written,
+                    });
+                }
+            }
+        }
+    }
+    if let Some(exp) = expected
+        && written != exp
+    {
+        let why = format!("origin closed after {written} of {exp} bytes");
+        abort_all(&mut sinks, &why);
+        writer.abort().await;
+        return Err(why);
+    }
+    let last = {
+        let Ok(t) = fill.tail.lock() else {
+            return Err("tail lock poisoned".into());
+        };
+        (!t.buf.is_empty()).then(|| (t.index, t.buf.clone().freeze()))
+    };
+    if let Some((index, chunk)) = last {
+        flush_chunk(fill, &mut writer, &mut sinks, index, chunk, written).await?;
+    }
+    let meta = match writer.commit(written).await {
+        Ok(m) => m,
+        Err(e) => {
+            let why = format!("commit failed: {e}");
+            abort_all(&mut sinks, &why);
+            return Err(why);
+        }
+    };
+    for mut s in sinks {
+        if let Err(e) = s.finish(meta.clone()).await {
+            tracing::warn!(key = %fill.key, error = %e, "fill sink failed to finish");
+        }
+    }
+    Ok(meta)
+}
+
+/// Writes a completed chunk to the store, publishes it, then moves the tail on and feeds the sinks.
+async fn flush_chunk(
+    fill: &Fill,
+    writer: &mut crate::cache::store::ObjectWriter,
+    sinks: &mut Vec<Box<dyn FillSink>>,
+    index: u32,
+    chunk: Bytes,
+    written: u64,
+) -> Result<Arc<ObjectMeta>, String> {
+    let meta = match writer.write_chunk(index, chunk.clone()).await {
+        Ok(m) => m,
+        Err(e) => {
+            let why = format!("store write failed: {e}");
+            for s in sinks.iter_mut() {
+                s.abort(&why);
+            }
+            return Err(why);
+        }
+    };
+    // Publish the snapshot that holds the chunk before the tail lets go of it, so a reader
+    // always finds the bytes in one place or the other.
+    fill.state.send_replace(FillState::Streaming {
+        meta: meta.clone(),
+        written,
+    });
+    if let Ok(mut t) = fill.tail.lock()
+        && t.index == index
+    {
+        t.index += 1;
+        t.buf.clear();
+    }
+    let mut keep = Vec::with_capacity(sinks.len());
+    for mut s in sinks.drain(..) {
+        match s.chunk(index, chunk.clone()).await {
+            Ok(()) => keep.push(s),
+            Err(e) => {
+                tracing::warn!(key = %fill.key, error = %e, "fill sink dropped");
+                s.abort("sink failed");
+            }
+        }
+    }
+    *sinks = keep;
+    Ok(meta)
+}
+
+/// Where a reader's bytes come from.
+#[derive(Clone)]
+pub enum Source {
+    /// A committed object.
+    Stored(Arc<ObjectMeta>),
+    /// An object still filling.
+    Filling(Arc<Fill>),
+}
+
+/// Streams bytes `[start, end]` (inclusive) of `source` as a body. Chunks come from the
+/// store, the part not yet written from the fill's tail; the channel is bounded, so a slow
+/// client holds at most a couple of chunks. Any failure ends the body with an error.
+pub fn stream_range(store: Store, source: Source, start: u64, end: u64) -> Body {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, BoxError>>(2);
+    tokio::spawn(async move {
+        if let Err(e) = pump(&store, source, start, end, &tx).await {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    body::from_channel(rx)
+}
+
+/// Upper bound of one message on a reader's channel.
+const SLICE: u64 = 256 * 1024;
+
+async fn pump(
+    store: &Store,
+    source: Source,
+    start: u64,
+    end: u64,
+    tx: &mpsc::Sender<Result<Bytes, BoxError>>,
+) -> Result<(), BoxError> {
+    let mut pos = start;
+    match source {
+        Source::Stored(meta) => {
+            while pos <= end {
+                let sent = send_from_store(store, &meta, pos, end, tx).await?;
+                if sent == 0 {
+                    return Ok(()); // client went away
+                }
+                pos += sent;
+            }
+            Ok(())
+        }
+        Source::Filling(fill) => {
+            let mut rx = fill.subscribe();
+            loop {
+                let state = rx.borrow_and_update().clone();
+                let (meta, available, done) = match state {
+                    FillState::Pending => (None, 0, false),
+                    FillState::Streaming { meta, written } => (Some(meta), written, false),
+                    FillState::Done(meta) => {
+                        let len = meta.total_len.unwrap_or(0);
+                        (Some(meta), len, true)
+                    }
+                    FillState::Aborted(why) => return Err(format!("fill aborted: {why}").into()),
+                    FillState::OriginFailed(e) => return Err(Box::new(e)),
+                    FillState::Uncacheable => return Err("fill became uncacheable".into()),
+                };
+                if let Some(meta) = meta {
+                    while pos <= end && pos < available {
+                        let cs = meta.chunk_size as u64;
+                        let index = (pos / cs) as u32;
+                        if meta.has_chunk(index) {
+                            let sent = send_from_store(store, &meta, pos, end, tx).await?;
+                            if sent == 0 {
+                                return Ok(());
+                            }
+                            pos += sent;
+                            continue;
+                        }
+                        let chunk_start = index as u64 * cs;
+                        let upto = available.min(end + 1).min(chunk_start + cs);
+                        match fill.read_tail(index, (pos - chunk_start) as usize, (upto - chunk_start) as usize) {
+                            Some(bytes) => {
+                                let n = bytes.len() as u64;
+                                if tx.send(Ok(bytes)).await.is_err() {
+                                    return Ok(());
+                                }
+                                pos += n;
+                            }
+                            // The chunk moved from the tail into the store: take a fresh snapshot.
+                            None => break,
+                        }
+                    }
+                }
+                if pos > end || (done && pos >= available) {
+                    if pos <= end {
+                        return Err("object shorter than the requested range".into());
+                    }
+                    return Ok(());
+                }
+                if !matches!(*rx.borrow(), FillState::Pending) && rx.has_changed().unwrap_or(false) {
+                    continue;
+                }
+                if rx.changed().await.is_err() {
+                    // Sender dropped after a final state: loop once more to read it.
+                    let last = rx.borrow().clone();
+                    if !matches!(last, FillState::Done(_)) {
+                        return Err("fill ended without completing".into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends the part of the chunk holding `pos` (up to `end`) from the store; returns bytes sent
+/// (0 = the client went away).
+async fn send_from_store(
+    store: &Store,
+    meta: &ObjectMeta,
+    pos: u64,
+    end: u64,
+    tx: &mpsc::Sender<Result<Bytes, BoxError>>,
+) -> Result<u64, BoxError> {
+    let cs = meta.chunk_size as u64;
+    let index = (pos / cs) as u32;
+    let chunk = store
+        .read_chunk(meta, index)
+        .await
+        .map_err(|e| Box::new(e) as BoxError)?;
+    let chunk_start = index as u64 * cs;
+    let from = (pos - chunk_start) as usize;
+    let to = ((end + 1 - chunk_start) as usize).min(chunk.len());
+    if from >= to {
+        return Err("stored chunk shorter than its object".into());
+    }
+    let mut sent = 0u64;
+    let mut at = from;
+    while at < to {
+        let next = (at + SLICE as usize).min(to);
+        if tx.send(Ok(chunk.slice(at..next))).await.is_err() {
+            return Ok(0);
+        }
+        sent += (next - at) as u64;
+        at = next;
+    }
+    Ok(sent)
+}

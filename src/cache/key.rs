@@ -1,0 +1,173 @@
+//! The cache key: vhost + normalised path (+ query per `ApplyQueryString`), so equivalent
+//! URLs share one object. `Range` never enters the key: every range of an object is served
+//! from the same chunks.
+//!
+//! The key reads like STON's purge targets (`foo.com/img/a.jpg?x=1`), which is what makes
+//! purge by URL, directory and `*` pattern a plain match over keys.
+
+/// How a vhost builds keys (from `<Options>`).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRules {
+    /// `<CaseSensitive>`: OFF lower-cases path and query.
+    pub case_sensitive: bool,
+    /// `<ApplyQueryString>`: OFF drops the query.
+    pub apply_query_string: bool,
+}
+
+/// Separates a primary key from its `Vary` variant suffix; never appears in a URL.
+pub const VARIANT_SEPARATOR: char = '\u{0}';
+
+/// Builds the primary key of `path_and_query` on `vhost`.
+pub fn cache_key(vhost: &str, path_and_query: &str, rules: KeyRules) -> String {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let mut key = String::with_capacity(vhost.len() + path_and_query.len() + 1);
+    key.push_str(&vhost.to_ascii_lowercase());
+    key.push_str(&normalize_path(path));
+    if rules.apply_query_string
+        && let Some(q) = query
+        && !q.is_empty()
+    {
+        key.push('?');
+        key.push_str(&normalize_escapes(q));
+    }
+    if !rules.case_sensitive {
+        key.make_ascii_lowercase();
+    }
+    key
+}
+
+/// The key of one variant of `primary` (the normalised values of the `Vary` fields).
+pub fn variant_key(primary: &str, variant: &str) -> String {
+    let mut k = String::with_capacity(primary.len() + variant.len() + 1);
+    k.push_str(primary);
+    k.push(VARIANT_SEPARATOR);
+    k.push_str(variant);
+    k
+}
+
+/// The primary key a stored key belongs to (strips a variant suffix).
+pub fn primary_of(key: &str) -> &str {
+    key.split(VARIANT_SEPARATOR).next().unwrap_or(key)
+}
+
+/// Normalises a path: decodes escapes of unreserved characters, upper-cases the other
+/// escapes, and removes dot-segments (RFC 3986 §5.2.4), always starting with `/`.
+pub fn normalize_path(path: &str) -> String {
+    let decoded = normalize_escapes(path);
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded.split('/').collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, seg) in segments.iter().enumerate() {
+        match *seg {
+            "." => {
+                if i == last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                if out.len() > 1 {
+                    out.pop();
+                }
+                if i == last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    let mut joined = out.join("/");
+    if !joined.starts_with('/') {
+        joined.insert(0, '/');
+    }
+    joined
+}
+
+/// Decodes `%XX` of unreserved characters (ALPHA, DIGIT, `-._~`) and upper-cases the hex of
+/// the others (RFC 3986 §6.2.2), leaving malformed escapes as they are.
+fn normalize_escapes(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            let c = h * 16 + l;
+            if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                out.push(c as char);
+            } else {
+                out.push('%');
+                out.push(b[i + 1].to_ascii_uppercase() as char);
+                out.push(b[i + 2].to_ascii_uppercase() as char);
+            }
+            i += 3;
+            continue;
+        }
+        // Multi-byte UTF-8 is copied through unchanged.
+        let ch_len = utf8_len(b[i]);
+        out.push_str(s.get(i..i + ch_len).unwrap_or(""));
+        i += ch_len.max(1);
+    }
+    out
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0x00..=0x7f => 1,
+        0xc0..=0xdf => 2,
+        0xe0..=0xef => 3,
+        _ => 4,
+    }
+}
+
+fn hex(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STD: KeyRules = KeyRules {
+        case_sensitive: true,
+        apply_query_string: true,
+    };
+
+    #[test]
+    fn rfc3986_6_2_2_normalisation() {
+        assert_eq!(cache_key("Foo.COM", "/a/%7Euser/%41.txt", STD), "foo.com/a/~user/A.txt");
+        assert_eq!(cache_key("foo.com", "/a%2fb", STD), "foo.com/a%2Fb");
+        assert_eq!(cache_key("foo.com", "/a/./b/../c", STD), "foo.com/a/c");
+        assert_eq!(cache_key("foo.com", "/../../x", STD), "foo.com/x");
+        assert_eq!(cache_key("foo.com", "/a/b/..", STD), "foo.com/a/");
+        assert_eq!(cache_key("foo.com", "/%zz", STD), "foo.com/%zz");
+        assert_eq!(cache_key("foo.com", "/日本", STD), "foo.com/日本");
+    }
+
+    #[test]
+    fn query_and_case_rules() {
+        assert_eq!(cache_key("h", "/A?x=1", STD), "h/A?x=1");
+        let noq = KeyRules {
+            apply_query_string: false,
+            ..STD
+        };
+        assert_eq!(cache_key("h", "/A?x=1", noq), "h/A");
+        let nocase = KeyRules {
+            case_sensitive: false,
+            ..STD
+        };
+        assert_eq!(cache_key("h", "/A?X=1", nocase), "h/a?x=1");
+        assert_eq!(cache_key("h", "/a?", STD), "h/a");
+    }
+
+    #[test]
+    fn variants_share_their_primary() {
+        let k = variant_key("h/a", "gzip");
+        assert_eq!(primary_of(&k), "h/a");
+        assert_eq!(primary_of("h/a"), "h/a");
+    }
+}

@@ -1,0 +1,226 @@
+//! The compact in-memory index of every committed object, keyed by the key's 128-bit hash.
+//!
+//! One [`Entry`] per object says which version is current, where it lives (disk, memory) and
+//! what it weighs, plus the per-tier S3-FIFO state. Bodies and metas are not held here (the
+//! memory tier hangs off the entry), so an entry costs ~90 bytes plus the key.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+use super::memory::MemObject;
+use super::s3fifo::{FifoKey, FifoNode, Nodes};
+
+/// The 128-bit xxh3 hash of a cache key; names the object's files and keys the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct KeyHash {
+    pub hi: u64,
+    pub lo: u64,
+}
+
+impl KeyHash {
+    /// Hash of `key`.
+    pub fn of(key: &str) -> KeyHash {
+        let h = xxhash_rust::xxh3::xxh3_128(key.as_bytes());
+        KeyHash {
+            hi: (h >> 64) as u64,
+            lo: h as u64,
+        }
+    }
+
+    /// 32 lowercase hex digits, the stem of the object's file names.
+    pub fn hex(&self) -> String {
+        format!("{:016x}{:016x}", self.hi, self.lo)
+    }
+
+    /// Parses [`Self::hex`] back.
+    pub fn from_hex(s: &str) -> Option<KeyHash> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let hi = u64::from_str_radix(&s[..16], 16).ok()?;
+        let lo = u64::from_str_radix(&s[16..], 16).ok()?;
+        Some(KeyHash { hi, lo })
+    }
+
+    /// The fan-out directory (0..=255) holding the object's files.
+    pub fn subdir(&self) -> u8 {
+        (self.hi >> 56) as u8
+    }
+}
+
+impl Hash for KeyHash {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Already uniformly distributed: one word is all a table needs.
+        state.write_u64(self.lo);
+    }
+}
+
+impl FifoKey for KeyHash {
+    fn fingerprint(&self) -> u64 {
+        self.lo
+    }
+}
+
+/// Near pass-through hasher for keys that are already hashes or counters (skips SipHash on
+/// the hot path).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached by keys that are not single words; fold them in (FNV-1a).
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        // A multiply spreads sequential values (write versions) into the high bits the table
+        // also uses; random hashes stay random.
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// Marker for "not on any disk" in [`Entry::disk`].
+pub(crate) const NO_DISK: u8 = u8::MAX;
+
+/// What the store knows about one committed object.
+pub(crate) struct Entry {
+    /// The full key (hash collisions are told apart by it, and purge-by-pattern lists it).
+    pub key: Box<str>,
+    /// The current committed version.
+    pub version: u64,
+    /// Body bytes held (sum of present chunk lengths).
+    pub size: u64,
+    /// Bytes charged to the disk quota (0 when memory-only).
+    pub disk_bytes: u64,
+    /// The memory tier's copy (meta, and the chunks that are resident).
+    pub mem: Option<Box<MemObject>>,
+    /// Memory-tier policy state.
+    pub mem_node: FifoNode,
+    /// Disk-tier policy state.
+    pub disk_node: FifoNode,
+    /// Chunk slots of the version (files `0..chunk_count` may exist).
+    pub chunk_count: u32,
+    /// Disk index, or [`NO_DISK`].
+    pub disk: u8,
+    /// Chunk 0 is stored inside the `.meta` file rather than in a chunk file.
+    pub inline0: bool,
+}
+
+impl Entry {
+    /// The disk holding the object, if any.
+    pub fn disk(&self) -> Option<u8> {
+        (self.disk != NO_DISK).then_some(self.disk)
+    }
+
+    /// Weight of the memory-tier copy (0 when not resident).
+    pub fn mem_weight(&self) -> u64 {
+        self.mem.as_ref().map_or(0, |m| m.weight)
+    }
+}
+
+type Map = HashMap<KeyHash, Entry, BuildHasherDefault<IdHasher>>;
+
+/// All committed objects.
+#[derive(Default)]
+pub(crate) struct Index {
+    map: Map,
+    key_bytes: usize,
+}
+
+impl Index {
+    /// Entry of `hash`.
+    pub fn get(&self, hash: &KeyHash) -> Option<&Entry> {
+        self.map.get(hash)
+    }
+
+    /// Mutable entry of `hash`.
+    pub fn get_mut(&mut self, hash: &KeyHash) -> Option<&mut Entry> {
+        self.map.get_mut(hash)
+    }
+
+    /// Adds or replaces; returns the replaced entry.
+    pub fn insert(&mut self, hash: KeyHash, entry: Entry) -> Option<Entry> {
+        self.key_bytes += entry.key.len();
+        let old = self.map.insert(hash, entry);
+        if let Some(o) = &old {
+            self.key_bytes -= o.key.len();
+        }
+        old
+    }
+
+    /// Removes and returns the entry.
+    pub fn remove(&mut self, hash: &KeyHash) -> Option<Entry> {
+        let old = self.map.remove(hash);
+        if let Some(o) = &old {
+            self.key_bytes -= o.key.len();
+        }
+        old
+    }
+
+    /// Number of objects.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// All entries.
+    pub fn iter(&self) -> impl Iterator<Item = (&KeyHash, &Entry)> {
+        self.map.iter()
+    }
+
+    /// Approximate bytes of the index itself: table slots, control bytes and key strings
+    /// (with an allocator overhead of 16 bytes each). Memory-tier copies are not included.
+    pub fn heap_bytes(&self) -> u64 {
+        let slot = size_of::<(KeyHash, Entry)>() + 1;
+        (self.map.capacity() * slot + self.key_bytes + self.map.len() * 16) as u64
+    }
+}
+
+/// The index seen as the memory tier's policy nodes.
+pub(crate) struct MemNodes<'a>(pub &'a mut Index);
+
+impl Nodes<KeyHash> for MemNodes<'_> {
+    fn node(&mut self, key: KeyHash) -> Option<(&mut FifoNode, u64)> {
+        let e = self.0.map.get_mut(&key)?;
+        let w = e.mem_weight();
+        Some((&mut e.mem_node, w))
+    }
+}
+
+/// The index seen as one disk's policy nodes.
+pub(crate) struct DiskNodes<'a>(pub &'a mut Index);
+
+impl Nodes<KeyHash> for DiskNodes<'_> {
+    fn node(&mut self, key: KeyHash) -> Option<(&mut FifoNode, u64)> {
+        let e = self.0.map.get_mut(&key)?;
+        Some((&mut e.disk_node, e.disk_bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        let h = KeyHash::of("example.com/a/b.jpg");
+        let s = h.hex();
+        assert_eq!(s.len(), 32);
+        assert_eq!(KeyHash::from_hex(&s), Some(h));
+        assert_eq!(KeyHash::from_hex("zz"), None);
+        assert_eq!(u8::from_str_radix(&s[..2], 16).ok(), Some(h.subdir()));
+    }
+
+    #[test]
+    fn entry_is_compact() {
+        // The per-object budget is 200 bytes including the key; keep the fixed part small.
+        assert!(
+            size_of::<(KeyHash, Entry)>() <= 96,
+            "{}",
+            size_of::<(KeyHash, Entry)>()
+        );
+    }
+}

@@ -1,0 +1,525 @@
+//! Object metadata — what the store knows about one cached object — and its on-disk encoding.
+//!
+//! An object is a response (status, headers, times) plus a body cut into fixed-size chunks;
+//! only the last chunk may be short. The meta records which chunks are held and the CRC-32 of
+//! each, so a partially stored object (a Range fill) knows exactly which bytes it can serve.
+
+use std::ops::Range;
+
+use super::error::StoreError;
+
+/// Presence of one chunk of an object.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChunkSlot {
+    /// Not stored: never written, or outside what a partial fill fetched.
+    #[default]
+    Absent,
+    /// Stored; `crc` is the CRC-32 of the chunk's bytes, checked on every disk read.
+    Present {
+        /// CRC-32 (IEEE) of the chunk's bytes.
+        crc: u32,
+    },
+}
+
+/// Everything the store keeps about one version of one object, except the body.
+///
+/// Readers get it as `Arc<ObjectMeta>` from [`super::Store::lookup`] or from an in-progress
+/// writer; it is an immutable snapshot. Chunk presence is private so that only the store can
+/// claim bytes are held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// The full cache key.
+    pub key: String,
+    /// Unique per write, also across restarts; chunk files carry it in their name so chunks of
+    /// two versions never mix.
+    pub version: u64,
+    /// HTTP status of the stored response.
+    pub status: u16,
+    /// Response headers, in order, values as raw bytes.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// When the request that fetched this response was sent (unix millis).
+    pub request_time_ms: u64,
+    /// When the response arrived (unix millis).
+    pub response_time_ms: u64,
+    /// Set by purge/expire commands: the object counts as expired at this time (unix millis).
+    pub expires_override_ms: Option<u64>,
+    /// Body length, when known (always known once committed).
+    pub total_len: Option<u64>,
+    /// Size of every chunk but the last.
+    pub chunk_size: u32,
+    /// All chunks `0..chunk_count` are present.
+    pub complete: bool,
+    pub(super) chunks: Vec<ChunkSlot>,
+    /// Disk holding this version's files (`None`: memory only). Not encoded: it is where the
+    /// file was found.
+    pub(super) disk: Option<u8>,
+}
+
+/// What a caller knows about a response when it starts storing it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewObject {
+    /// The full cache key.
+    pub key: String,
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// When the request was sent (unix millis).
+    pub request_time_ms: u64,
+    /// When the response arrived (unix millis).
+    pub response_time_ms: u64,
+    /// Body length if known in advance (Content-Length).
+    pub total_len: Option<u64>,
+}
+
+impl ObjectMeta {
+    /// A meta with no chunks held yet; `total_len`, when known, sizes the chunk table.
+    pub(super) fn new(obj: NewObject, version: u64, chunk_size: u32, disk: Option<u8>) -> Self {
+        let mut meta = ObjectMeta {
+            key: obj.key,
+            version,
+            status: obj.status,
+            headers: obj.headers,
+            request_time_ms: obj.request_time_ms,
+            response_time_ms: obj.response_time_ms,
+            expires_override_ms: None,
+            total_len: obj.total_len,
+            chunk_size,
+            complete: false,
+            chunks: Vec::new(),
+            disk,
+        };
+        if let Some(n) = meta.chunk_count() {
+            meta.chunks = vec![ChunkSlot::Absent; n as usize];
+        }
+        meta
+    }
+
+    /// Number of chunks of the whole body; `None` while the length is unknown.
+    pub fn chunk_count(&self) -> Option<u32> {
+        let total = self.total_len?;
+        u32::try_from(total.div_ceil(u64::from(self.chunk_size.max(1)))).ok()
+    }
+
+    /// Whether chunk `i` is stored.
+    pub fn has_chunk(&self, i: u32) -> bool {
+        self.chunk_crc(i).is_some()
+    }
+
+    /// The CRC-32 of chunk `i`, if stored.
+    pub fn chunk_crc(&self, i: u32) -> Option<u32> {
+        match self.chunks.get(i as usize) {
+            Some(ChunkSlot::Present { crc }) => Some(*crc),
+            _ => None,
+        }
+    }
+
+    /// Presence of every chunk slot known so far.
+    pub fn chunk_slots(&self) -> &[ChunkSlot] {
+        &self.chunks
+    }
+
+    /// Byte offsets of chunk `i` as a half-open range `(start, end_exclusive)`. While the total
+    /// length is unknown every chunk is assumed full.
+    pub fn chunk_range(&self, i: u32) -> (u64, u64) {
+        let cs = u64::from(self.chunk_size);
+        let start = u64::from(i) * cs;
+        let end = start + cs;
+        match self.total_len {
+            Some(total) => (start.min(total), end.min(total)),
+            None => (start, end),
+        }
+    }
+
+    /// Length in bytes of chunk `i`.
+    pub fn chunk_len(&self, i: u32) -> u64 {
+        let (s, e) = self.chunk_range(i);
+        e - s
+    }
+
+    /// Whether every byte of `start..=end_inclusive` is stored (and inside the body).
+    pub fn has_range(&self, start: u64, end_inclusive: u64) -> bool {
+        if start > end_inclusive || self.chunk_size == 0 {
+            return false;
+        }
+        if let Some(total) = self.total_len
+            && end_inclusive >= total
+        {
+            return false;
+        }
+        let cs = u64::from(self.chunk_size);
+        let (first, last) = (start / cs, end_inclusive / cs);
+        (first..=last).all(|i| u32::try_from(i).is_ok_and(|i| self.has_chunk(i)))
+    }
+
+    /// The byte ranges held, merged, as half-open ranges in ascending order.
+    pub fn byte_ranges_held(&self) -> Vec<Range<u64>> {
+        let mut out: Vec<Range<u64>> = Vec::new();
+        for (i, slot) in self.chunks.iter().enumerate() {
+            if !matches!(slot, ChunkSlot::Present { .. }) {
+                continue;
+            }
+            let (s, e) = self.chunk_range(i as u32);
+            match out.last_mut() {
+                Some(last) if last.end == s => last.end = e,
+                _ => out.push(s..e),
+            }
+        }
+        out
+    }
+
+    /// Body bytes held (sum of the lengths of the present chunks).
+    pub fn held_bytes(&self) -> u64 {
+        (0..self.chunks.len() as u32)
+            .filter(|&i| self.has_chunk(i))
+            .map(|i| self.chunk_len(i))
+            .sum()
+    }
+
+    /// Whether every chunk of the (known-length) body is present.
+    pub(super) fn all_present(&self) -> bool {
+        self.chunk_count()
+            .is_some_and(|n| self.chunks.len() == n as usize && (0..n).all(|i| self.has_chunk(i)))
+    }
+
+    /// Rough heap + inline size, for memory accounting.
+    pub(super) fn approx_bytes(&self) -> u64 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 48)
+            .sum();
+        (size_of::<ObjectMeta>() + self.key.len() + headers + self.chunks.len() * 8 + 64) as u64
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding of a `.meta` file:
+//
+//   magic "STRMETA1" | meta_len u32 | meta_crc u32 | inline_len u32 | inline_crc u32 |
+//   meta section (meta_len bytes) | inline body (inline_len bytes, chunk 0, optional)
+//
+// All integers little-endian. Both sections carry a CRC, so a torn or bit-rotted file is
+// rejected rather than served; the header is fixed-size so the background index rebuild reads
+// only the meta section and skips an inline body.
+
+/// Magic opening every `.meta` file.
+const META_MAGIC: &[u8; 8] = b"STRMETA1";
+/// Length of the fixed header of a `.meta` file.
+pub(super) const META_HEADER_LEN: usize = 24;
+
+const FLAG_COMPLETE: u8 = 1;
+const FLAG_TOTAL: u8 = 2;
+const FLAG_EXPIRES: u8 = 4;
+
+/// The fixed header of a `.meta` file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct MetaHeader {
+    pub meta_len: u32,
+    pub meta_crc: u32,
+    pub inline_len: u32,
+    pub inline_crc: u32,
+}
+
+impl MetaHeader {
+    /// Length of the whole file this header describes.
+    pub fn file_len(&self) -> u64 {
+        META_HEADER_LEN as u64 + u64::from(self.meta_len) + u64::from(self.inline_len)
+    }
+}
+
+/// Encodes a whole `.meta` file, with chunk 0 inline when `inline` is given.
+pub(super) fn encode_meta_file(meta: &ObjectMeta, inline: Option<&[u8]>) -> Vec<u8> {
+    let body = encode_meta_section(meta);
+    let inline = inline.unwrap_or(&[]);
+    let mut out = Vec::with_capacity(META_HEADER_LEN + body.len() + inline.len());
+    out.extend_from_slice(META_MAGIC);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&(inline.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(inline).to_le_bytes());
+    out.extend_from_slice(&body);
+    out.extend_from_slice(inline);
+    out
+}
+
+fn encode_meta_section(m: &ObjectMeta) -> Vec<u8> {
+    let mut b = Vec::with_capacity(128 + m.key.len() + m.chunks.len() * 5);
+    b.extend_from_slice(&m.version.to_le_bytes());
+    b.extend_from_slice(&m.status.to_le_bytes());
+    let mut flags = 0;
+    if m.complete {
+        flags |= FLAG_COMPLETE;
+    }
+    if m.total_len.is_some() {
+        flags |= FLAG_TOTAL;
+    }
+    if m.expires_override_ms.is_some() {
+        flags |= FLAG_EXPIRES;
+    }
+    b.push(flags);
+    b.extend_from_slice(&m.request_time_ms.to_le_bytes());
+    b.extend_from_slice(&m.response_time_ms.to_le_bytes());
+    b.extend_from_slice(&m.expires_override_ms.unwrap_or(0).to_le_bytes());
+    b.extend_from_slice(&m.total_len.unwrap_or(0).to_le_bytes());
+    b.extend_from_slice(&m.chunk_size.to_le_bytes());
+    b.extend_from_slice(&(m.key.len() as u32).to_le_bytes());
+    b.extend_from_slice(m.key.as_bytes());
+    b.extend_from_slice(&(m.headers.len() as u32).to_le_bytes());
+    for (name, value) in &m.headers {
+        // Header names longer than 64 KiB are not HTTP; truncation keeps the encoding valid.
+        let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
+        b.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        b.extend_from_slice(name);
+        b.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        b.extend_from_slice(value);
+    }
+    b.extend_from_slice(&(m.chunks.len() as u32).to_le_bytes());
+    let mut bitmap = vec![0u8; m.chunks.len().div_ceil(8)];
+    for (i, slot) in m.chunks.iter().enumerate() {
+        if let ChunkSlot::Present { .. } = slot {
+            bitmap[i / 8] |= 1 << (i % 8);
+        }
+    }
+    b.extend_from_slice(&bitmap);
+    for slot in &m.chunks {
+        if let ChunkSlot::Present { crc } = slot {
+            b.extend_from_slice(&crc.to_le_bytes());
+        }
+    }
+    b
+}
+
+/// Parses the fixed header of a `.meta` file.
+pub(super) fn decode_meta_header(buf: &[u8]) -> Result<MetaHeader, StoreError> {
+    if buf.len() < META_HEADER_LEN || &buf[..8] != META_MAGIC {
+        return Err(StoreError::Corrupt);
+    }
+    let mut r = Reader {
+        buf: &buf[8..META_HEADER_LEN],
+    };
+    Ok(MetaHeader {
+        meta_len: r.u32()?,
+        meta_crc: r.u32()?,
+        inline_len: r.u32()?,
+        inline_crc: r.u32()?,
+    })
+}
+
+/// Decodes and validates a meta section (the bytes after the header), checking its CRC.
+pub(super) fn decode_meta_section(
+    header: &MetaHeader,
+    section: &[u8],
+) -> Result<ObjectMeta, StoreError> {
+    if section.len() != header.meta_len as usize || crc32fast::hash(section) != header.meta_crc {
+        return Err(StoreError::Corrupt);
+    }
+    let mut r = Reader { buf: section };
+    let version = r.u64()?;
+    let status = r.u16()?;
+    let flags = r.u8()?;
+    let request_time_ms = r.u64()?;
+    let response_time_ms = r.u64()?;
+    let expires = r.u64()?;
+    let total = r.u64()?;
+    let chunk_size = r.u32()?;
+    let key_len = r.u32()? as usize;
+    let key = String::from_utf8(r.take(key_len)?.to_vec()).map_err(|_| StoreError::Corrupt)?;
+    let n_headers = r.u32()? as usize;
+    let mut headers = Vec::with_capacity(n_headers.min(1024));
+    for _ in 0..n_headers {
+        let nl = r.u16()? as usize;
+        let name = String::from_utf8(r.take(nl)?.to_vec()).map_err(|_| StoreError::Corrupt)?;
+        let vl = r.u32()? as usize;
+        headers.push((name, r.take(vl)?.to_vec()));
+    }
+    let n_chunks = r.u32()? as usize;
+    let bitmap = r.take(n_chunks.div_ceil(8))?.to_vec();
+    let mut chunks = Vec::with_capacity(n_chunks);
+    for i in 0..n_chunks {
+        if bitmap[i / 8] & (1 << (i % 8)) != 0 {
+            chunks.push(ChunkSlot::Present { crc: r.u32()? });
+        } else {
+            chunks.push(ChunkSlot::Absent);
+        }
+    }
+    if !r.buf.is_empty() || chunk_size == 0 {
+        return Err(StoreError::Corrupt);
+    }
+    let meta = ObjectMeta {
+        key,
+        version,
+        status,
+        headers,
+        request_time_ms,
+        response_time_ms,
+        expires_override_ms: (flags & FLAG_EXPIRES != 0).then_some(expires),
+        total_len: (flags & FLAG_TOTAL != 0).then_some(total),
+        chunk_size,
+        complete: flags & FLAG_COMPLETE != 0,
+        chunks,
+        disk: None,
+    };
+    // A committed meta always knows its length and has a slot per chunk; `complete` is a
+    // promise that every chunk is there. Anything else was not written by us.
+    let consistent = meta
+        .chunk_count()
+        .is_some_and(|n| n as usize == meta.chunks.len())
+        && (!meta.complete || meta.all_present());
+    if !consistent {
+        return Err(StoreError::Corrupt);
+    }
+    Ok(meta)
+}
+
+/// Decodes a whole `.meta` file: the meta and, when present, the inline chunk 0 (CRC-checked
+/// against both the file header and the meta's chunk table).
+pub(super) fn decode_meta_file(buf: &[u8]) -> Result<(ObjectMeta, Option<&[u8]>), StoreError> {
+    let header = decode_meta_header(buf)?;
+    if buf.len() as u64 != header.file_len() {
+        return Err(StoreError::Corrupt);
+    }
+    let meta_end = META_HEADER_LEN + header.meta_len as usize;
+    let meta = decode_meta_section(&header, &buf[META_HEADER_LEN..meta_end])?;
+    if header.inline_len == 0 {
+        return Ok((meta, None));
+    }
+    let inline = &buf[meta_end..];
+    let crc = crc32fast::hash(inline);
+    if crc != header.inline_crc
+        || meta.chunk_crc(0) != Some(crc)
+        || meta.chunk_len(0) != inline.len() as u64
+    {
+        return Err(StoreError::Corrupt);
+    }
+    Ok((meta, Some(inline)))
+}
+
+/// Bounds-checked little-endian reader: malformed input becomes `Corrupt`, never a panic.
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if self.buf.len() < n {
+            return Err(StoreError::Corrupt);
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, StoreError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, StoreError> {
+        let mut a = [0; 2];
+        a.copy_from_slice(self.take(2)?);
+        Ok(u16::from_le_bytes(a))
+    }
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        let mut a = [0; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(a))
+    }
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        let mut a = [0; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(total: Option<u64>) -> ObjectMeta {
+        ObjectMeta::new(
+            NewObject {
+                key: "vhost/path?q=1".into(),
+                status: 200,
+                headers: vec![("content-type".into(), b"text/plain".to_vec())],
+                request_time_ms: 10,
+                response_time_ms: 20,
+                total_len: total,
+            },
+            7,
+            100,
+            None,
+        )
+    }
+
+    #[test]
+    fn chunk_geometry() {
+        let mut m = sample(Some(250));
+        assert_eq!(m.chunk_count(), Some(3));
+        assert_eq!(m.chunk_range(0), (0, 100));
+        assert_eq!(m.chunk_range(2), (200, 250));
+        assert_eq!(m.chunk_len(2), 50);
+        m.chunks[0] = ChunkSlot::Present { crc: 1 };
+        m.chunks[2] = ChunkSlot::Present { crc: 3 };
+        assert!(m.has_range(0, 99));
+        assert!(!m.has_range(0, 100));
+        assert!(m.has_range(200, 249));
+        assert!(!m.has_range(200, 250));
+        assert_eq!(m.byte_ranges_held(), vec![0..100, 200..250]);
+        assert_eq!(m.held_bytes(), 150);
+        m.chunks[1] = ChunkSlot::Present { crc: 2 };
+        assert_eq!(m.byte_ranges_held(), vec![0..250]);
+        assert!(m.all_present());
+    }
+
+    #[test]
+    fn empty_body_has_no_chunks() {
+        let m = sample(Some(0));
+        assert_eq!(m.chunk_count(), Some(0));
+        assert!(m.all_present());
+        assert!(m.byte_ranges_held().is_empty());
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let mut m = sample(Some(150));
+        m.chunks[0] = ChunkSlot::Present {
+            crc: crc32fast::hash(&[1u8; 100]),
+        };
+        m.chunks[1] = ChunkSlot::Present { crc: 0xdead_beef };
+        m.complete = true;
+        m.expires_override_ms = Some(99);
+        let inline = [1u8; 100];
+        let file = encode_meta_file(&m, Some(&inline));
+        let (back, inl) = decode_meta_file(&file).expect("decodes");
+        assert_eq!(back, m);
+        assert_eq!(inl, Some(&inline[..]));
+
+        let file = encode_meta_file(&m, None);
+        let (back, inl) = decode_meta_file(&file).expect("decodes");
+        assert_eq!(back, m);
+        assert_eq!(inl, None);
+    }
+
+    #[test]
+    fn any_flipped_byte_is_rejected() {
+        let mut m = sample(Some(100));
+        let body = [7u8; 100];
+        m.chunks[0] = ChunkSlot::Present {
+            crc: crc32fast::hash(&body),
+        };
+        m.complete = true;
+        let file = encode_meta_file(&m, Some(&body));
+        for i in 0..file.len() {
+            let mut bad = file.clone();
+            bad[i] ^= 0x40;
+            assert!(decode_meta_file(&bad).is_err(), "flip at {i} accepted");
+        }
+        assert!(decode_meta_file(&file[..file.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn complete_without_all_chunks_is_rejected() {
+        let mut m = sample(Some(150));
+        m.complete = true;
+        let file = encode_meta_file(&m, None);
+        assert!(decode_meta_file(&file).is_err());
+    }
+}

@@ -1,0 +1,265 @@
+//! The access log: one line per client request in STON's W3C-style form, written when the
+//! response body ends (or is abandoned), so `sc-bytes` is what was really sent.
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use hyper::body::{Body as _, Frame};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use crate::body::{Body, BoxError};
+
+/// STON/Squid cache result codes (`sc-cachehit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    /// Served fresh from the cache.
+    Hit,
+    /// Waited on an in-flight fill of the same object.
+    RtHit,
+    /// Answered 304 from the cache to a conditional request.
+    ImsHit,
+    /// Revalidated with the origin (304) and served from the cache.
+    RefreshHit,
+    /// Stale served because revalidation failed.
+    RefFailHit,
+    /// A cached negative (4xx/5xx) answer.
+    NegativeHit,
+    /// Fetched from the origin.
+    Miss,
+    /// Revalidated and the origin sent a new object.
+    RefMiss,
+    /// Not cacheable or bypassed: passed through.
+    ClientRefreshMiss,
+    /// The origin failed and nothing could be served.
+    Error,
+    /// Refused (no vhost, loop, ACL).
+    Denied,
+}
+
+impl CacheResult {
+    /// The code as written in the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "TCP_HIT",
+            CacheResult::RtHit => "TCP_RT_HIT",
+            CacheResult::ImsHit => "TCP_IMS_HIT",
+            CacheResult::RefreshHit => "TCP_REFRESH_HIT",
+            CacheResult::RefFailHit => "TCP_REF_FAIL_HIT",
+            CacheResult::NegativeHit => "TCP_NEGATIVE_HIT",
+            CacheResult::Miss => "TCP_MISS",
+            CacheResult::RefMiss => "TCP_REF_MISS",
+            CacheResult::ClientRefreshMiss => "TCP_CLIENT_REFRESH_MISS",
+            CacheResult::Error => "TCP_ERROR",
+            CacheResult::Denied => "TCP_DENIED",
+        }
+    }
+
+    /// Whether this counts as a hit for the hit ratio.
+    pub fn is_hit(self) -> bool {
+        matches!(
+            self,
+            CacheResult::Hit
+                | CacheResult::RtHit
+                | CacheResult::ImsHit
+                | CacheResult::RefreshHit
+                | CacheResult::RefFailHit
+                | CacheResult::NegativeHit
+        )
+    }
+}
+
+/// What one access-log line records, filled in as the request goes.
+#[derive(Debug, Clone)]
+pub struct AccessEntry {
+    /// Vhost the client asked for (`-` when none matched).
+    pub vhost: String,
+    /// Method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// Query (without `?`), or `-`.
+    pub query: String,
+    /// Server port.
+    pub port: u16,
+    /// Client IP.
+    pub client: String,
+    /// User-Agent or `-`.
+    pub user_agent: String,
+    /// Referer or `-`.
+    pub referer: String,
+    /// Range or `-`.
+    pub range: String,
+    /// Status sent.
+    pub status: u16,
+    /// Cache result.
+    pub result: CacheResult,
+    /// The chain of linked vhosts (`foo.com+bar.com`), `-` when not linked.
+    pub vhostlink: String,
+    /// Content-Length sent, if any.
+    pub content_length: Option<u64>,
+    /// When the request arrived.
+    pub started: Instant,
+}
+
+/// The access log writer; cheap to clone. A disabled log drops entries.
+#[derive(Clone, Default)]
+pub struct AccessLog {
+    tx: Option<mpsc::UnboundedSender<String>>,
+}
+
+impl AccessLog {
+    /// Opens `dir/access.log` for appending and starts its writer task.
+    pub async fn open(dir: &Path) -> std::io::Result<AccessLog> {
+        tokio::fs::create_dir_all(dir).await?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("access.log"))
+            .await?;
+        file.write_all(b"#Fields: date time s-ip cs-method cs-uri-stem cs-uri-query s-port cs-username c-ip cs(User-Agent) sc-status sc-bytes time-taken cs-referer sc-resinfo cs-range sc-cachehit cs-acceptencoding session-id sc-content-length x-vhostlink x-vhost\n").await?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                let mut batch = line;
+                // Write what has queued up in one call: logging must not cost a syscall per hit.
+                while let Ok(more) = rx.try_recv() {
+                    batch.push_str(&more);
+                    if batch.len() > 64 * 1024 {
+                        break;
+                    }
+                }
+                if let Err(e) = file.write_all(batch.as_bytes()).await {
+                    tracing::warn!(error = %e, "access log write failed");
+                }
+            }
+            let _ = file.flush().await;
+        });
+        Ok(AccessLog { tx: Some(tx) })
+    }
+
+    /// Whether lines are written at all.
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    fn write(&self, e: &AccessEntry, bytes: u64, completed: bool) {
+        let Some(tx) = &self.tx else { return };
+        let now = httpdate::fmt_http_date(SystemTime::now());
+        let taken = e.started.elapsed().as_millis();
+        let (status, bytes) = if completed || bytes > 0 { (e.status, bytes) } else { (0, 0) };
+        let line = format!(
+            "{now} - {} {} {} {} - {} {} {} {} {} {} - {} {} - - {} {} {}\n",
+            e.method,
+            dash(&e.path),
+            dash(&e.query),
+            e.port,
+            e.client,
+            dash(&e.user_agent).replace(' ', "+"),
+            status,
+            bytes,
+            taken,
+            dash(&e.referer),
+            dash(&e.range),
+            e.result.as_str(),
+            e.content_length.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            dash(&e.vhostlink),
+            dash(&e.vhost),
+        );
+        let _ = tx.send(line);
+    }
+}
+
+fn dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
+/// Wraps a response body: counts bytes sent and writes the log line when it ends or drops.
+pub struct LoggedBody {
+    inner: Body,
+    entry: Option<Box<AccessEntry>>,
+    log: AccessLog,
+    bytes: u64,
+    done: bool,
+    on_end: Option<Arc<dyn Fn(&AccessEntry, u64) + Send + Sync>>,
+}
+
+impl LoggedBody {
+    /// Wraps `inner`; `on_end` (stats) runs with the entry and bytes when the body ends.
+    pub fn new(
+        inner: Body,
+        entry: AccessEntry,
+        log: AccessLog,
+        on_end: Option<Arc<dyn Fn(&AccessEntry, u64) + Send + Sync>>,
+    ) -> LoggedBody {
+        LoggedBody {
+            inner,
+            entry: Some(Box::new(entry)),
+            log,
+            bytes: 0,
+            done: false,
+            on_end,
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(e) = self.entry.take() {
+            self.log.write(&e, self.bytes, self.done);
+            if let Some(f) = &self.on_end {
+                f(&e, self.bytes);
+            }
+        }
+    }
+}
+
+impl hyper::body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.done = true;
+                    this.finish();
+                }
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                this.finish();
+            }
+            Poll::Ready(Some(Err(_))) => this.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        if self.inner.is_end_stream() {
+            self.done = true;
+        }
+        self.finish();
+    }
+}

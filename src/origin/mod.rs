@@ -1,0 +1,405 @@
+//! The origin pool of one vhost: its addresses, the balance choice (RoundRobin, Session,
+//! Hash), health (exclusion and recovery by probing, `Address2` standby), timeouts and
+//! retries. The proxy hands it a request; it returns the origin's response or why none came.
+
+pub mod client;
+pub mod file;
+pub mod health;
+pub mod resolve;
+pub mod ring;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{self, Body};
+use crate::config::{BalanceMode, OriginAddress, OriginOptions, OriginScheme, Retry, Vhost};
+use client::{HttpClient, TimeoutBody};
+use health::{AddressHealth, HealthPolicy, Transition};
+use ring::Ring;
+
+/// Why the origin gave no response. Every variant is what STON's link condition `fail` means.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OriginError {
+    /// Every address is excluded (or there are none).
+    #[error("no usable origin address (all excluded)")]
+    Unavailable,
+    /// Could not connect (refused, unreachable, DNS, or past `ConnectTimeout`).
+    #[error("cannot connect to origin {0}")]
+    Connect(String),
+    /// Connected, but no response head within `ReceiveTimeout`.
+    #[error("origin {0} sent no response within ReceiveTimeout")]
+    Timeout(String),
+    /// The connection broke or the origin spoke broken HTTP.
+    #[error("origin {0}: {1}")]
+    Protocol(String, String),
+}
+
+/// What the proxy asks of the pool.
+pub struct OriginRequest {
+    /// Method sent upstream.
+    pub method: Method,
+    /// Path and query as requested by the client (the address's path prefix is added here).
+    pub path_and_query: String,
+    /// Headers to send (already stripped of hop-by-hop; Host is set by the pool).
+    pub headers: HeaderMap,
+    /// Request body; None = empty (GET/HEAD), which also makes the request replayable.
+    pub body: Option<Body>,
+    /// What the Hash balance hashes: the object's cache key (never a block number).
+    pub balance_key: String,
+    /// Client address, for the Session balance.
+    pub client_ip: IpAddr,
+    /// The client's Host header, for `<OriginOptions><Host>*</Host>`.
+    pub client_host: Option<String>,
+}
+
+/// The body-less part of a request: shared by reference across retries (a body is not `Sync`).
+struct Head {
+    method: Method,
+    path_and_query: String,
+    headers: HeaderMap,
+    client_host: Option<String>,
+}
+
+/// One address and its health.
+struct Slot {
+    addr: OriginAddress,
+    health: Mutex<AddressHealth>,
+}
+
+/// The origin pool of one vhost.
+pub struct OriginPool {
+    vhost_name: String,
+    /// Active addresses.
+    active: Vec<Slot>,
+    /// `<Address2>` standbys.
+    standby: Vec<Slot>,
+    ring: Ring,
+    rr: AtomicUsize,
+    opts: OriginOptions,
+    policy: HealthPolicy,
+    client: HttpClient,
+    /// Directory the config was loaded from (relative `file://` roots resolve here).
+    conf_dir: PathBuf,
+}
+
+impl OriginPool {
+    /// Builds the pool of `vhost` with a shared client configuration.
+    pub fn new(vhost: &Vhost, client: HttpClient, conf_dir: PathBuf) -> OriginPool {
+        let slot = |a: &OriginAddress| Slot {
+            addr: a.clone(),
+            health: Mutex::new(AddressHealth::new()),
+        };
+        let names: Vec<String> = vhost.origin.addresses.iter().map(|a| a.raw.clone()).collect();
+        let opts = vhost.origin_options.clone();
+        OriginPool {
+            vhost_name: vhost.name.clone(),
+            active: vhost.origin.addresses.iter().map(slot).collect(),
+            standby: vhost.origin.standby.iter().map(slot).collect(),
+            ring: Ring::new(&names),
+            rr: AtomicUsize::new(0),
+            policy: HealthPolicy {
+                exclusion: opts.exclusion,
+                recovery: opts.recovery.count,
+                cycle: opts.recovery.cycle,
+                probe_status: opts.recovery.res_codes.clone(),
+            },
+            opts,
+            client,
+            conf_dir,
+        }
+    }
+
+    /// The receive timeout, for callers that read the body themselves.
+    pub fn receive_timeout(&self) -> Duration {
+        self.opts.receive_timeout
+    }
+
+    /// Addresses in the order they should be tried for this request.
+    fn candidates(&self, req: &OriginRequest) -> Vec<&Slot> {
+        let usable = |s: &Slot| s.health.lock().map(|h| h.is_usable()).unwrap_or(true);
+        let n = self.active.len();
+        let mut order: Vec<usize> = Vec::with_capacity(n);
+        let first = match self.opts.balance {
+            BalanceMode::Hash => self
+                .ring
+                .pick(req.balance_key.as_bytes(), |i| usable(&self.active[i])),
+            BalanceMode::Session => {
+                let ok: Vec<usize> = (0..n).filter(|&i| usable(&self.active[i])).collect();
+                (!ok.is_empty()).then(|| ok[ip_hash(req.client_ip) % ok.len()])
+            }
+            BalanceMode::RoundRobin => {
+                let start = self.rr.fetch_add(1, Ordering::Relaxed);
+                (0..n).map(|k| (start + k) % n.max(1)).find(|&i| usable(&self.active[i]))
+            }
+        };
+        if let Some(f) = first {
+            order.push(f);
+            // Retries go to the next usable addresses after the first choice.
+            order.extend((1..n).map(|k| (f + k) % n).filter(|&i| usable(&self.active[i])));
+        }
+        let mut out: Vec<&Slot> = order.into_iter().map(|i| &self.active[i]).collect();
+        // Standbys replace failed actives only.
+        if out.len() < n {
+            out.extend(self.standby.iter().filter(|s| usable(s)));
+        }
+        out
+    }
+
+    /// Sends `req` to the origin, trying further addresses as STON's rules allow: a
+    /// connection that fails before any response byte always moves to the next address;
+    /// other failures are retried only as `<Retry>` says, and only for body-less requests.
+    pub async fn send(&self, req: OriginRequest) -> Result<Response<Body>, OriginError> {
+        let candidates = self.candidates(&req);
+        let mut body = req.body;
+        let head = Head {
+            method: req.method,
+            path_and_query: req.path_and_query,
+            headers: req.headers,
+            client_host: req.client_host,
+        };
+        if candidates.is_empty() {
+            return Err(OriginError::Unavailable);
+        }
+        let retry_budget = match self.opts.retry {
+            Retry::All => usize::MAX,
+            Retry::Count(n) => n as usize,
+        };
+        let mut retries_used = 0usize;
+        let mut last = OriginError::Unavailable;
+        let replayable = body.is_none();
+        for slot in candidates {
+            match self.send_once(slot, &head, body.take()).await {
+                Ok(resp) => {
+                    self.record(slot, true);
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    self.record(slot, false);
+                    let connect_failure = matches!(e, OriginError::Connect(_));
+                    last = e;
+                    if !replayable {
+                        break;
+                    }
+                    if !connect_failure {
+                        if retries_used >= retry_budget {
+                            break;
+                        }
+                        retries_used += 1;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// One attempt against one address.
+    async fn send_once(
+        &self,
+        slot: &Slot,
+        req: &Head,
+        body: Option<Body>,
+    ) -> Result<Response<Body>, OriginError> {
+        let addr = &slot.addr;
+        if addr.scheme == OriginScheme::File {
+            let root = self.conf_dir.join(&addr.path);
+            let range = req.headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+            return Ok(file::serve(&root, &req.method, &req.path_and_query, range).await);
+        }
+        let uri = upstream_uri(addr, &req.path_and_query)
+            .map_err(|e| OriginError::Protocol(addr.raw.clone(), e))?;
+        let mut builder = Request::builder().method(req.method.clone()).uri(uri);
+        if let Some(h) = builder.headers_mut() {
+            *h = req.headers.clone();
+            let host = host_header(&self.opts, addr, req.client_host.as_deref(), &self.vhost_name);
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                h.insert(header::HOST, v);
+            }
+        }
+        let request = builder
+            .body(body.unwrap_or_else(body::empty))
+            .map_err(|e| OriginError::Protocol(addr.raw.clone(), e.to_string()))?;
+        let timeout = self.opts.receive_timeout;
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Err(_) => Err(OriginError::Timeout(addr.raw.clone())),
+            Ok(Err(e)) if e.is_connect() => Err(OriginError::Connect(format!("{}: {e}", addr.raw))),
+            Ok(Err(e)) => Err(OriginError::Protocol(addr.raw.clone(), error_chain(&e))),
+            Ok(Ok(resp)) => Ok(resp.map(|b| {
+                use http_body_util::BodyExt;
+                TimeoutBody::new(body::incoming(b), timeout).boxed_unsync()
+            })),
+        }
+    }
+
+    /// Feeds a transaction's outcome into the address's health.
+    fn record(&self, slot: &Slot, ok: bool) {
+        let Ok(mut h) = slot.health.lock() else { return };
+        if ok {
+            h.on_success();
+        } else if h.on_failure(&self.policy, Instant::now()) == Transition::Excluded {
+            tracing::warn!(vhost = %self.vhost_name, address = %slot.addr.raw, "origin address excluded");
+        }
+    }
+
+    /// Health of each address, for `/monitoring/origin`: (address, usable, standby?).
+    pub fn status(&self) -> Vec<(String, bool, bool)> {
+        let row = |s: &Slot, standby| {
+            let ok = s.health.lock().map(|h| h.is_usable()).unwrap_or(true);
+            (s.addr.raw.clone(), ok, standby)
+        };
+        self.active
+            .iter()
+            .map(|s| row(s, false))
+            .chain(self.standby.iter().map(|s| row(s, true)))
+            .collect()
+    }
+
+    /// Re-admits every address (`/command/resetorigin`).
+    pub fn reset(&self) {
+        for s in self.active.iter().chain(&self.standby) {
+            if let Ok(mut h) = s.health.lock() {
+                h.reset();
+            }
+        }
+    }
+
+    /// Probes excluded addresses every second until `stop`, re-admitting them per `<Recovery>`.
+    pub async fn run_recovery(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            for slot in self.active.iter().chain(&self.standby) {
+                let due = slot
+                    .health
+                    .lock()
+                    .map(|mut h| h.start_probe(&self.policy, Instant::now()))
+                    .unwrap_or(false);
+                if !due {
+                    continue;
+                }
+                let status = self.probe(slot).await;
+                if let Ok(mut h) = slot.health.lock()
+                    && h.on_probe_result(&self.policy, status, Instant::now()) == Transition::Recovered
+                {
+                    tracing::info!(vhost = %self.vhost_name, address = %slot.addr.raw, "origin address recovered");
+                }
+            }
+        }
+    }
+
+    /// One recovery probe: the status of `GET <Recovery Uri>`, or None when it failed.
+    async fn probe(&self, slot: &Slot) -> Option<u16> {
+        let req = Head {
+            method: Method::GET,
+            path_and_query: self.opts.recovery.uri.clone(),
+            headers: HeaderMap::new(),
+            client_host: None,
+        };
+        let resp = self.send_once(slot, &req, None).await.ok()?;
+        Some(resp.status().as_u16())
+    }
+}
+
+/// The URI sent upstream: scheme and authority of the address, its path prefix, then the request's.
+fn upstream_uri(addr: &OriginAddress, path_and_query: &str) -> Result<Uri, String> {
+    let scheme = if addr.scheme == OriginScheme::Https { "https" } else { "http" };
+    let default_port = if addr.scheme == OriginScheme::Https { 443 } else { 80 };
+    let authority = if addr.port == default_port {
+        addr.host.clone()
+    } else {
+        format!("{}:{}", addr.host, addr.port)
+    };
+    format!("{scheme}://{authority}{}{path_and_query}", addr.path)
+        .parse::<Uri>()
+        .map_err(|e| e.to_string())
+}
+
+/// The Host header STON sends: `<OriginOptions><Host>` if set (`*` passes the client's), else
+/// the address's domain (with `:port` unless 80), else the vhost's name.
+pub fn host_header(
+    opts: &OriginOptions,
+    addr: &OriginAddress,
+    client_host: Option<&str>,
+    vhost_name: &str,
+) -> String {
+    match opts.host.as_deref() {
+        Some("*") => client_host.unwrap_or(vhost_name).to_string(),
+        Some(h) => h.to_string(),
+        None if addr.host_is_name() => {
+            if addr.port == 80 {
+                addr.host.clone()
+            } else {
+                format!("{}:{}", addr.host, addr.port)
+            }
+        }
+        None => vhost_name.to_string(),
+    }
+}
+
+fn ip_hash(ip: IpAddr) -> usize {
+    let bytes = match ip {
+        IpAddr::V4(v) => v.octets().to_vec(),
+        IpAddr::V6(v) => v.octets().to_vec(),
+    };
+    xxhash_rust::xxh3::xxh3_64(&bytes) as usize
+}
+
+/// The error and its causes on one line (hyper's errors hide the useful part in `source`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(host: &str, port: u16) -> OriginAddress {
+        OriginAddress {
+            raw: format!("{host}:{port}"),
+            scheme: OriginScheme::Http,
+            host: host.into(),
+            port,
+            path: String::new(),
+        }
+    }
+
+    #[test]
+    fn host_header_follows_ston() {
+        let mut o = OriginOptions::default();
+        let name = addr("parent-1.example.com", 80);
+        let name_port = addr("parent-1.example.com", 8080);
+        let ip = addr("10.0.0.1", 80);
+        assert_eq!(host_header(&o, &name, Some("www.a.com"), "v"), "parent-1.example.com");
+        assert_eq!(host_header(&o, &name_port, None, "v"), "parent-1.example.com:8080");
+        assert_eq!(host_header(&o, &ip, Some("www.a.com"), "v"), "v");
+        o.host = Some("*".into());
+        assert_eq!(host_header(&o, &ip, Some("www.a.com"), "v"), "www.a.com");
+        o.host = Some("fixed.example".into());
+        assert_eq!(host_header(&o, &name, Some("www.a.com"), "v"), "fixed.example");
+    }
+
+    #[test]
+    fn upstream_uri_keeps_prefix_and_default_port() {
+        let mut a = addr("example.com", 80);
+        a.path = "/base".into();
+        assert_eq!(upstream_uri(&a, "/x?y=1").unwrap().to_string(), "http://example.com/base/x?y=1");
+        let b = addr("10.0.0.1", 8080);
+        assert_eq!(upstream_uri(&b, "/").unwrap().to_string(), "http://10.0.0.1:8080/");
+    }
+}

@@ -1,0 +1,537 @@
+//! The request path: route the Host to a vhost, look the object up in the cache, fill it
+//! from the origin once, and answer — the flow of design.md, top to bottom.
+//!
+//! `handle` is the only entry point. Policy (what may be stored, for how long, whether a
+//! stored answer may be reused) comes from `cache::policy`; storage from `cache::store`;
+//! collapsing from `cache::fill`; origins from `origin`. This module decides the order.
+
+pub mod forward;
+pub mod respond;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::body::{self, Body};
+use crate::cache::fill::{FillState, Fills, Join};
+use crate::cache::key::{self, KeyRules};
+use crate::cache::policy::{self, PolicyOptions, ResponseFacts, Reuse};
+use crate::cache::store::{NewObject, ObjectMeta, Store};
+use crate::config::{Config, Vhost};
+use crate::log::{AccessEntry, AccessLog, CacheResult, LoggedBody};
+use crate::origin::{OriginError, OriginPool, OriginRequest};
+use crate::router::{self, Router};
+use crate::stats::Stats;
+use forward::Hop;
+use respond::Reply;
+
+/// One vhost, ready to serve: its config, origin pool and derived rules.
+pub struct VhostRuntime {
+    /// The vhost's configuration.
+    pub cfg: Vhost,
+    /// Its origin pool.
+    pub pool: Arc<OriginPool>,
+    /// How its cache keys are built.
+    pub key_rules: KeyRules,
+    /// Its caching policy options.
+    pub policy: PolicyOptions,
+    /// Our `Via` entry, None when `<ViaHeader>` is OFF.
+    pub via: Option<HeaderValue>,
+}
+
+/// Everything derived from one configuration; replaced whole on reload.
+pub struct Runtime {
+    /// The configuration.
+    pub cfg: Arc<Config>,
+    /// Host → vhost.
+    pub router: Router,
+    /// Vhosts in config order (indices match the router's).
+    pub vhosts: Vec<VhostRuntime>,
+    /// Our Via / CDN-Loop identity.
+    pub hop: Hop,
+}
+
+/// The proxy: the current runtime plus what outlives reloads (store, fills, log, stats).
+pub struct Proxy {
+    /// The current runtime (swapped on reload).
+    pub runtime: ArcSwap<Runtime>,
+    /// The object store.
+    pub store: Store,
+    /// In-flight fills.
+    pub fills: Arc<Fills>,
+    /// Access log.
+    pub log: AccessLog,
+    /// Per-vhost counters.
+    pub stats: Arc<Stats>,
+}
+
+/// What the request path knows about the client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// Client address.
+    pub addr: SocketAddr,
+    /// Local port it connected to.
+    pub local_port: u16,
+}
+
+/// The part of the request every step needs.
+struct Ctx<'a> {
+    rt: &'a Runtime,
+    vh: &'a VhostRuntime,
+    method: Method,
+    path_and_query: String,
+    headers: HeaderMap,
+    peer: Peer,
+    client_host: Option<String>,
+}
+
+impl Proxy {
+    /// Answers one client request. Never fails: every problem becomes an HTTP answer.
+    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+        let started = Instant::now();
+        let rt = self.runtime.load_full();
+        let (parts, incoming) = req.into_parts();
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let mut entry = AccessEntry {
+            vhost: String::new(),
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().unwrap_or("").to_string(),
+            port: peer.local_port,
+            client: peer.addr.ip().to_string(),
+            user_agent: header_str(&parts.headers, header::USER_AGENT),
+            referer: header_str(&parts.headers, header::REFERER),
+            range: header_str(&parts.headers, header::RANGE),
+            status: 0,
+            result: CacheResult::Denied,
+            vhostlink: String::new(),
+            content_length: None,
+            started,
+        };
+
+        let Some(vi) = rt.router.route(host.as_deref()) else {
+            let shown = host.as_deref().map(router::normalize_host).unwrap_or_default();
+            let msg = format!("no virtual host is configured for Host \"{shown}\" (and no <Default>)\n");
+            return self.finish(respond::error(StatusCode::NOT_FOUND, &msg), entry, None);
+        };
+        let vh = &rt.vhosts[vi];
+        entry.vhost = vh.cfg.name.clone();
+
+        // RFC 8586: a request that already went through us (or through too many CDNs) is not
+        // forwarded again, so two instances can never bounce it forever.
+        let (ours, total) = forward::loop_count(&parts.headers, &rt.hop.cdn_loop);
+        if ours > 0 || total as u32 >= rt.cfg.server.max_cdn_loop_hops {
+            let msg = "loop detected: this request already passed through this server (CDN-Loop)\n";
+            return self.finish(respond::error(StatusCode::LOOP_DETECTED, msg), entry, Some(vi));
+        }
+
+        let ctx = Ctx {
+            rt: &rt,
+            vh,
+            method: parts.method.clone(),
+            path_and_query,
+            headers: parts.headers,
+            peer,
+            client_host: host,
+        };
+
+        let cacheable_method = (ctx.method == Method::GET || ctx.method == Method::HEAD)
+            && !vh.cfg.options.bypass.get;
+        let reply = if cacheable_method {
+            self.cached(&ctx).await
+        } else {
+            self.pass_through(&ctx, Some(incoming)).await
+        };
+        entry.result = reply.result;
+        self.finish(reply.response, entry, Some(vi))
+    }
+
+    /// Wraps the response so the access log and stats see how it ended.
+    fn finish(&self, resp: Response<Body>, mut entry: AccessEntry, vhost: Option<usize>) -> Response<Body> {
+        entry.status = resp.status().as_u16();
+        entry.content_length = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let stats = self.stats.clone();
+        let on_end: Arc<dyn Fn(&AccessEntry, u64) + Send + Sync> = Arc::new(move |e, bytes| {
+            stats.record(vhost, e, bytes);
+        });
+        let log = self.log.clone();
+        resp.map(|b| {
+            use http_body_util::BodyExt;
+            LoggedBody::new(b, entry, log, Some(on_end)).boxed_unsync()
+        })
+    }
+
+    /// GET/HEAD through the cache.
+    async fn cached(self: &Arc<Self>, ctx: &Ctx<'_>) -> Reply {
+        let primary = key::cache_key(&ctx.vh.cfg.name, &ctx.path_and_query, ctx.vh.key_rules);
+        let now = SystemTime::now();
+        let (key, stored) = self.lookup(ctx, &primary).await;
+        let only_if_cached = policy::RequestDirectives::parse(&ctx.headers).only_if_cached;
+        let Some(key) = key else {
+            if only_if_cached {
+                return Reply::error(StatusCode::GATEWAY_TIMEOUT, "not cached (only-if-cached)\n");
+            }
+            // `Vary: *` or an unparseable variant: the cache cannot answer this request.
+            return self.pass_through(ctx, None).await;
+        };
+        if let Some(meta) = &stored {
+            let facts = respond::facts(meta);
+            match policy::decide_reuse(&ctx.method, &ctx.headers, &facts, now, &ctx.vh.policy) {
+                Reuse::Fresh => {
+                    let result = if meta.status >= 400 { CacheResult::NegativeHit } else { CacheResult::Hit };
+                    if let Some(r) = respond::from_store(&self.store, ctx.vh, &ctx.method, &ctx.headers, meta.clone(), result, now).await {
+                        return r;
+                    }
+                    return self.fill(ctx, &primary, &key, None).await;
+                }
+                Reuse::StaleWhileRevalidate => {
+                    if let Some(r) = respond::from_store(&self.store, ctx.vh, &ctx.method, &ctx.headers, meta.clone(), CacheResult::Hit, now).await {
+                        self.revalidate_in_background(ctx, &key, meta.clone());
+                        return r;
+                    }
+                    return self.fill(ctx, &primary, &key, None).await;
+                }
+                Reuse::MustRevalidate | Reuse::Unusable if only_if_cached => {}
+                Reuse::MustRevalidate => return self.fill(ctx, &primary, &key, Some(meta.clone())).await,
+                Reuse::Unusable => {}
+            }
+        }
+        if only_if_cached {
+            // RFC 9111 §5.2.1.7: answer from the cache or with 504, never from the origin.
+            return Reply::error(StatusCode::GATEWAY_TIMEOUT, "not cached (only-if-cached)\n");
+        }
+        self.fill(ctx, &primary, &key, stored).await
+    }
+
+    /// Finds the stored object for this request: the primary key, or the variant its `Vary` selects.
+    /// Returns `(None, _)` when the request cannot be answered from the cache at all.
+    async fn lookup(&self, ctx: &Ctx<'_>, primary: &str) -> (Option<String>, Option<Arc<ObjectMeta>>) {
+        let Some(meta) = self.store.lookup(primary).await else {
+            return (Some(primary.to_string()), None);
+        };
+        if !respond::is_vary_marker(&meta) {
+            return (Some(primary.to_string()), Some(meta));
+        }
+        let headers = respond::header_map(&meta.headers);
+        let spec = policy::effective_vary(&headers, &ctx.vh.policy.vary_mode);
+        match policy::variant_key(&spec, &ctx.headers) {
+            Some(v) => {
+                let k = key::variant_key(primary, &v);
+                let m = self.store.lookup(&k).await;
+                (Some(k), m)
+            }
+            None => (None, None),
+        }
+    }
+
+    /// A miss or a revalidation: join the key's single-flight fill and answer from it.
+    async fn fill(self: &Arc<Self>, ctx: &Ctx<'_>, primary: &str, key: &str, stale: Option<Arc<ObjectMeta>>) -> Reply {
+        let wait = ctx.rt.cfg.server.cache.fill_wait;
+        match self.fills.join(key) {
+            Join::Bypass => self.pass_through(ctx, None).await,
+            Join::Waiter(fill) => match fill.head(wait).await {
+                Some(FillState::Streaming { meta, .. }) => {
+                    respond::from_fill(&self.store, ctx.vh, &ctx.method, &ctx.headers, meta, fill, CacheResult::RtHit)
+                }
+                Some(FillState::Done(meta)) => {
+                    match respond::from_store(&self.store, ctx.vh, &ctx.method, &ctx.headers, meta, CacheResult::RtHit, SystemTime::now()).await {
+                        Some(r) => r,
+                        None => self.pass_through(ctx, None).await,
+                    }
+                }
+                Some(FillState::OriginFailed(e)) => self.origin_failed(ctx, stale, e).await,
+                Some(FillState::Aborted(why)) => Reply::error(StatusCode::BAD_GATEWAY, &format!("origin fetch failed: {why}\n")),
+                // Uncacheable, or the wait ran out: fetch on our own.
+                _ => self.pass_through(ctx, None).await,
+            },
+            Join::Leader(guard) => {
+                let mut headers = forward::upstream_headers(&ctx.headers, ctx.peer.addr.ip(), &ctx.rt.hop, true);
+                let conditional = stale.as_ref().map(|m| policy::conditional_request_headers(&respond::header_map(&m.headers)));
+                if let Some(c) = &conditional {
+                    headers.extend(c.clone());
+                }
+                let request_time = SystemTime::now();
+                let sent = ctx
+                    .vh
+                    .pool
+                    .send(OriginRequest {
+                        method: Method::GET,
+                        path_and_query: ctx.path_and_query.clone(),
+                        headers,
+                        body: None,
+                        balance_key: primary.to_string(),
+                        client_ip: ctx.peer.addr.ip(),
+                        client_host: ctx.client_host.clone(),
+                    })
+                    .await;
+                let resp = match sent {
+                    Ok(r) => r,
+                    Err(e) => {
+                        guard.fail(e.clone());
+                        return self.origin_failed(ctx, stale, e).await;
+                    }
+                };
+                let response_time = SystemTime::now();
+                let status = resp.status();
+
+                // Revalidation answered: 304 freshens the stored copy; STON's
+                // TTLExtensionBy5xx treats a 5xx the same way.
+                if let Some(old) = &stale {
+                    let extend_5xx = status.is_server_error()
+                        && policy::may_serve_stale_on_5xx(&respond::facts(old), response_time, status.as_u16(), &ctx.vh.policy);
+                    if status == StatusCode::NOT_MODIFIED || extend_5xx {
+                        let mut vary_changed = false;
+                        let updated = if extend_5xx {
+                            // STON's TTLExtensionBy5xx: serve the stale copy as it is.
+                            old.clone()
+                        } else {
+                            let not_modified = resp.headers().clone();
+                            self.store
+                                .update_meta(&old.key, |m| {
+                                    let mut h = respond::header_map(&m.headers);
+                                    vary_changed = policy::freshen_with_304(&mut h, &not_modified).vary_changed;
+                                    m.headers = respond::header_vec(&h);
+                                    m.request_time_ms = ms(request_time);
+                                    m.response_time_ms = ms(response_time);
+                                    m.expires_override_ms = None;
+                                })
+                                .await
+                                .unwrap_or_else(|| old.clone())
+                        };
+                        if vary_changed {
+                            // The variant it was stored under no longer describes it.
+                            self.store.remove(&old.key).await;
+                        }
+                        guard.done(updated.clone());
+                        let result = if extend_5xx { CacheResult::RefFailHit } else { CacheResult::RefreshHit };
+                        return match respond::from_store(&self.store, ctx.vh, &ctx.method, &ctx.headers, updated, result, SystemTime::now()).await {
+                            Some(r) => r,
+                            None => Reply::error(StatusCode::BAD_GATEWAY, "stored copy unreadable\n"),
+                        };
+                    }
+                }
+
+                let (parts, body) = resp.into_parts();
+                let facts = ResponseFacts {
+                    status: parts.status.as_u16(),
+                    headers: parts.headers.clone(),
+                    request_time,
+                    response_time,
+                };
+                let storable = policy::is_storable(&Method::GET, &ctx.headers, &facts, &ctx.vh.policy)
+                    && parts.status != StatusCode::PARTIAL_CONTENT
+                    && parts.status != StatusCode::NOT_MODIFIED;
+                if !storable {
+                    guard.uncacheable();
+                    let resp = Response::from_parts(parts, body);
+                    return respond::passed(resp, ctx.vh, &ctx.method, CacheResult::ClientRefreshMiss);
+                }
+
+                // Vary: the object is stored under its variant key, with a marker at the primary.
+                let spec = policy::effective_vary(&parts.headers, &ctx.vh.policy.vary_mode);
+                let object_key = match policy::variant_key(&spec, &ctx.headers) {
+                    None => {
+                        guard.uncacheable();
+                        let resp = Response::from_parts(parts, body);
+                        return respond::passed(resp, ctx.vh, &ctx.method, CacheResult::ClientRefreshMiss);
+                    }
+                    Some(v) if !v.is_empty() => {
+                        self.store_vary_marker(primary, &parts.headers, request_time, response_time).await;
+                        key::variant_key(primary, &v)
+                    }
+                    Some(_) => primary.to_string(),
+                };
+                if object_key != key {
+                    // The variant differs from the one we were collapsing on; still fine to
+                    // fill — the guard's waiters will read this fill.
+                    tracing::debug!(%key, %object_key, "fill stored under a new variant key");
+                }
+                let mut stored_headers = parts.headers.clone();
+                policy::strip_unstorable_headers(&mut stored_headers);
+                let total_len = respond::content_length(&parts.headers);
+                let object = NewObject {
+                    key: object_key,
+                    status: parts.status.as_u16(),
+                    headers: respond::header_vec(&stored_headers),
+                    request_time_ms: ms(request_time),
+                    response_time_ms: ms(response_time),
+                    total_len,
+                };
+                match guard.stream(self.store.clone(), object, body, Vec::new()).await {
+                    Ok(fill) => {
+                        let meta = match fill.head(wait).await {
+                            Some(FillState::Streaming { meta, .. }) | Some(FillState::Done(meta)) => meta,
+                            _ => return Reply::error(StatusCode::BAD_GATEWAY, "origin fetch failed\n"),
+                        };
+                        let result = if stale.is_some() { CacheResult::RefMiss } else { CacheResult::Miss };
+                        respond::from_fill(&self.store, ctx.vh, &ctx.method, &ctx.headers, meta, fill, result)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot store object; answering without caching");
+                        Reply::error(StatusCode::BAD_GATEWAY, "cache store unavailable\n")
+                    }
+                }
+            }
+        }
+    }
+
+    /// The origin gave no answer: serve the stale copy where the rules allow, else an error.
+    async fn origin_failed(&self, ctx: &Ctx<'_>, stale: Option<Arc<ObjectMeta>>, e: OriginError) -> Reply {
+        if let Some(meta) = stale {
+            let facts = respond::facts(&meta);
+            if policy::may_serve_stale_on_error(&facts, SystemTime::now(), &ctx.vh.policy)
+                && let Some(r) = respond::from_store(&self.store, ctx.vh, &ctx.method, &ctx.headers, meta, CacheResult::RefFailHit, SystemTime::now()).await
+            {
+                return r;
+            }
+        }
+        let status = match e {
+            OriginError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        let mut r = Reply::error(status, &format!("{e}\n"));
+        r.result = CacheResult::Error;
+        r
+    }
+
+    /// Stores the marker that says "this URL varies on these fields".
+    async fn store_vary_marker(&self, primary: &str, headers: &HeaderMap, request_time: SystemTime, response_time: SystemTime) {
+        let mut h = HeaderMap::new();
+        for v in headers.get_all(header::VARY) {
+            h.append(header::VARY, v.clone());
+        }
+        let marker = NewObject {
+            key: primary.to_string(),
+            status: respond::VARY_MARKER_STATUS,
+            headers: respond::header_vec(&h),
+            request_time_ms: ms(request_time),
+            response_time_ms: ms(response_time),
+            total_len: Some(0),
+        };
+        if let Ok(w) = self.store.begin(marker).await {
+            let _ = w.commit(0).await;
+        }
+    }
+
+    /// `stale-while-revalidate`: one background refresh per key (the fill table collapses them).
+    fn revalidate_in_background(self: &Arc<Self>, ctx: &Ctx<'_>, key: &str, _meta: Arc<ObjectMeta>) {
+        if self.fills.is_filling(key) {
+            return;
+        }
+        let this = self.clone();
+        let rt = self.runtime.load_full();
+        let Some(vi) = rt.router.by_name(&ctx.vh.cfg.name) else { return };
+        let method = Method::GET;
+        let path = ctx.path_and_query.clone();
+        let headers = ctx.headers.clone();
+        let peer = ctx.peer;
+        let client_host = ctx.client_host.clone();
+        tokio::spawn(async move {
+            let vh = &rt.vhosts[vi];
+            let ctx = Ctx { rt: &rt, vh, method, path_and_query: path, headers, peer, client_host };
+            let primary = key::cache_key(&vh.cfg.name, &ctx.path_and_query, vh.key_rules);
+            let (key, stored) = this.lookup(&ctx, &primary).await;
+            if let Some(key) = key {
+                let reply = this.fill(&ctx, &primary, &key, stored).await;
+                // Drain the body so the fill completes even though no client reads it.
+                use http_body_util::BodyExt;
+                let _ = reply.response.into_body().collect().await;
+            }
+        });
+    }
+
+    /// Methods the cache does not answer: stream through to the origin, and invalidate the
+    /// stored answers a successful unsafe method changes (RFC 9111 §4.4).
+    async fn pass_through(&self, ctx: &Ctx<'_>, body: Option<Incoming>) -> Reply {
+        let headers = forward::upstream_headers(&ctx.headers, ctx.peer.addr.ip(), &ctx.rt.hop, false);
+        let has_body = body.is_some() && !matches!(ctx.method, Method::GET | Method::HEAD);
+        let sent = ctx
+            .vh
+            .pool
+            .send(OriginRequest {
+                method: ctx.method.clone(),
+                path_and_query: ctx.path_and_query.clone(),
+                headers,
+                body: if has_body { body.map(body::incoming) } else { None },
+                balance_key: key::cache_key(&ctx.vh.cfg.name, &ctx.path_and_query, ctx.vh.key_rules),
+                client_ip: ctx.peer.addr.ip(),
+                client_host: ctx.client_host.clone(),
+            })
+            .await;
+        match sent {
+            Ok(resp) => {
+                if !ctx.method.is_safe() {
+                    let targets = policy::invalidation_targets(&ctx.method, resp.status().as_u16(), &ctx.path_and_query, ctx.client_host.as_deref().unwrap_or(""), resp.headers());
+                    for t in targets {
+                        let k = key::cache_key(&ctx.vh.cfg.name, &t, ctx.vh.key_rules);
+                        self.invalidate(&k).await;
+                    }
+                }
+                respond::passed(resp, ctx.vh, &ctx.method, CacheResult::ClientRefreshMiss)
+            }
+            Err(e) => {
+                let status = match e {
+                    OriginError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                let mut r = Reply::error(status, &format!("{e}\n"));
+                r.result = CacheResult::Error;
+                r
+            }
+        }
+    }
+
+    /// Removes a primary key and every variant stored under it.
+    pub async fn invalidate(&self, primary: &str) -> (u64, u64) {
+        let mut count = 0;
+        let mut bytes = 0;
+        if let Some(b) = self.store.remove(primary).await {
+            count += 1;
+            bytes += b;
+        }
+        let prefix = format!("{primary}{}", key::VARIANT_SEPARATOR);
+        for (k, _) in self.store.keys() {
+            if k.starts_with(&prefix)
+                && let Some(b) = self.store.remove(&k).await
+            {
+                count += 1;
+                bytes += b;
+            }
+        }
+        (count, bytes)
+    }
+}
+
+fn header_str(h: &HeaderMap, name: header::HeaderName) -> String {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `Via` value for this host.
+pub fn via_value(host_name: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("1.1 {host_name} (strata)")).unwrap_or(HeaderValue::from_static("1.1 strata"))
+}

@@ -1,0 +1,350 @@
+//! Building the client's answer from a stored (or filling) object: headers, `Age`, `Via`,
+//! conditional requests (304/412), `Range` (206, multipart/byteranges, 416) and HEAD.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+
+use super::VhostRuntime;
+use crate::body::{self, Body, BoxError};
+use crate::cache::fill::{self, Source};
+use crate::cache::policy::{self, Conditional, ResponseFacts};
+use crate::cache::range::{self, RangeRequest};
+use crate::cache::store::{ObjectMeta, Store};
+use crate::log::CacheResult;
+
+/// An answer and how the cache came to it.
+pub struct Reply {
+    /// The response.
+    pub response: Response<Body>,
+    /// The cache result code for the access log.
+    pub result: CacheResult,
+}
+
+impl Reply {
+    /// An error answer with a plain-text body.
+    pub fn error(status: StatusCode, msg: &str) -> Reply {
+        Reply {
+            response: error(status, msg),
+            result: CacheResult::Error,
+        }
+    }
+}
+
+/// Status of the marker object that records a URL's `Vary` fields (never served).
+pub const VARY_MARKER_STATUS: u16 = 0;
+
+/// Whether `meta` is a `Vary` marker rather than a response.
+pub fn is_vary_marker(meta: &ObjectMeta) -> bool {
+    meta.status == VARY_MARKER_STATUS
+}
+
+/// A plain-text error response.
+pub fn error(status: StatusCode, msg: &str) -> Response<Body> {
+    let mut r = Response::new(body::full(Bytes::copy_from_slice(msg.as_bytes())));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(msg.len()));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Stored header pairs → a `HeaderMap` (invalid pairs are skipped).
+pub fn header_map(v: &[(String, Vec<u8>)]) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(v.len());
+    for (n, val) in v {
+        if let (Ok(n), Ok(val)) = (HeaderName::from_bytes(n.as_bytes()), HeaderValue::from_bytes(val)) {
+            h.append(n, val);
+        }
+    }
+    h
+}
+
+/// A `HeaderMap` → stored header pairs.
+pub fn header_vec(h: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    h.iter()
+        .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// `Content-Length`, when present and valid.
+pub fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The policy's view of a stored object.
+pub fn facts(meta: &ObjectMeta) -> ResponseFacts {
+    let t = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+    ResponseFacts {
+        status: meta.status,
+        headers: header_map(&meta.headers),
+        request_time: t(meta.request_time_ms),
+        response_time: t(meta.response_time_ms),
+    }
+}
+
+/// Answers from a committed object. None when its bytes cannot be read (missing or corrupt
+/// chunk): the caller then treats the request as a miss and refetches.
+pub async fn from_store(
+    store: &Store,
+    vh: &VhostRuntime,
+    method: &Method,
+    req: &HeaderMap,
+    meta: Arc<ObjectMeta>,
+    result: CacheResult,
+    now: SystemTime,
+) -> Option<Reply> {
+    let total = meta.total_len.unwrap_or(0);
+    // Small objects: read the one chunk now, so a bad chunk becomes a refetch, not a broken answer.
+    let inline = if *method != Method::HEAD && total > 0 && total <= meta.chunk_size as u64 {
+        match store.read_chunk(&meta, 0).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!(key = %meta.key, error = %e, "stored chunk unreadable; refetching");
+                return None;
+            }
+        }
+    } else {
+        None
+    };
+    Some(build(store, vh, method, req, meta, Source::Stored, inline, result, now))
+}
+
+/// Answers from an object still filling (its headers are known, its body is arriving).
+pub fn from_fill(
+    store: &Store,
+    vh: &VhostRuntime,
+    method: &Method,
+    req: &HeaderMap,
+    meta: Arc<ObjectMeta>,
+    fill: Arc<fill::Fill>,
+    result: CacheResult,
+) -> Reply {
+    build(store, vh, method, req, meta, |_| Source::Filling(fill), None, result, SystemTime::now())
+}
+
+/// The common path of both: headers, conditionals, ranges, body.
+#[allow(clippy::too_many_arguments)]
+fn build(
+    store: &Store,
+    vh: &VhostRuntime,
+    method: &Method,
+    req: &HeaderMap,
+    meta: Arc<ObjectMeta>,
+    source: impl FnOnce(Arc<ObjectMeta>) -> Source,
+    inline: Option<Bytes>,
+    result: CacheResult,
+    now: SystemTime,
+) -> Reply {
+    let status = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
+    let mut headers = header_map(&meta.headers);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::TRANSFER_ENCODING);
+    if vh.cfg.options.age_header != Some(false) {
+        let age = policy::age_header_value(&facts(&meta), now);
+        headers.insert(header::AGE, HeaderValue::from(age));
+    }
+    if !headers.contains_key(header::DATE) {
+        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())) {
+            headers.insert(header::DATE, v);
+        }
+    }
+    if let Some(via) = &vh.via {
+        append_via(&mut headers, via);
+    }
+
+    match policy::evaluate_conditionals(method, req, &headers, meta.status) {
+        Conditional::NotModified => {
+            let mut r = Response::new(body::empty());
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            *r.headers_mut() = not_modified_headers(&headers);
+            return Reply { response: r, result: CacheResult::ImsHit };
+        }
+        Conditional::PreconditionFailed => {
+            let mut r = error(StatusCode::PRECONDITION_FAILED, "precondition failed\n");
+            r.headers_mut().remove(header::CACHE_CONTROL);
+            return Reply { response: r, result };
+        }
+        Conditional::None => {}
+    }
+
+    let total = meta.total_len;
+    let head = *method == Method::HEAD;
+    let ranges = match (total, status) {
+        (Some(len), StatusCode::OK) if req.contains_key(header::RANGE) && *method == Method::GET => {
+            // A failed If-Range means "send me the whole thing" (RFC 9110 §13.1.5).
+            if req.contains_key(header::IF_RANGE) && !policy::if_range_matches(req, &headers) {
+                RangeRequest::Full
+            } else {
+                range::parse(req.get(header::RANGE).and_then(|v| v.to_str().ok()), len)
+            }
+        }
+        _ => RangeRequest::Full,
+    };
+    if status == StatusCode::OK {
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    }
+    let src = source(meta.clone());
+    let (status, body) = match ranges {
+        RangeRequest::Unsatisfiable => {
+            let len = total.unwrap_or(0);
+            let mut r = error(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Reply { response: r, result };
+        }
+        RangeRequest::Ranges(rs) if rs.len() == 1 => {
+            let (s, e) = rs[0];
+            let len = total.unwrap_or(0);
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {s}-{e}/{len}")) {
+                headers.insert(header::CONTENT_RANGE, v);
+            }
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(e - s + 1));
+            let body = if head {
+                body::empty()
+            } else if let Some(b) = &inline {
+                body::full(b.slice(s as usize..=e as usize))
+            } else {
+                fill::stream_range(store.clone(), src, s, e)
+            };
+            (StatusCode::PARTIAL_CONTENT, body)
+        }
+        RangeRequest::Ranges(rs) => {
+            let len = total.unwrap_or(0);
+            let ctype = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/octet-stream")
+                .to_string();
+            let boundary = format!("strata-{:016x}", xxhash_rust::xxh3::xxh3_64(meta.key.as_bytes()) ^ meta.version);
+            let (body, body_len) = multipart(store.clone(), src, &rs, len, &ctype, &boundary, head);
+            if let Ok(v) = HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}")) {
+                headers.insert(header::CONTENT_TYPE, v);
+            }
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+            (StatusCode::PARTIAL_CONTENT, body)
+        }
+        RangeRequest::Full => {
+            if let Some(len) = total {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+            let body = if head || total == Some(0) || status_has_no_body(status) {
+                body::empty()
+            } else if let Some(b) = inline {
+                body::full(b)
+            } else {
+                let end = total.map(|l| l.saturating_sub(1)).unwrap_or(u64::MAX - 1);
+                fill::stream_range(store.clone(), src, 0, end)
+            };
+            (status, body)
+        }
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    *r.headers_mut() = headers;
+    Reply { response: r, result }
+}
+
+/// 204 and 304 carry no body.
+fn status_has_no_body(s: StatusCode) -> bool {
+    s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED || s.is_informational()
+}
+
+/// The fields a 304 carries (RFC 9110 §15.4.5).
+fn not_modified_headers(h: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in [
+        header::CACHE_CONTROL,
+        header::CONTENT_LOCATION,
+        header::DATE,
+        header::ETAG,
+        header::EXPIRES,
+        header::VARY,
+        header::LAST_MODIFIED,
+        header::AGE,
+        header::VIA,
+    ] {
+        for v in h.get_all(&name) {
+            out.append(name.clone(), v.clone());
+        }
+    }
+    out
+}
+
+fn append_via(h: &mut HeaderMap, via: &HeaderValue) {
+    let joined = match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(old) => HeaderValue::from_str(&format!("{old}, {}", via.to_str().unwrap_or("strata"))).ok(),
+        None => Some(via.clone()),
+    };
+    if let Some(v) = joined {
+        h.insert(header::VIA, v);
+    }
+}
+
+/// A multipart/byteranges body (RFC 9110 §14.6) and its exact length.
+fn multipart(
+    store: Store,
+    src: Source,
+    ranges: &[(u64, u64)],
+    len: u64,
+    ctype: &str,
+    boundary: &str,
+    head: bool,
+) -> (Body, u64) {
+    let parts: Vec<(Bytes, u64, u64)> = ranges
+        .iter()
+        .map(|&(s, e)| {
+            let h = format!("\r\n--{boundary}\r\nContent-Type: {ctype}\r\nContent-Range: bytes {s}-{e}/{len}\r\n\r\n");
+            (Bytes::from(h), s, e)
+        })
+        .collect();
+    let closing = Bytes::from(format!("\r\n--{boundary}--\r\n"));
+    let total: u64 = parts.iter().map(|(h, s, e)| h.len() as u64 + e - s + 1).sum::<u64>() + closing.len() as u64;
+    if head {
+        return (body::empty(), total);
+    }
+    let (tx, rx) = mpsc::channel::<Result<Bytes, BoxError>>(2);
+    tokio::spawn(async move {
+        for (h, s, e) in parts {
+            if tx.send(Ok(h)).await.is_err() {
+                return;
+            }
+            let mut b = fill::stream_range(store.clone(), src.clone(), s, e);
+            while let Some(frame) = b.frame().await {
+                let item = match frame {
+                    Ok(f) => match f.into_data() {
+                        Ok(d) => Ok(d),
+                        Err(_) => continue,
+                    },
+                    Err(e) => Err(e),
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        }
+        let _ = tx.send(Ok(closing)).await;
+    });
+    (body::from_channel(rx), total)
+}
+
+/// An origin answer passed through without caching: hop-by-hop fields removed, `Via` added.
+pub fn passed(resp: Response<Body>, vh: &VhostRuntime, method: &Method, result: CacheResult) -> Reply {
+    let (mut parts, body) = resp.into_parts();
+    policy::remove_hop_by_hop_headers(&mut parts.headers);
+    if let Some(via) = &vh.via {
+        append_via(&mut parts.headers, via);
+    }
+    let body = if *method == Method::HEAD { body::empty() } else { body };
+    Reply {
+        response: Response::from_parts(parts, body),
+        result,
+    }
+}

@@ -1,0 +1,364 @@
+//! The server: loads the configuration, opens the store, binds the service, TLS and
+//! management listeners, serves connections (HTTP/1.1 and h2/h2c), reloads the
+//! configuration on SIGHUP or `/conf/reload` without dropping connections, and shuts down
+//! gracefully.
+
+pub mod runtime;
+pub mod tls;
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::fill::Fills;
+use crate::cache::store::{DiskConfig as StoreDisk, Store, StoreConfig};
+use crate::config::{self, Config, Listen, VhostStatus};
+use crate::log::AccessLog;
+use crate::manage::Manager;
+use crate::proxy::{Peer, Proxy};
+use crate::stats::Stats;
+use runtime::RuntimeBuilder;
+use tls::{CertTable, SniResolver};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration has errors (each printed with file:line).
+    #[error("{0}")]
+    Config(#[from] config::LoadError),
+    /// The store could not be opened.
+    #[error("cache store: {0}")]
+    Store(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS material could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// Anything else at start-up.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A running server's handles (for tests and the binary).
+pub struct Running {
+    /// The bound service addresses (HTTP), in config order.
+    pub http: Vec<SocketAddr>,
+    /// The bound HTTPS addresses.
+    pub https: Vec<SocketAddr>,
+    /// The management address.
+    pub manager: Option<SocketAddr>,
+    /// The proxy (for in-process inspection).
+    pub proxy: Arc<Proxy>,
+    /// Cancel to shut down.
+    pub shutdown: CancellationToken,
+    /// Resolves when the server has stopped.
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+/// Loads `conf_dir` and starts serving. Returns once every listener is bound.
+pub async fn start(conf_dir: &Path) -> Result<Running, ServerError> {
+    let conf_dir = conf_dir.to_path_buf();
+    let (cfg, warnings) = config::load(&conf_dir)?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let cfg = Arc::new(cfg);
+
+    let store = Store::open(store_config(&cfg))
+        .await
+        .map_err(|e| ServerError::Store(e.to_string()))?;
+    let log = match &cfg.server.log.dir {
+        Some(d) => AccessLog::open(&resolve_path(&cfg.dir, d))
+            .await
+            .map_err(|e| ServerError::Other(format!("access log {}: {e}", d.display())))?,
+        None => AccessLog::default(),
+    };
+
+    let builder = RuntimeBuilder::new().map_err(|e| ServerError::Other(e.to_string()))?;
+    let (rt, rt_stop) = builder.build(cfg.clone()).map_err(ServerError::Other)?;
+    let proxy = Arc::new(Proxy {
+        runtime: ArcSwap::from_pointee(rt),
+        store: store.clone(),
+        fills: Arc::new(Fills::default()),
+        log,
+        stats: Arc::new(Stats::default()),
+    });
+
+    let shutdown = CancellationToken::new();
+    let graceful = Arc::new(std::sync::Mutex::new(Some(GracefulShutdown::new())));
+
+    let mut http_addrs = Vec::new();
+    for addr in service_addresses(&cfg) {
+        let l = bind(addr).await?;
+        http_addrs.push(l.local_addr().map_err(|e| ServerError::Bind { addr, source: e })?);
+        spawn_accept(l, proxy.clone(), None, shutdown.clone(), graceful.clone());
+    }
+
+    let resolver = Arc::new(SniResolver {
+        table: ArcSwap::from_pointee(CertTable::default()),
+    });
+    let mut https_addrs = Vec::new();
+    if !cfg.server.https.is_empty() {
+        let all: Vec<_> = cfg.server.https.iter().flat_map(|h| h.certs.clone()).collect();
+        resolver.table.store(Arc::new(CertTable::load(&resolve_certs(&cfg.dir, &all))?));
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(resolver.clone())?));
+        for h in &cfg.server.https {
+            let l = bind(h.listen).await?;
+            https_addrs.push(l.local_addr().map_err(|e| ServerError::Bind { addr: h.listen, source: e })?);
+            spawn_accept(l, proxy.clone(), Some(acceptor.clone()), shutdown.clone(), graceful.clone());
+        }
+    }
+
+    let manager = Arc::new(Manager::new(
+        proxy.clone(),
+        conf_dir.clone(),
+        builder.clone(),
+        resolver.clone(),
+        std::sync::Mutex::new(rt_stop),
+    ));
+    let m = &cfg.server.manager;
+    let maddr = SocketAddr::new(m.listen, m.port);
+    let ml = bind(maddr).await?;
+    let manager_addr = ml.local_addr().ok();
+    spawn_manager(ml, manager.clone(), shutdown.clone(), graceful.clone());
+
+    // SIGHUP reloads, as operators expect of a daemon.
+    #[cfg(unix)]
+    {
+        let manager = manager.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    got = hup.recv() => if got.is_none() { return },
+                }
+                match manager.reload() {
+                    Ok(n) => tracing::info!(warnings = n, "configuration reloaded"),
+                    Err(e) => tracing::error!("reload refused, keeping the running configuration:\n{e}"),
+                }
+            }
+        });
+    }
+
+    let done = {
+        let shutdown = shutdown.clone();
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            manager.stop_runtime();
+            let g = graceful.lock().ok().and_then(|mut g| g.take());
+            if let Some(g) = g {
+                // In-flight responses get a bounded grace period.
+                let _ = tokio::time::timeout(Duration::from_secs(10), g.shutdown()).await;
+            }
+            store.close().await;
+        })
+    };
+
+    Ok(Running {
+        http: http_addrs,
+        https: https_addrs,
+        manager: manager_addr,
+        proxy,
+        shutdown,
+        done,
+    })
+}
+
+/// The store's configuration, with relative disk paths resolved against the config dir.
+fn store_config(cfg: &Config) -> StoreConfig {
+    let c = &cfg.server.cache;
+    StoreConfig {
+        memory_bytes: c.memory_bytes,
+        memory_max_object: c.memory_max_object,
+        chunk_size: c.chunk_size,
+        disks: c
+            .disks
+            .iter()
+            .map(|d| StoreDisk {
+                path: resolve_path(&cfg.dir, &d.path),
+                quota_bytes: d.quota_bytes,
+            })
+            .collect(),
+        sync_writes: false,
+    }
+}
+
+/// `p` as is when absolute, else relative to the config directory.
+pub fn resolve_path(dir: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() { p.to_path_buf() } else { dir.join(p) }
+}
+
+fn resolve_certs(dir: &Path, certs: &[config::CertConfig]) -> Vec<config::CertConfig> {
+    certs
+        .iter()
+        .map(|c| config::CertConfig {
+            names: c.names.clone(),
+            cert: resolve_path(dir, &c.cert),
+            key: resolve_path(dir, &c.key),
+        })
+        .collect()
+}
+
+/// Every distinct service address the active vhosts listen on.
+fn service_addresses(cfg: &Config) -> Vec<SocketAddr> {
+    let any = cfg.server.listen_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let set: BTreeSet<SocketAddr> = cfg
+        .vhosts
+        .iter()
+        .filter(|v| v.status == VhostStatus::Active)
+        .filter_map(|v| match v.listen {
+            Listen::Any(port) => Some(SocketAddr::new(any, port)),
+            Listen::Addr(a) => Some(match cfg.server.listen_ip {
+                Some(ip) => SocketAddr::new(ip, a.port()),
+                None => a,
+            }),
+            Listen::Off => None,
+        })
+        .collect();
+    set.into_iter().collect()
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    let sock = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(|e| ServerError::Bind { addr, source: e })?;
+    let _ = sock.set_reuseaddr(true);
+    sock.bind(addr).map_err(|e| ServerError::Bind { addr, source: e })?;
+    sock.listen(4096).map_err(|e| ServerError::Bind { addr, source: e })
+}
+
+/// The connection builder: HTTP/1.1 with keep-alive and h2c by preface, bounded header sizes.
+fn conn_builder() -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(64 * 1024)
+        .keep_alive(true);
+    b.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    b
+}
+
+type Graceful = Arc<std::sync::Mutex<Option<GracefulShutdown>>>;
+
+fn spawn_accept(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: CancellationToken,
+    graceful: Graceful,
+) {
+    tokio::spawn(async move {
+        let builder = Arc::new(conn_builder());
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let local_port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+            let peer = Peer { addr: peer, local_port };
+            let proxy = proxy.clone();
+            let builder = builder.clone();
+            let watcher = graceful.lock().ok().and_then(|g| g.as_ref().map(|g| g.watcher()));
+            let Some(watcher) = watcher else { return };
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                match tls {
+                    None => serve(stream, &builder, proxy, peer, watcher).await,
+                    Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve(s, &builder, proxy, peer, watcher).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    },
+                }
+            });
+        }
+    });
+}
+
+async fn serve<S>(
+    stream: S,
+    builder: &auto::Builder<TokioExecutor>,
+    proxy: Arc<Proxy>,
+    peer: Peer,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+fn spawn_manager(listener: TcpListener, manager: Arc<Manager>, stop: CancellationToken, graceful: Graceful) {
+    tokio::spawn(async move {
+        let builder = Arc::new(conn_builder());
+        loop {
+            let (stream, peer): (TcpStream, SocketAddr) = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            // Callers outside the allow-list have their connection closed, as STON does.
+            if !manager.allowed(peer.ip()) {
+                drop(stream);
+                continue;
+            }
+            let manager = manager.clone();
+            let builder = builder.clone();
+            let watcher = graceful.lock().ok().and_then(|g| g.as_ref().map(|g| g.watcher()));
+            let Some(watcher) = watcher else { return };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let manager = manager.clone();
+                    async move { Ok::<_, Infallible>(manager.handle(req, peer).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                let _ = watcher.watch(conn.into_owned()).await;
+            });
+        }
+    });
+}

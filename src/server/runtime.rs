@@ -1,0 +1,107 @@
+//! Turns a loaded configuration into a serving runtime: the router, one origin pool per
+//! vhost (with its recovery probes), key rules and policy options. A reload builds a new
+//! runtime and swaps it in; the old one's probes are stopped.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::key::KeyRules;
+use crate::cache::policy::{PolicyOptions, StonTtl, VaryMode};
+use crate::config::{Config, Options, Vhost};
+use crate::origin::client::{self, ClientError};
+use crate::origin::resolve::ResolveTable;
+use crate::origin::OriginPool;
+use crate::proxy::forward::Hop;
+use crate::proxy::{Runtime, VhostRuntime, via_value};
+use crate::router::Router;
+
+/// Builds runtimes; holds what is expensive to make (the TLS client configuration).
+#[derive(Clone)]
+pub struct RuntimeBuilder {
+    tls: Option<rustls::ClientConfig>,
+}
+
+impl RuntimeBuilder {
+    /// A builder; the origin TLS configuration is made per config (it may name an extra CA).
+    pub fn new() -> Result<RuntimeBuilder, ClientError> {
+        Ok(RuntimeBuilder { tls: None })
+    }
+
+    /// Builds the runtime of `cfg` and starts its recovery probes; cancel the token to stop them.
+    pub fn build(&self, cfg: Arc<Config>) -> Result<(Runtime, CancellationToken), String> {
+        let extra_ca = cfg
+            .server
+            .origin_ca
+            .as_ref()
+            .map(|p| crate::server::resolve_path(&cfg.dir, p));
+        let tls = match &self.tls {
+            Some(t) if extra_ca.is_none() => t.clone(),
+            _ => client::tls_config(extra_ca.as_deref()).map_err(|e| e.to_string())?,
+        };
+        let resolver = ResolveTable::new(&cfg.server.resolve);
+        let stop = CancellationToken::new();
+        let via = via_value(&cfg.server.host_name);
+        let vhosts = cfg
+            .vhosts
+            .iter()
+            .map(|v| {
+                let http = client::build(tls.clone(), resolver.clone(), v.origin_options.connect_timeout);
+                let pool = Arc::new(OriginPool::new(v, http, cfg.dir.clone()));
+                tokio::spawn(pool.clone().run_recovery(stop.clone()));
+                VhostRuntime {
+                    cfg: v.clone(),
+                    pool,
+                    key_rules: KeyRules {
+                        case_sensitive: v.options.case_sensitive,
+                        apply_query_string: v.options.apply_query_string,
+                    },
+                    policy: policy_options(v),
+                    via: v.options.via_header.then(|| via.clone()),
+                }
+            })
+            .collect();
+        let rt = Runtime {
+            router: Router::new(&cfg),
+            vhosts,
+            hop: Hop {
+                via,
+                cdn_loop: cfg.server.cdn_loop_token.clone(),
+            },
+            cfg,
+        };
+        Ok((rt, stop))
+    }
+}
+
+/// The policy options a vhost's `<Options>` ask for. Standard RFC 9111 unless a STON
+/// element is written.
+pub fn policy_options(v: &Vhost) -> PolicyOptions {
+    let o: &Options = &v.options;
+    let t = &o.ttl;
+    let any_ttl = t.res2xx.is_some()
+        || t.res3xx.is_some()
+        || t.res4xx.is_some()
+        || t.res5xx.is_some()
+        || t.no_cache.is_some()
+        || t.no_store.is_some();
+    PolicyOptions {
+        ttl: any_ttl.then_some(StonTtl {
+            res2xx: t.res2xx,
+            res3xx: t.res3xx,
+            res4xx: t.res4xx,
+            res5xx: t.res5xx,
+            no_cache: t.no_cache,
+            no_store: t.no_store,
+        }),
+        ttl_extension_by_fail: o.ttl_extension_by_fail,
+        ttl_extension_by_5xx: o.ttl_extension_by_5xx,
+        vary_mode: match &o.vary_header {
+            None => VaryMode::Standard,
+            Some(list) if list.is_empty() => VaryMode::Ignore,
+            Some(list) => VaryMode::Fields(list.clone()),
+        },
+        no_cache_request_expire: o.no_cache_request_expire.unwrap_or(true),
+        ..PolicyOptions::default()
+    }
+}
