@@ -20,7 +20,9 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A body of one buffer.
 pub fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// An empty body.

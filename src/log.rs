@@ -151,7 +151,11 @@ impl AccessLog {
         let Some(tx) = &self.tx else { return };
         let now = httpdate::fmt_http_date(SystemTime::now());
         let taken = e.started.elapsed().as_millis();
-        let (status, bytes) = if completed || bytes > 0 { (e.status, bytes) } else { (0, 0) };
+        let (status, bytes) = if completed || bytes > 0 {
+            (e.status, bytes)
+        } else {
+            (0, 0)
+        };
         let line = format!(
             "{now} - {} {} {} {} - {} {} {} {} {} {} - {} {} - - {} {} {}\n",
             e.method,
@@ -166,7 +170,9 @@ impl AccessLog {
             dash(&e.referer),
             dash(&e.range),
             e.result.as_str(),
-            e.content_length.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            e.content_length
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "-".into()),
             dash(&e.vhostlink),
             dash(&e.vhost),
         );

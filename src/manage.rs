@@ -72,7 +72,11 @@ impl Manager {
         if m.allow.is_empty() {
             return ip.is_loopback().then_some(Role::Admin);
         }
-        m.allow.iter().filter(|a| ip_matches(&a.matcher, ip)).map(|a| a.role).max()
+        m.allow
+            .iter()
+            .filter(|a| ip_matches(&a.matcher, ip))
+            .map(|a| a.role)
+            .max()
     }
 
     /// Re-reads the configuration and swaps it in; in-flight requests finish on the old one.
@@ -136,33 +140,71 @@ impl Manager {
             return json(StatusCode::UNAUTHORIZED, "{\"status\":\"role\"}");
         }
         match path.as_str() {
-            "/version" => json(StatusCode::OK, &format!("{{\"version\":\"{}\"}}", env!("CARGO_PKG_VERSION"))),
+            "/version" => json(
+                StatusCode::OK,
+                &format!("{{\"version\":\"{}\"}}", env!("CARGO_PKG_VERSION")),
+            ),
             "/monitoring/vhostslist" => {
-                let names: Vec<String> = rt.vhosts.iter().map(|v| format!("\"{}\"", esc(&v.cfg.name))).collect();
-                json(StatusCode::OK, &format!("{{\"version\":\"2.0.0\",\"method\":\"vhostslist\",\"status\":\"OK\",\"result\":[{}]}}", names.join(",")))
+                let names: Vec<String> = rt
+                    .vhosts
+                    .iter()
+                    .map(|v| format!("\"{}\"", esc(&v.cfg.name)))
+                    .collect();
+                json(
+                    StatusCode::OK,
+                    &format!(
+                        "{{\"version\":\"2.0.0\",\"method\":\"vhostslist\",\"status\":\"OK\",\"result\":[{}]}}",
+                        names.join(",")
+                    ),
+                )
             }
             "/monitoring/origin" => {
                 let want = param(&query, "vhost");
                 let mut rows = Vec::new();
-                for v in rt.vhosts.iter().filter(|v| want.as_deref().is_none_or(|w| w == v.cfg.name)) {
+                for v in rt
+                    .vhosts
+                    .iter()
+                    .filter(|v| want.as_deref().is_none_or(|w| w == v.cfg.name))
+                {
                     let addrs: Vec<String> = v
                         .pool
                         .status()
                         .into_iter()
                         .map(|(a, ok, standby)| {
-                            format!("{{\"Address\":\"{}\",\"Status\":\"{}\",\"Standby\":{standby}}}", esc(&a), if ok { "Active" } else { "Inactive" })
+                            format!(
+                                "{{\"Address\":\"{}\",\"Status\":\"{}\",\"Standby\":{standby}}}",
+                                esc(&a),
+                                if ok { "Active" } else { "Inactive" }
+                            )
                         })
                         .collect();
-                    rows.push(format!("{{\"VirtualHost\":\"{}\",\"Origins\":[{}]}}", esc(&v.cfg.name), addrs.join(",")));
+                    rows.push(format!(
+                        "{{\"VirtualHost\":\"{}\",\"Origins\":[{}]}}",
+                        esc(&v.cfg.name),
+                        addrs.join(",")
+                    ));
                 }
-                json(StatusCode::OK, &format!("{{\"version\":\"2.0.0\",\"method\":\"origin\",\"status\":\"OK\",\"result\":[{}]}}", rows.join(",")))
+                json(
+                    StatusCode::OK,
+                    &format!(
+                        "{{\"version\":\"2.0.0\",\"method\":\"origin\",\"status\":\"OK\",\"result\":[{}]}}",
+                        rows.join(",")
+                    ),
+                )
             }
             "/command/resetorigin" => {
                 let want = param(&query, "vhost");
-                for v in rt.vhosts.iter().filter(|v| want.as_deref().is_none_or(|w| w == v.cfg.name)) {
+                for v in rt
+                    .vhosts
+                    .iter()
+                    .filter(|v| want.as_deref().is_none_or(|w| w == v.cfg.name))
+                {
                     v.pool.reset();
                 }
-                json(StatusCode::OK, "{\"version\":\"2.0.0\",\"method\":\"resetorigin\",\"status\":\"OK\"}")
+                json(
+                    StatusCode::OK,
+                    "{\"version\":\"2.0.0\",\"method\":\"resetorigin\",\"status\":\"OK\"}",
+                )
             }
             "/monitoring/realtime" | "/monitoring/stats" => {
                 let rows: Vec<String> = self
@@ -177,35 +219,77 @@ impl Manager {
                         )
                     })
                     .collect();
-                json(StatusCode::OK, &format!("{{\"version\":\"2.0.0\",\"method\":\"realtime\",\"status\":\"OK\",\"result\":[{}]}}", rows.join(",")))
+                json(
+                    StatusCode::OK,
+                    &format!(
+                        "{{\"version\":\"2.0.0\",\"method\":\"realtime\",\"status\":\"OK\",\"result\":[{}]}}",
+                        rows.join(",")
+                    ),
+                )
             }
             "/metrics" => {
                 let mut body = self.proxy.stats.prometheus();
                 let s = self.proxy.store.stats();
-                body.push_str(&format!("# TYPE strata_store_objects gauge\nstrata_store_objects {}\n", s.objects));
-                body.push_str(&format!("# TYPE strata_store_memory_bytes gauge\nstrata_store_memory_bytes {}\n", s.memory_bytes));
-                body.push_str(&format!("# TYPE strata_store_disk_bytes gauge\nstrata_store_disk_bytes {}\n", s.disk_bytes));
+                body.push_str(&format!(
+                    "# TYPE strata_store_objects gauge\nstrata_store_objects {}\n",
+                    s.objects
+                ));
+                body.push_str(&format!(
+                    "# TYPE strata_store_memory_bytes gauge\nstrata_store_memory_bytes {}\n",
+                    s.memory_bytes
+                ));
+                body.push_str(&format!(
+                    "# TYPE strata_store_disk_bytes gauge\nstrata_store_disk_bytes {}\n",
+                    s.disk_bytes
+                ));
                 let mut r = Response::new(body::full(body));
-                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
                 r
             }
             "/conf/reload" => match self.reload() {
-                Ok(w) => json(StatusCode::OK, &format!("{{\"version\":\"2.0.0\",\"method\":\"reload\",\"status\":\"OK\",\"warnings\":{w}}}")),
-                Err(e) => json(StatusCode::BAD_REQUEST, &format!("{{\"version\":\"2.0.0\",\"method\":\"reload\",\"status\":\"FAIL\",\"error\":\"{}\"}}", esc(&e))),
+                Ok(w) => json(
+                    StatusCode::OK,
+                    &format!(
+                        "{{\"version\":\"2.0.0\",\"method\":\"reload\",\"status\":\"OK\",\"warnings\":{w}}}"
+                    ),
+                ),
+                Err(e) => json(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "{{\"version\":\"2.0.0\",\"method\":\"reload\",\"status\":\"FAIL\",\"error\":\"{}\"}}",
+                        esc(&e)
+                    ),
+                ),
             },
-            "/command/purge" | "/command/expire" | "/command/hardpurge" | "/command/expireafter" => {
+            "/command/purge"
+            | "/command/expire"
+            | "/command/hardpurge"
+            | "/command/expireafter" => {
                 let kind = match path.as_str() {
                     "/command/purge" => PurgeKind::Purge,
                     "/command/expire" => PurgeKind::Expire,
                     "/command/hardpurge" => PurgeKind::HardPurge,
-                    _ => PurgeKind::ExpireAfter(param(&query, "sec").and_then(|s| s.parse().ok()).unwrap_or(86_400)),
+                    _ => PurgeKind::ExpireAfter(
+                        param(&query, "sec")
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(86_400),
+                    ),
                 };
                 if kind == PurgeKind::ExpireAfter(0) {
-                    return json(StatusCode::BAD_REQUEST, "{\"status\":\"FAIL\",\"error\":\"sec must be positive\"}");
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        "{\"status\":\"FAIL\",\"error\":\"sec must be positive\"}",
+                    );
                 }
                 // `url=` takes the rest of the query: targets may carry their own `?` and `&`.
                 let Some(targets) = query.split_once("url=").map(|(_, t)| t.to_string()) else {
-                    return json(StatusCode::BAD_REQUEST, "{\"status\":\"FAIL\",\"error\":\"no url\"}");
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        "{\"status\":\"FAIL\",\"error\":\"no url\"}",
+                    );
                 };
                 let method = path.trim_start_matches("/command/");
                 let started = Instant::now();
@@ -218,7 +302,10 @@ impl Manager {
                     ),
                 )
             }
-            _ => json(StatusCode::NOT_FOUND, "{\"status\":\"FAIL\",\"error\":\"unknown command\"}"),
+            _ => json(
+                StatusCode::NOT_FOUND,
+                "{\"status\":\"FAIL\",\"error\":\"unknown command\"}",
+            ),
         }
     }
 
@@ -231,14 +318,18 @@ impl Manager {
         let mut size = 0;
         let keys = self.proxy.store.keys();
         for raw in targets.split('|').map(str::trim).filter(|t| !t.is_empty()) {
-            let t = raw.trim_start_matches("http://").trim_start_matches("https://");
+            let t = raw
+                .trim_start_matches("http://")
+                .trim_start_matches("https://");
             let (host, path) = match t.find('/') {
                 Some(0) => (last_host.clone(), t.to_string()),
                 Some(i) => (t[..i].to_ascii_lowercase(), t[i..].to_string()),
                 None => (t.to_ascii_lowercase(), "/".to_string()),
             };
             last_host = host.clone();
-            let Some(vi) = rt.router.route(Some(&host)) else { continue };
+            let Some(vi) = rt.router.route(Some(&host)) else {
+                continue;
+            };
             let vh = &rt.vhosts[vi];
             let pattern = if path.contains('*') {
                 format!("{}{}", vh.cfg.name, path)
@@ -251,9 +342,13 @@ impl Manager {
                     continue;
                 }
                 let done = match kind {
-                    PurgeKind::Purge | PurgeKind::HardPurge => self.proxy.store.remove(k).await.is_some(),
+                    PurgeKind::Purge | PurgeKind::HardPurge => {
+                        self.proxy.store.remove(k).await.is_some()
+                    }
                     PurgeKind::Expire => self.expire_at(k, ms(SystemTime::now())).await,
-                    PurgeKind::ExpireAfter(sec) => self.expire_at(k, ms(SystemTime::now()) + sec * 1000).await,
+                    PurgeKind::ExpireAfter(sec) => {
+                        self.expire_at(k, ms(SystemTime::now()) + sec * 1000).await
+                    }
                 };
                 if done {
                     count += 1;
@@ -303,13 +398,23 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 fn ip_matches(m: &IpMatcher, ip: IpAddr) -> bool {
     match (m, ip) {
         (IpMatcher::Exact(a), ip) => *a == ip,
-        (IpMatcher::Range(IpAddr::V4(a), IpAddr::V4(b)), IpAddr::V4(ip)) => (u32::from(*a)..=u32::from(*b)).contains(&u32::from(ip)),
+        (IpMatcher::Range(IpAddr::V4(a), IpAddr::V4(b)), IpAddr::V4(ip)) => {
+            (u32::from(*a)..=u32::from(*b)).contains(&u32::from(ip))
+        }
         (IpMatcher::Prefix(IpAddr::V4(net), bits), IpAddr::V4(ip)) => {
-            let mask = if *bits == 0 { 0 } else { u32::MAX << (32 - u32::from((*bits).min(32))) };
+            let mask = if *bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from((*bits).min(32)))
+            };
             u32::from(*net) & mask == u32::from(ip) & mask
         }
         (IpMatcher::Prefix(IpAddr::V6(net), bits), IpAddr::V6(ip)) => {
-            let mask = if *bits == 0 { 0 } else { u128::MAX << (128 - u32::from((*bits).min(128))) };
+            let mask = if *bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from((*bits).min(128)))
+            };
             u128::from(*net) & mask == u128::from(ip) & mask
         }
         _ => false,
@@ -340,7 +445,10 @@ fn esc(s: &str) -> String {
 fn json(status: StatusCode, body: &str) -> Response<Body> {
     let mut r = Response::new(body::full(body.to_string()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -360,9 +468,21 @@ mod tests {
     #[test]
     fn allow_matchers() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert!(ip_matches(&IpMatcher::Prefix(ip("192.168.3.0"), 24), ip("192.168.3.77")));
-        assert!(!ip_matches(&IpMatcher::Prefix(ip("192.168.3.0"), 24), ip("192.168.4.1")));
-        assert!(ip_matches(&IpMatcher::Range(ip("192.168.2.1"), ip("192.168.2.255")), ip("192.168.2.9")));
-        assert!(ip_matches(&IpMatcher::Exact(ip("127.0.0.1")), ip("127.0.0.1")));
+        assert!(ip_matches(
+            &IpMatcher::Prefix(ip("192.168.3.0"), 24),
+            ip("192.168.3.77")
+        ));
+        assert!(!ip_matches(
+            &IpMatcher::Prefix(ip("192.168.3.0"), 24),
+            ip("192.168.4.1")
+        ));
+        assert!(ip_matches(
+            &IpMatcher::Range(ip("192.168.2.1"), ip("192.168.2.255")),
+            ip("192.168.2.9")
+        ));
+        assert!(ip_matches(
+            &IpMatcher::Exact(ip("127.0.0.1")),
+            ip("127.0.0.1")
+        ));
     }
 }

@@ -30,7 +30,11 @@ pub struct Stats {
 impl Stats {
     /// Counts one finished request.
     pub fn record(&self, _vhost: Option<usize>, e: &AccessEntry, bytes: u64) {
-        let name = if e.vhost.is_empty() { "-" } else { e.vhost.as_str() };
+        let name = if e.vhost.is_empty() {
+            "-"
+        } else {
+            e.vhost.as_str()
+        };
         let c = self.counters(name);
         c.requests.fetch_add(1, Ordering::Relaxed);
         if e.result.is_hit() {
@@ -95,7 +99,11 @@ impl Stats {
         let _ = writeln!(out, "# TYPE strata_responses_total counter");
         for (v, _, _, _, classes) in &snap {
             for (i, n) in classes.iter().enumerate() {
-                let _ = writeln!(out, "strata_responses_total{{vhost=\"{v}\",class=\"{}xx\"}} {n}", i + 1);
+                let _ = writeln!(
+                    out,
+                    "strata_responses_total{{vhost=\"{v}\",class=\"{}xx\"}} {n}",
+                    i + 1
+                );
             }
         }
         out

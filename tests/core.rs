@@ -21,16 +21,31 @@ async fn echo_origin(name: &'static str) -> (Origin, Arc<Mutex<Vec<String>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s2 = seen.clone();
     let o = Origin::start(handler(move |req, _| {
-        let host = req.headers().get("host").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let host = req
+            .headers()
+            .get("host")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         s2.lock().unwrap().push(host.clone());
-        resp(200, &[("cache-control", "max-age=60"), ("x-origin", name), ("x-host", &host)], format!("{name} {}", req.uri().path()))
+        resp(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("x-origin", name),
+                ("x-host", &host),
+            ],
+            format!("{name} {}", req.uri().path()),
+        )
     }))
     .await;
     (o, seen)
 }
 
 fn vhost(name: &str, extra: &str, origin: &str) -> String {
-    format!(r#"<Vhost Name="{name}">{extra}<Listen>127.0.0.1:0</Listen><Origin><Address>{origin}</Address></Origin></Vhost>"#)
+    format!(
+        r#"<Vhost Name="{name}">{extra}<Listen>127.0.0.1:0</Listen><Origin><Address>{origin}</Address></Origin></Vhost>"#
+    )
 }
 
 #[tokio::test]
@@ -48,23 +63,44 @@ async fn routes_by_name_alias_pattern_and_default() {
     let s = start(&conf).await;
     let addr = s.http[0];
     assert_eq!(get(addr, "a.com", "/x", &[]).await.header("x-origin"), "a");
-    assert_eq!(get(addr, "WWW.A.com:8080", "/x", &[]).await.header("x-origin"), "a");
-    assert_eq!(get(addr, "img.b.com", "/x", &[]).await.header("x-origin"), "b");
+    assert_eq!(
+        get(addr, "WWW.A.com:8080", "/x", &[])
+            .await
+            .header("x-origin"),
+        "a"
+    );
+    assert_eq!(
+        get(addr, "img.b.com", "/x", &[]).await.header("x-origin"),
+        "b"
+    );
     assert_eq!(get(addr, "b.com", "/x", &[]).await.header("x-origin"), "b");
-    assert_eq!(get(addr, "unknown.org", "/x", &[]).await.header("x-origin"), "c");
+    assert_eq!(
+        get(addr, "unknown.org", "/x", &[]).await.header("x-origin"),
+        "c"
+    );
     s.shutdown.cancel();
 }
 
 #[tokio::test]
 async fn unknown_host_without_default_is_404_never_an_open_proxy() {
     let (a, _) = echo_origin("a").await;
-    let conf = ConfDir::new(&server_xml("", ""), &format!("<Vhosts>{}</Vhosts>", vhost("a.com", "", &a.addr.to_string())));
+    let conf = ConfDir::new(
+        &server_xml("", ""),
+        &format!(
+            "<Vhosts>{}</Vhosts>",
+            vhost("a.com", "", &a.addr.to_string())
+        ),
+    );
     let s = start(&conf).await;
     let g = get(s.http[0], "evil.example", "/x", &[]).await;
     assert_eq!(g.status, 404);
     assert!(String::from_utf8_lossy(&g.body).contains("evil.example"));
     // An absolute-form request for another host is routed by that host, not proxied to it.
-    let answer = raw(s.http[0], b"GET http://evil.example/x HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n").await;
+    let answer = raw(
+        s.http[0],
+        b"GET http://evil.example/x HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     assert_eq!(a.count(), 0);
     s.shutdown.cancel();
@@ -74,7 +110,12 @@ async fn unknown_host_without_default_is_404_never_an_open_proxy() {
 async fn host_header_to_origin_follows_ston_rules() {
     let (o, seen) = echo_origin("o").await;
     let port = o.addr.port();
-    let server = server_xml(&format!(r#"<Resolve Name="parent-1.example.com">127.0.0.1:{port}</Resolve><Resolve Name="named.example.com">127.0.0.1</Resolve>"#), "");
+    let server = server_xml(
+        &format!(
+            r#"<Resolve Name="parent-1.example.com">127.0.0.1:{port}</Resolve><Resolve Name="named.example.com">127.0.0.1</Resolve>"#
+        ),
+        "",
+    );
     let vhosts = format!(
         "<Vhosts>{}{}{}{}</Vhosts>",
         // A name address without a port: Host is the name (port 80 is not written).
@@ -84,7 +125,11 @@ async fn host_header_to_origin_follows_ston_rules() {
         // An IP address: Host is the vhost's name.
         vhost("ip.com", "", &o.addr.to_string()),
         // <Host>*</Host> passes the client's Host.
-        vhost("pass.com", "<Alias>alias.pass.com</Alias><OriginOptions><Host>*</Host></OriginOptions>", &o.addr.to_string()),
+        vhost(
+            "pass.com",
+            "<Alias>alias.pass.com</Alias><OriginOptions><Host>*</Host></OriginOptions>",
+            &o.addr.to_string()
+        ),
     );
     let conf = ConfDir::new(&server, &vhosts);
     let s = start(&conf).await;
@@ -94,12 +139,15 @@ async fn host_header_to_origin_follows_ston_rules() {
     assert_eq!(get(a, "ip.com", "/3", &[]).await.status, 200);
     assert_eq!(get(a, "alias.pass.com", "/4", &[]).await.status, 200);
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen, vec![
-        "parent-1.example.com".to_string(),
-        format!("named.example.com:{port}"),
-        "ip.com".to_string(),
-        "alias.pass.com".to_string(),
-    ]);
+    assert_eq!(
+        seen,
+        vec![
+            "parent-1.example.com".to_string(),
+            format!("named.example.com:{port}"),
+            "ip.com".to_string(),
+            "alias.pass.com".to_string(),
+        ]
+    );
     s.shutdown.cancel();
 }
 
@@ -108,38 +156,78 @@ async fn miss_then_hit_and_via_and_forwarded_for() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s2 = seen.clone();
     let o = Origin::start(handler(move |req, _| {
-        let xff = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        let via = req.headers().get("via").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let xff = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let via = req
+            .headers()
+            .get("via")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let conn = req.headers().get("x-hop").is_some();
         s2.lock().unwrap().push((xff, via, conn));
         resp(200, &[("cache-control", "max-age=60")], "hello")
     }))
     .await;
-    let conf = ConfDir::new(&server_xml("", ""), &format!("<Vhosts>{}</Vhosts>", vhost("a.com", "", &o.addr.to_string())));
+    let conf = ConfDir::new(
+        &server_xml("", ""),
+        &format!(
+            "<Vhosts>{}</Vhosts>",
+            vhost("a.com", "", &o.addr.to_string())
+        ),
+    );
     let s = start(&conf).await;
-    let g1 = get(s.http[0], "a.com", "/x", &[("connection", "x-hop"), ("x-hop", "1")]).await;
+    let g1 = get(
+        s.http[0],
+        "a.com",
+        "/x",
+        &[("connection", "x-hop"), ("x-hop", "1")],
+    )
+    .await;
     let g2 = get(s.http[0], "a.com", "/x", &[]).await;
-    assert_eq!((g1.body.as_ref(), g2.body.as_ref()), (&b"hello"[..], &b"hello"[..]));
+    assert_eq!(
+        (g1.body.as_ref(), g2.body.as_ref()),
+        (&b"hello"[..], &b"hello"[..])
+    );
     assert_eq!(o.count(), 1, "second request is a hit");
     assert!(g2.header("via").contains("strata"));
     assert!(!g2.header("age").is_empty());
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen[0].0, "127.0.0.1");
     assert!(seen[0].1.contains("strata"));
-    assert!(!seen[0].2, "a field named by Connection is hop-by-hop and must not reach the origin");
+    assert!(
+        !seen[0].2,
+        "a field named by Connection is hop-by-hop and must not reach the origin"
+    );
     s.shutdown.cancel();
 }
 
 #[tokio::test]
 async fn http2_cleartext_prior_knowledge() {
     let (o, _) = echo_origin("o").await;
-    let conf = ConfDir::new(&server_xml("", ""), &format!("<Vhosts>{}</Vhosts>", vhost("a.com", "", &o.addr.to_string())));
+    let conf = ConfDir::new(
+        &server_xml("", ""),
+        &format!(
+            "<Vhosts>{}</Vhosts>",
+            vhost("a.com", "", &o.addr.to_string())
+        ),
+    );
     let s = start(&conf).await;
     let stream = TcpStream::connect(s.http[0]).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     for i in 0..3 {
-        let req = Request::builder().uri(format!("http://a.com/h2/{i}")).body(Full::new(Bytes::new())).unwrap();
+        let req = Request::builder()
+            .uri(format!("http://a.com/h2/{i}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
         let r = send.send_request(req).await.unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.version(), http::Version::HTTP_2);
@@ -160,11 +248,13 @@ fn tls_connector(alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     for c in CertificateDer::pem_file_iter(tls_fixture("ca.pem")).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
@@ -182,24 +272,44 @@ async fn tls_picks_the_certificate_by_sni_and_negotiates_h2() {
             tls_fixture("b.test.key")
         ),
     );
-    let vhosts = format!("<Vhosts>{}{}</Vhosts>", vhost("a.test", "<Alias>www.a.test</Alias>", &o.addr.to_string()), vhost("b.test", "", &o.addr.to_string()));
+    let vhosts = format!(
+        "<Vhosts>{}{}</Vhosts>",
+        vhost("a.test", "<Alias>www.a.test</Alias>", &o.addr.to_string()),
+        vhost("b.test", "", &o.addr.to_string())
+    );
     let conf = ConfDir::new(&server, &vhosts);
     let s = start(&conf).await;
     let addr = s.https[0];
-    for (sni, alpn, want_h2) in [("a.test", &b"h2"[..], true), ("www.a.test", &b"http/1.1"[..], false), ("b.test", &b"h2"[..], true)] {
+    for (sni, alpn, want_h2) in [
+        ("a.test", &b"h2"[..], true),
+        ("www.a.test", &b"http/1.1"[..], false),
+        ("b.test", &b"h2"[..], true),
+    ] {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
         // Verification against the SNI name proves the right certificate was chosen.
-        let tls = tls_connector(&[alpn]).connect(name, tcp).await.expect("certificate valid for the SNI name");
+        let tls = tls_connector(&[alpn])
+            .connect(name, tcp)
+            .await
+            .expect("certificate valid for the SNI name");
         let negotiated = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
         assert_eq!(negotiated.as_deref() == Some(b"h2"), want_h2);
-        let req = Request::builder().uri(format!("https://{sni}/tls")).header("host", sni).body(Full::new(Bytes::new())).unwrap();
+        let req = Request::builder()
+            .uri(format!("https://{sni}/tls"))
+            .header("host", sni)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
         let r = if want_h2 {
-            let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .unwrap();
             tokio::spawn(conn);
             send.send_request(req).await.unwrap()
         } else {
-            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .unwrap();
             tokio::spawn(conn);
             send.send_request(req).await.unwrap()
         };
@@ -214,7 +324,10 @@ async fn hash_balance_spreads_keys_and_moves_only_the_excluded_share() {
     for name in ["p1", "p2", "p3", "p4"] {
         origins.push(echo_origin(name).await.0);
     }
-    let addrs: String = origins.iter().map(|o| format!("<Address>{}</Address>", o.addr)).collect();
+    let addrs: String = origins
+        .iter()
+        .map(|o| format!("<Address>{}</Address>", o.addr))
+        .collect();
     let vhosts = format!(
         r#"<Vhosts><Vhost Name="child.com"><Listen>127.0.0.1:0</Listen><Origin>{addrs}</Origin>
         <OriginOptions><BalanceMode>Hash</BalanceMode><Exclusion>1</Exclusion><Recovery Cycle="1" Uri="/health">1</Recovery><ConnectTimeout>1</ConnectTimeout></OriginOptions>
@@ -228,7 +341,13 @@ async fn hash_balance_spreads_keys_and_moves_only_the_excluded_share() {
     let owner = |g: &Got| g.header("x-origin");
     let mut before = HashMap::new();
     for i in 0..200 {
-        let g = get(a, "child.com", &format!("/obj/{i}"), &[("cache-control", "no-cache")]).await;
+        let g = get(
+            a,
+            "child.com",
+            &format!("/obj/{i}"),
+            &[("cache-control", "no-cache")],
+        )
+        .await;
         before.insert(i, owner(&g));
     }
     let mut counts: HashMap<String, usize> = HashMap::new();
@@ -238,15 +357,30 @@ async fn hash_balance_spreads_keys_and_moves_only_the_excluded_share() {
     assert_eq!(counts.len(), 4, "all four parents get keys: {counts:?}");
     // Same key, same parent.
     for i in 0..20 {
-        let g = get(a, "child.com", &format!("/obj/{i}"), &[("cache-control", "no-cache")]).await;
+        let g = get(
+            a,
+            "child.com",
+            &format!("/obj/{i}"),
+            &[("cache-control", "no-cache")],
+        )
+        .await;
         assert_eq!(owner(&g), before[&i]);
     }
     // Take p3 down: only its keys move, spread over the others.
     origins[2].stop();
     let mut after = HashMap::new();
     for i in 0..200 {
-        let g = get(a, "child.com", &format!("/obj/{i}"), &[("cache-control", "no-cache")]).await;
-        assert_eq!(g.status, 200, "a failed connect is retried on the next address");
+        let g = get(
+            a,
+            "child.com",
+            &format!("/obj/{i}"),
+            &[("cache-control", "no-cache")],
+        )
+        .await;
+        assert_eq!(
+            g.status, 200,
+            "a failed connect is retried on the next address"
+        );
         after.insert(i, owner(&g));
     }
     let mut moved_to: HashMap<String, usize> = HashMap::new();
@@ -255,10 +389,16 @@ async fn hash_balance_spreads_keys_and_moves_only_the_excluded_share() {
             assert_ne!(after[&i], "p3");
             *moved_to.entry(after[&i].clone()).or_default() += 1;
         } else {
-            assert_eq!(after[&i], before[&i], "key {i} did not belong to p3 and must stay");
+            assert_eq!(
+                after[&i], before[&i],
+                "key {i} did not belong to p3 and must stay"
+            );
         }
     }
-    assert!(moved_to.len() >= 2, "p3's keys are spread, not handed to one neighbour: {moved_to:?}");
+    assert!(
+        moved_to.len() >= 2,
+        "p3's keys are spread, not handed to one neighbour: {moved_to:?}"
+    );
     s.shutdown.cancel();
 }
 
@@ -282,9 +422,15 @@ async fn exclusion_then_recovery_by_probing() {
     }
     let m = s.manager.unwrap();
     let st = get(m, "127.0.0.1", "/monitoring/origin", &[]).await;
-    assert!(String::from_utf8_lossy(&st.body).contains("Inactive"), "excluded after 2 failures: {:?}", st.body);
+    assert!(
+        String::from_utf8_lossy(&st.body).contains("Inactive"),
+        "excluded after 2 failures: {:?}",
+        st.body
+    );
     // Bring the origin back on the same port: two probes one second apart re-admit it.
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let back = Origin::serve(listener, handler(|_, _| resp(200, &[], "back")));
     let t0 = Instant::now();
     loop {
@@ -292,7 +438,10 @@ async fn exclusion_then_recovery_by_probing() {
         if String::from_utf8_lossy(&st.body).contains("\"Active\"") {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "not recovered in time");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "not recovered in time"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(back.count() >= 2, "recovery came from probes");
@@ -335,22 +484,35 @@ async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
 #[tokio::test]
 async fn bad_requests_get_clear_errors_and_others_keep_being_served() {
     let (o, _) = echo_origin("o").await;
-    let conf = ConfDir::new(&server_xml("", ""), &format!("<Vhosts>{}</Vhosts>", vhost("a.com", "", &o.addr.to_string())));
+    let conf = ConfDir::new(
+        &server_xml("", ""),
+        &format!(
+            "<Vhosts>{}</Vhosts>",
+            vhost("a.com", "", &o.addr.to_string())
+        ),
+    );
     let s = start(&conf).await;
     let a = s.http[0];
     let cases: Vec<Vec<u8>> = vec![
         b"GARBAGE\r\n\r\n".to_vec(),
         b"GET / HTTP/9.9\r\nHost: a.com\r\n\r\n".to_vec(),
         b"GET / HTTP/1.1\r\nHost a.com\r\n\r\n".to_vec(),
-        b"GET / HTTP/1.1\r\nHost: a.com\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello".to_vec(),
-        format!("GET / HTTP/1.1\r\nHost: a.com\r\nX-Big: {}\r\n\r\n", "x".repeat(100_000)).into_bytes(),
+        b"GET / HTTP/1.1\r\nHost: a.com\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello"
+            .to_vec(),
+        format!(
+            "GET / HTTP/1.1\r\nHost: a.com\r\nX-Big: {}\r\n\r\n",
+            "x".repeat(100_000)
+        )
+        .into_bytes(),
         b"POST / HTTP/1.1\r\nHost: a.com\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
         vec![0u8; 64],
     ];
     for c in &cases {
         let answer = raw(a, c).await;
         assert!(
-            answer.is_empty() || answer.starts_with("HTTP/1.1 4") || answer.starts_with("HTTP/1.1 502"),
+            answer.is_empty()
+                || answer.starts_with("HTTP/1.1 4")
+                || answer.starts_with("HTTP/1.1 502"),
             "bad input {:?} answered with {answer:?}",
             String::from_utf8_lossy(&c[..c.len().min(80)])
         );
@@ -363,13 +525,26 @@ async fn bad_requests_get_clear_errors_and_others_keep_being_served() {
 #[tokio::test]
 async fn a_broken_reload_keeps_the_running_configuration() {
     let (o, _) = echo_origin("o").await;
-    let conf = ConfDir::new(&server_xml("", ""), &format!("<Vhosts>{}</Vhosts>", vhost("a.com", "", &o.addr.to_string())));
+    let conf = ConfDir::new(
+        &server_xml("", ""),
+        &format!(
+            "<Vhosts>{}</Vhosts>",
+            vhost("a.com", "", &o.addr.to_string())
+        ),
+    );
     let s = start(&conf).await;
-    std::fs::write(conf.path().join("vhosts.xml"), "<Vhosts><Vhost Name=\"a.com\"><Origin>").unwrap();
+    std::fs::write(
+        conf.path().join("vhosts.xml"),
+        "<Vhosts><Vhost Name=\"a.com\"><Origin>",
+    )
+    .unwrap();
     let r = get(s.manager.unwrap(), "127.0.0.1", "/conf/reload", &[]).await;
     assert_eq!(r.status, 400);
     let body = String::from_utf8_lossy(&r.body).to_string();
-    assert!(body.contains("vhosts.xml"), "the error names the file: {body}");
+    assert!(
+        body.contains("vhosts.xml"),
+        "the error names the file: {body}"
+    );
     assert_eq!(get(s.http[0], "a.com", "/still", &[]).await.status, 200);
     s.shutdown.cancel();
 }
@@ -377,25 +552,43 @@ async fn a_broken_reload_keeps_the_running_configuration() {
 #[test]
 fn check_reports_file_line_and_fix() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("server.xml"), "<Server><Host><Name>t</Name></Host></Server>").unwrap();
+    std::fs::write(
+        dir.path().join("server.xml"),
+        "<Server><Host><Name>t</Name></Host></Server>",
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("vhosts.xml"),
         "<Vhosts>\n<Vhost Name=\"a.com\">\n<Origin><Address>127.0.0.1:1</Address></Origin>\n<OriginOptions>\n<BalanceMode>Hsah</BalanceMode>\n</OriginOptions>\n<Frobnicate/>\n</Vhost>\n</Vhosts>\n",
     )
     .unwrap();
-    let out = std::process::Command::new(strata_bin()).args(["check", "--conf"]).arg(dir.path()).output().unwrap();
+    let out = std::process::Command::new(strata_bin())
+        .args(["check", "--conf"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(!out.status.success(), "an error makes check fail: {text}");
     assert!(text.contains("vhosts.xml:5"), "{text}");
-    assert!(text.contains("Hsah") && text.contains("RoundRobin") && text.contains("Hash"), "{text}");
-    assert!(text.contains("vhosts.xml:7") && text.contains("Frobnicate"), "{text}");
+    assert!(
+        text.contains("Hsah") && text.contains("RoundRobin") && text.contains("Hash"),
+        "{text}"
+    );
+    assert!(
+        text.contains("vhosts.xml:7") && text.contains("Frobnicate"),
+        "{text}"
+    );
 }
 
 #[test]
 fn check_accepts_the_seed_configurations_and_the_default() {
     let root = env!("CARGO_MANIFEST_DIR");
     for dir in ["conf", "tests/fixtures/seed"] {
-        let out = std::process::Command::new(strata_bin()).args(["check", "--conf"]).arg(format!("{root}/{dir}")).output().unwrap();
+        let out = std::process::Command::new(strata_bin())
+            .args(["check", "--conf"])
+            .arg(format!("{root}/{dir}"))
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(out.status.success(), "{dir}: {text}");
         assert!(text.contains("0 error(s)"), "{dir}: {text}");

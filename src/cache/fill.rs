@@ -159,7 +159,10 @@ impl Fills {
 
     /// Whether a fill of `key` is in flight.
     pub fn is_filling(&self, key: &str) -> bool {
-        self.inflight.lock().map(|m| m.contains_key(key)).unwrap_or(false)
+        self.inflight
+            .lock()
+            .map(|m| m.contains_key(key))
+            .unwrap_or(false)
     }
 
     /// Number of fills in flight (for monitoring and tests).
@@ -225,7 +228,9 @@ impl FillGuard {
         sinks: Vec<Box<dyn FillSink>>,
     ) -> Result<Arc<Fill>, StoreError> {
         let Some(fill) = self.fill.take() else {
-            return Err(StoreError::Io(Arc::new(std::io::Error::other("fill already resolved"))));
+            return Err(StoreError::Io(Arc::new(std::io::Error::other(
+                "fill already resolved",
+            ))));
         };
         let expected = object.total_len;
         let writer = match store.begin(object).await {
@@ -316,11 +321,15 @@ async fn run_fill(
                 let take = room.min(data.len());
                 t.buf.extend_from_slice(&data.split_to(take));
                 written += take as u64;
-                (t.index, (t.buf.len() == chunk_size).then(|| t.buf.clone().freeze()))
+                (
+                    t.index,
+                    (t.buf.len() == chunk_size).then(|| t.buf.clone().freeze()),
+                )
             };
             match full {
                 Some(chunk) => {
-                    meta = flush_chunk(fill, &mut writer, &mut sinks, index, chunk, written).await?;
+                    meta =
+                        flush_chunk(fill, &mut writer, &mut sinks, index, chunk, written).await?;
                 }
                 None => {
                     fill.state.send_replace(FillState::Streaming {
@@ -482,7 +491,11 @@ async fn pump(
                         }
                         let chunk_start = index as u64 * cs;
                         let upto = available.min(end + 1).min(chunk_start + cs);
-                        match fill.read_tail(index, (pos - chunk_start) as usize, (upto - chunk_start) as usize) {
+                        match fill.read_tail(
+                            index,
+                            (pos - chunk_start) as usize,
+                            (upto - chunk_start) as usize,
+                        ) {
                             Some(bytes) => {
                                 let n = bytes.len() as u64;
                                 if tx.send(Ok(bytes)).await.is_err() {
@@ -501,7 +514,8 @@ async fn pump(
                     }
                     return Ok(());
                 }
-                if !matches!(*rx.borrow(), FillState::Pending) && rx.has_changed().unwrap_or(false) {
+                if !matches!(*rx.borrow(), FillState::Pending) && rx.has_changed().unwrap_or(false)
+                {
                     continue;
                 }
                 if rx.changed().await.is_err() {

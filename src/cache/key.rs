@@ -139,7 +139,10 @@ mod tests {
 
     #[test]
     fn rfc3986_6_2_2_normalisation() {
-        assert_eq!(cache_key("Foo.COM", "/a/%7Euser/%41.txt", STD), "foo.com/a/~user/A.txt");
+        assert_eq!(
+            cache_key("Foo.COM", "/a/%7Euser/%41.txt", STD),
+            "foo.com/a/~user/A.txt"
+        );
         assert_eq!(cache_key("foo.com", "/a%2fb", STD), "foo.com/a%2Fb");
         assert_eq!(cache_key("foo.com", "/a/./b/../c", STD), "foo.com/a/c");
         assert_eq!(cache_key("foo.com", "/../../x", STD), "foo.com/x");

@@ -114,7 +114,10 @@ mod tests {
     fn too_many_ranges_get_the_full_body() {
         let h = format!(
             "bytes={}",
-            (0..100).map(|i| format!("{}-{}", i * 10, i * 10)).collect::<Vec<_>>().join(",")
+            (0..100)
+                .map(|i| format!("{}-{}", i * 10, i * 10))
+                .collect::<Vec<_>>()
+                .join(",")
         );
         assert_eq!(parse(Some(&h), 100_000), Full);
     }

@@ -144,4 +144,3 @@ impl hyper::body::Body for TimeoutBody {
         self.inner.size_hint()
     }
 }
-

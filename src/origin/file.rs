@@ -20,7 +20,10 @@ pub async fn serve(
     range: Option<&str>,
 ) -> Response<Body> {
     if method != Method::GET && method != Method::HEAD {
-        return simple(StatusCode::METHOD_NOT_ALLOWED, "file origin serves GET and HEAD only\n");
+        return simple(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "file origin serves GET and HEAD only\n",
+        );
     }
     let Some(path) = map_path(root, path_and_query).await else {
         return simple(StatusCode::NOT_FOUND, "not found\n");
@@ -36,7 +39,10 @@ pub async fn serve(
     }
     let len = md.len();
     let mtime = md.modified().unwrap_or(UNIX_EPOCH);
-    let secs = mtime.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = mtime
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let etag = format!("\"{:x}-{:x}\"", secs, len);
 
     let (status, start, end) = match range.and_then(|r| single_range(r, len)) {
@@ -149,7 +155,11 @@ fn single_range(v: &str, len: u64) -> Option<(u64, u64)> {
         (n > 0).then(|| (len.saturating_sub(n), len - 1))
     } else {
         let s: u64 = a.parse().ok()?;
-        let e = if b.is_empty() { len - 1 } else { b.parse::<u64>().ok()?.min(len - 1) };
+        let e = if b.is_empty() {
+            len - 1
+        } else {
+            b.parse::<u64>().ok()?.min(len - 1)
+        };
         (s <= e).then_some((s, e))
     }
 }

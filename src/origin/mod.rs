@@ -96,7 +96,12 @@ impl OriginPool {
             addr: a.clone(),
             health: Mutex::new(AddressHealth::new()),
         };
-        let names: Vec<String> = vhost.origin.addresses.iter().map(|a| a.raw.clone()).collect();
+        let names: Vec<String> = vhost
+            .origin
+            .addresses
+            .iter()
+            .map(|a| a.raw.clone())
+            .collect();
         let opts = vhost.origin_options.clone();
         OriginPool {
             vhost_name: vhost.name.clone(),
@@ -136,13 +141,19 @@ impl OriginPool {
             }
             BalanceMode::RoundRobin => {
                 let start = self.rr.fetch_add(1, Ordering::Relaxed);
-                (0..n).map(|k| (start + k) % n.max(1)).find(|&i| usable(&self.active[i]))
+                (0..n)
+                    .map(|k| (start + k) % n.max(1))
+                    .find(|&i| usable(&self.active[i]))
             }
         };
         if let Some(f) = first {
             order.push(f);
             // Retries go to the next usable addresses after the first choice.
-            order.extend((1..n).map(|k| (f + k) % n).filter(|&i| usable(&self.active[i])));
+            order.extend(
+                (1..n)
+                    .map(|k| (f + k) % n)
+                    .filter(|&i| usable(&self.active[i])),
+            );
         }
         let mut out: Vec<&Slot> = order.into_iter().map(|i| &self.active[i]).collect();
         // Standbys replace failed actives only.
@@ -217,7 +228,12 @@ impl OriginPool {
         let mut builder = Request::builder().method(req.method.clone()).uri(uri);
         if let Some(h) = builder.headers_mut() {
             *h = req.headers.clone();
-            let host = host_header(&self.opts, addr, req.client_host.as_deref(), &self.vhost_name);
+            let host = host_header(
+                &self.opts,
+                addr,
+                req.client_host.as_deref(),
+                &self.vhost_name,
+            );
             if let Ok(v) = HeaderValue::from_str(&host) {
                 h.insert(header::HOST, v);
             }
@@ -239,7 +255,9 @@ impl OriginPool {
 
     /// Feeds a transaction's outcome into the address's health.
     fn record(&self, slot: &Slot, ok: bool) {
-        let Ok(mut h) = slot.health.lock() else { return };
+        let Ok(mut h) = slot.health.lock() else {
+            return;
+        };
         if ok {
             h.on_success();
         } else if h.on_failure(&self.policy, Instant::now()) == Transition::Excluded {
@@ -288,7 +306,8 @@ impl OriginPool {
                 }
                 let status = self.probe(slot).await;
                 if let Ok(mut h) = slot.health.lock()
-                    && h.on_probe_result(&self.policy, status, Instant::now()) == Transition::Recovered
+                    && h.on_probe_result(&self.policy, status, Instant::now())
+                        == Transition::Recovered
                 {
                     tracing::info!(vhost = %self.vhost_name, address = %slot.addr.raw, "origin address recovered");
                 }
@@ -311,8 +330,16 @@ impl OriginPool {
 
 /// The URI sent upstream: scheme and authority of the address, its path prefix, then the request's.
 fn upstream_uri(addr: &OriginAddress, path_and_query: &str) -> Result<Uri, String> {
-    let scheme = if addr.scheme == OriginScheme::Https { "https" } else { "http" };
-    let default_port = if addr.scheme == OriginScheme::Https { 443 } else { 80 };
+    let scheme = if addr.scheme == OriginScheme::Https {
+        "https"
+    } else {
+        "http"
+    };
+    let default_port = if addr.scheme == OriginScheme::Https {
+        443
+    } else {
+        80
+    };
     let authority = if addr.port == default_port {
         addr.host.clone()
     } else {
@@ -385,21 +412,36 @@ mod tests {
         let name = addr("parent-1.example.com", 80);
         let name_port = addr("parent-1.example.com", 8080);
         let ip = addr("10.0.0.1", 80);
-        assert_eq!(host_header(&o, &name, Some("www.a.com"), "v"), "parent-1.example.com");
-        assert_eq!(host_header(&o, &name_port, None, "v"), "parent-1.example.com:8080");
+        assert_eq!(
+            host_header(&o, &name, Some("www.a.com"), "v"),
+            "parent-1.example.com"
+        );
+        assert_eq!(
+            host_header(&o, &name_port, None, "v"),
+            "parent-1.example.com:8080"
+        );
         assert_eq!(host_header(&o, &ip, Some("www.a.com"), "v"), "v");
         o.host = Some("*".into());
         assert_eq!(host_header(&o, &ip, Some("www.a.com"), "v"), "www.a.com");
         o.host = Some("fixed.example".into());
-        assert_eq!(host_header(&o, &name, Some("www.a.com"), "v"), "fixed.example");
+        assert_eq!(
+            host_header(&o, &name, Some("www.a.com"), "v"),
+            "fixed.example"
+        );
     }
 
     #[test]
     fn upstream_uri_keeps_prefix_and_default_port() {
         let mut a = addr("example.com", 80);
         a.path = "/base".into();
-        assert_eq!(upstream_uri(&a, "/x?y=1").unwrap().to_string(), "http://example.com/base/x?y=1");
+        assert_eq!(
+            upstream_uri(&a, "/x?y=1").unwrap().to_string(),
+            "http://example.com/base/x?y=1"
+        );
         let b = addr("10.0.0.1", 8080);
-        assert_eq!(upstream_uri(&b, "/").unwrap().to_string(), "http://10.0.0.1:8080/");
+        assert_eq!(
+            upstream_uri(&b, "/").unwrap().to_string(),
+            "http://10.0.0.1:8080/"
+        );
     }
 }

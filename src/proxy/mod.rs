@@ -124,8 +124,12 @@ impl Proxy {
         };
 
         let Some(vi) = rt.router.route(host.as_deref()) else {
-            let shown = host.as_deref().map(router::normalize_host).unwrap_or_default();
-            let msg = format!("no virtual host is configured for Host \"{shown}\" (and no <Default>)\n");
+            let shown = host
+                .as_deref()
+                .map(router::normalize_host)
+                .unwrap_or_default();
+            let msg =
+                format!("no virtual host is configured for Host \"{shown}\" (and no <Default>)\n");
             return self.finish(respond::error(StatusCode::NOT_FOUND, &msg), entry, None);
         };
         let vh = &rt.vhosts[vi];
@@ -136,7 +140,11 @@ impl Proxy {
         let (ours, total) = forward::loop_count(&parts.headers, &rt.hop.cdn_loop);
         if ours > 0 || total as u32 >= rt.cfg.server.max_cdn_loop_hops {
             let msg = "loop detected: this request already passed through this server (CDN-Loop)\n";
-            return self.finish(respond::error(StatusCode::LOOP_DETECTED, msg), entry, Some(vi));
+            return self.finish(
+                respond::error(StatusCode::LOOP_DETECTED, msg),
+                entry,
+                Some(vi),
+            );
         }
 
         let ctx = Ctx {
@@ -149,8 +157,8 @@ impl Proxy {
             client_host: host,
         };
 
-        let cacheable_method = (ctx.method == Method::GET || ctx.method == Method::HEAD)
-            && !vh.cfg.options.bypass.get;
+        let cacheable_method =
+            (ctx.method == Method::GET || ctx.method == Method::HEAD) && !vh.cfg.options.bypass.get;
         let reply = if cacheable_method {
             self.cached(&ctx).await
         } else {
@@ -161,7 +169,12 @@ impl Proxy {
     }
 
     /// Wraps the response so the access log and stats see how it ended.
-    fn finish(&self, resp: Response<Body>, mut entry: AccessEntry, vhost: Option<usize>) -> Response<Body> {
+    fn finish(
+        &self,
+        resp: Response<Body>,
+        mut entry: AccessEntry,
+        vhost: Option<usize>,
+    ) -> Response<Body> {
         entry.status = resp.status().as_u16();
         entry.content_length = resp
             .headers()
@@ -196,21 +209,47 @@ impl Proxy {
             let facts = respond::facts(meta);
             match policy::decide_reuse(&ctx.method, &ctx.headers, &facts, now, &ctx.vh.policy) {
                 Reuse::Fresh => {
-                    let result = if meta.status >= 400 { CacheResult::NegativeHit } else { CacheResult::Hit };
-                    if let Some(r) = respond::from_store(&self.store, ctx.vh, &ctx.method, &ctx.headers, meta.clone(), result, now).await {
+                    let result = if meta.status >= 400 {
+                        CacheResult::NegativeHit
+                    } else {
+                        CacheResult::Hit
+                    };
+                    if let Some(r) = respond::from_store(
+                        &self.store,
+                        ctx.vh,
+                        &ctx.method,
+                        &ctx.headers,
+                        meta.clone(),
+                        result,
+                        now,
+                    )
+                    .await
+                    {
                         return r;
                     }
                     return self.fill(ctx, &primary, &key, None).await;
                 }
                 Reuse::StaleWhileRevalidate => {
-                    if let Some(r) = respond::from_store(&self.store, ctx.vh, &ctx.method, &ctx.headers, meta.clone(), CacheResult::Hit, now).await {
+                    if let Some(r) = respond::from_store(
+                        &self.store,
+                        ctx.vh,
+                        &ctx.method,
+                        &ctx.headers,
+                        meta.clone(),
+                        CacheResult::Hit,
+                        now,
+                    )
+                    .await
+                    {
                         self.revalidate_in_background(ctx, &key, meta.clone());
                         return r;
                     }
                     return self.fill(ctx, &primary, &key, None).await;
                 }
                 Reuse::MustRevalidate | Reuse::Unusable if only_if_cached => {}
-                Reuse::MustRevalidate => return self.fill(ctx, &primary, &key, Some(meta.clone())).await,
+                Reuse::MustRevalidate => {
+                    return self.fill(ctx, &primary, &key, Some(meta.clone())).await;
+                }
                 Reuse::Unusable => {}
             }
         }
@@ -223,7 +262,11 @@ impl Proxy {
 
     /// Finds the stored object for this request: the primary key, or the variant its `Vary` selects.
     /// Returns `(None, _)` when the request cannot be answered from the cache at all.
-    async fn lookup(&self, ctx: &Ctx<'_>, primary: &str) -> (Option<String>, Option<Arc<ObjectMeta>>) {
+    async fn lookup(
+        &self,
+        ctx: &Ctx<'_>,
+        primary: &str,
+    ) -> (Option<String>, Option<Arc<ObjectMeta>>) {
         let Some(meta) = self.store.lookup(primary).await else {
             return (Some(primary.to_string()), None);
         };
@@ -243,28 +286,56 @@ impl Proxy {
     }
 
     /// A miss or a revalidation: join the key's single-flight fill and answer from it.
-    async fn fill(self: &Arc<Self>, ctx: &Ctx<'_>, primary: &str, key: &str, stale: Option<Arc<ObjectMeta>>) -> Reply {
+    async fn fill(
+        self: &Arc<Self>,
+        ctx: &Ctx<'_>,
+        primary: &str,
+        key: &str,
+        stale: Option<Arc<ObjectMeta>>,
+    ) -> Reply {
         let wait = ctx.rt.cfg.server.cache.fill_wait;
         match self.fills.join(key) {
             Join::Bypass => self.pass_through(ctx, None).await,
             Join::Waiter(fill) => match fill.head(wait).await {
-                Some(FillState::Streaming { meta, .. }) => {
-                    respond::from_fill(&self.store, ctx.vh, &ctx.method, &ctx.headers, meta, fill, CacheResult::RtHit)
-                }
+                Some(FillState::Streaming { meta, .. }) => respond::from_fill(
+                    &self.store,
+                    ctx.vh,
+                    &ctx.method,
+                    &ctx.headers,
+                    meta,
+                    fill,
+                    CacheResult::RtHit,
+                ),
                 Some(FillState::Done(meta)) => {
-                    match respond::from_store(&self.store, ctx.vh, &ctx.method, &ctx.headers, meta, CacheResult::RtHit, SystemTime::now()).await {
+                    match respond::from_store(
+                        &self.store,
+                        ctx.vh,
+                        &ctx.method,
+                        &ctx.headers,
+                        meta,
+                        CacheResult::RtHit,
+                        SystemTime::now(),
+                    )
+                    .await
+                    {
                         Some(r) => r,
                         None => self.pass_through(ctx, None).await,
                     }
                 }
                 Some(FillState::OriginFailed(e)) => self.origin_failed(ctx, stale, e).await,
-                Some(FillState::Aborted(why)) => Reply::error(StatusCode::BAD_GATEWAY, &format!("origin fetch failed: {why}\n")),
+                Some(FillState::Aborted(why)) => Reply::error(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("origin fetch failed: {why}\n"),
+                ),
                 // Uncacheable, or the wait ran out: fetch on our own.
                 _ => self.pass_through(ctx, None).await,
             },
             Join::Leader(guard) => {
-                let mut headers = forward::upstream_headers(&ctx.headers, ctx.peer.addr.ip(), &ctx.rt.hop, true);
-                let conditional = stale.as_ref().map(|m| policy::conditional_request_headers(&respond::header_map(&m.headers)));
+                let mut headers =
+                    forward::upstream_headers(&ctx.headers, ctx.peer.addr.ip(), &ctx.rt.hop, true);
+                let conditional = stale
+                    .as_ref()
+                    .map(|m| policy::conditional_request_headers(&respond::header_map(&m.headers)));
                 if let Some(c) = &conditional {
                     headers.extend(c.clone());
                 }
@@ -296,7 +367,12 @@ impl Proxy {
                 // TTLExtensionBy5xx treats a 5xx the same way.
                 if let Some(old) = &stale {
                     let extend_5xx = status.is_server_error()
-                        && policy::may_serve_stale_on_5xx(&respond::facts(old), response_time, status.as_u16(), &ctx.vh.policy);
+                        && policy::may_serve_stale_on_5xx(
+                            &respond::facts(old),
+                            response_time,
+                            status.as_u16(),
+                            &ctx.vh.policy,
+                        );
                     if status == StatusCode::NOT_MODIFIED || extend_5xx {
                         let mut vary_changed = false;
                         let updated = if extend_5xx {
@@ -307,7 +383,8 @@ impl Proxy {
                             self.store
                                 .update_meta(&old.key, |m| {
                                     let mut h = respond::header_map(&m.headers);
-                                    vary_changed = policy::freshen_with_304(&mut h, &not_modified).vary_changed;
+                                    vary_changed = policy::freshen_with_304(&mut h, &not_modified)
+                                        .vary_changed;
                                     m.headers = respond::header_vec(&h);
                                     m.request_time_ms = ms(request_time);
                                     m.response_time_ms = ms(response_time);
@@ -321,10 +398,26 @@ impl Proxy {
                             self.store.remove(&old.key).await;
                         }
                         guard.done(updated.clone());
-                        let result = if extend_5xx { CacheResult::RefFailHit } else { CacheResult::RefreshHit };
-                        return match respond::from_store(&self.store, ctx.vh, &ctx.method, &ctx.headers, updated, result, SystemTime::now()).await {
+                        let result = if extend_5xx {
+                            CacheResult::RefFailHit
+                        } else {
+                            CacheResult::RefreshHit
+                        };
+                        return match respond::from_store(
+                            &self.store,
+                            ctx.vh,
+                            &ctx.method,
+                            &ctx.headers,
+                            updated,
+                            result,
+                            SystemTime::now(),
+                        )
+                        .await
+                        {
                             Some(r) => r,
-                            None => Reply::error(StatusCode::BAD_GATEWAY, "stored copy unreadable\n"),
+                            None => {
+                                Reply::error(StatusCode::BAD_GATEWAY, "stored copy unreadable\n")
+                            }
                         };
                     }
                 }
@@ -336,13 +429,19 @@ impl Proxy {
                     request_time,
                     response_time,
                 };
-                let storable = policy::is_storable(&Method::GET, &ctx.headers, &facts, &ctx.vh.policy)
-                    && parts.status != StatusCode::PARTIAL_CONTENT
-                    && parts.status != StatusCode::NOT_MODIFIED;
+                let storable =
+                    policy::is_storable(&Method::GET, &ctx.headers, &facts, &ctx.vh.policy)
+                        && parts.status != StatusCode::PARTIAL_CONTENT
+                        && parts.status != StatusCode::NOT_MODIFIED;
                 if !storable {
                     guard.uncacheable();
                     let resp = Response::from_parts(parts, body);
-                    return respond::passed(resp, ctx.vh, &ctx.method, CacheResult::ClientRefreshMiss);
+                    return respond::passed(
+                        resp,
+                        ctx.vh,
+                        &ctx.method,
+                        CacheResult::ClientRefreshMiss,
+                    );
                 }
 
                 // Vary: the object is stored under its variant key, with a marker at the primary.
@@ -351,10 +450,21 @@ impl Proxy {
                     None => {
                         guard.uncacheable();
                         let resp = Response::from_parts(parts, body);
-                        return respond::passed(resp, ctx.vh, &ctx.method, CacheResult::ClientRefreshMiss);
+                        return respond::passed(
+                            resp,
+                            ctx.vh,
+                            &ctx.method,
+                            CacheResult::ClientRefreshMiss,
+                        );
                     }
                     Some(v) if !v.is_empty() => {
-                        self.store_vary_marker(primary, &parts.headers, request_time, response_time).await;
+                        self.store_vary_marker(
+                            primary,
+                            &parts.headers,
+                            request_time,
+                            response_time,
+                        )
+                        .await;
                         key::variant_key(primary, &v)
                     }
                     Some(_) => primary.to_string(),
@@ -375,14 +485,35 @@ impl Proxy {
                     response_time_ms: ms(response_time),
                     total_len,
                 };
-                match guard.stream(self.store.clone(), object, body, Vec::new()).await {
+                match guard
+                    .stream(self.store.clone(), object, body, Vec::new())
+                    .await
+                {
                     Ok(fill) => {
                         let meta = match fill.head(wait).await {
-                            Some(FillState::Streaming { meta, .. }) | Some(FillState::Done(meta)) => meta,
-                            _ => return Reply::error(StatusCode::BAD_GATEWAY, "origin fetch failed\n"),
+                            Some(FillState::Streaming { meta, .. })
+                            | Some(FillState::Done(meta)) => meta,
+                            _ => {
+                                return Reply::error(
+                                    StatusCode::BAD_GATEWAY,
+                                    "origin fetch failed\n",
+                                );
+                            }
                         };
-                        let result = if stale.is_some() { CacheResult::RefMiss } else { CacheResult::Miss };
-                        respond::from_fill(&self.store, ctx.vh, &ctx.method, &ctx.headers, meta, fill, result)
+                        let result = if stale.is_some() {
+                            CacheResult::RefMiss
+                        } else {
+                            CacheResult::Miss
+                        };
+                        respond::from_fill(
+                            &self.store,
+                            ctx.vh,
+                            &ctx.method,
+                            &ctx.headers,
+                            meta,
+                            fill,
+                            result,
+                        )
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot store object; answering without caching");
@@ -394,11 +525,25 @@ impl Proxy {
     }
 
     /// The origin gave no answer: serve the stale copy where the rules allow, else an error.
-    async fn origin_failed(&self, ctx: &Ctx<'_>, stale: Option<Arc<ObjectMeta>>, e: OriginError) -> Reply {
+    async fn origin_failed(
+        &self,
+        ctx: &Ctx<'_>,
+        stale: Option<Arc<ObjectMeta>>,
+        e: OriginError,
+    ) -> Reply {
         if let Some(meta) = stale {
             let facts = respond::facts(&meta);
             if policy::may_serve_stale_on_error(&facts, SystemTime::now(), &ctx.vh.policy)
-                && let Some(r) = respond::from_store(&self.store, ctx.vh, &ctx.method, &ctx.headers, meta, CacheResult::RefFailHit, SystemTime::now()).await
+                && let Some(r) = respond::from_store(
+                    &self.store,
+                    ctx.vh,
+                    &ctx.method,
+                    &ctx.headers,
+                    meta,
+                    CacheResult::RefFailHit,
+                    SystemTime::now(),
+                )
+                .await
             {
                 return r;
             }
@@ -413,7 +558,13 @@ impl Proxy {
     }
 
     /// Stores the marker that says "this URL varies on these fields".
-    async fn store_vary_marker(&self, primary: &str, headers: &HeaderMap, request_time: SystemTime, response_time: SystemTime) {
+    async fn store_vary_marker(
+        &self,
+        primary: &str,
+        headers: &HeaderMap,
+        request_time: SystemTime,
+        response_time: SystemTime,
+    ) {
         let mut h = HeaderMap::new();
         for v in headers.get_all(header::VARY) {
             h.append(header::VARY, v.clone());
@@ -432,13 +583,20 @@ impl Proxy {
     }
 
     /// `stale-while-revalidate`: one background refresh per key (the fill table collapses them).
-    fn revalidate_in_background(self: &Arc<Self>, ctx: &Ctx<'_>, key: &str, _meta: Arc<ObjectMeta>) {
+    fn revalidate_in_background(
+        self: &Arc<Self>,
+        ctx: &Ctx<'_>,
+        key: &str,
+        _meta: Arc<ObjectMeta>,
+    ) {
         if self.fills.is_filling(key) {
             return;
         }
         let this = self.clone();
         let rt = self.runtime.load_full();
-        let Some(vi) = rt.router.by_name(&ctx.vh.cfg.name) else { return };
+        let Some(vi) = rt.router.by_name(&ctx.vh.cfg.name) else {
+            return;
+        };
         let method = Method::GET;
         let path = ctx.path_and_query.clone();
         let headers = ctx.headers.clone();
@@ -446,7 +604,15 @@ impl Proxy {
         let client_host = ctx.client_host.clone();
         tokio::spawn(async move {
             let vh = &rt.vhosts[vi];
-            let ctx = Ctx { rt: &rt, vh, method, path_and_query: path, headers, peer, client_host };
+            let ctx = Ctx {
+                rt: &rt,
+                vh,
+                method,
+                path_and_query: path,
+                headers,
+                peer,
+                client_host,
+            };
             let primary = key::cache_key(&vh.cfg.name, &ctx.path_and_query, vh.key_rules);
             let (key, stored) = this.lookup(&ctx, &primary).await;
             if let Some(key) = key {
@@ -461,7 +627,8 @@ impl Proxy {
     /// Methods the cache does not answer: stream through to the origin, and invalidate the
     /// stored answers a successful unsafe method changes (RFC 9111 §4.4).
     async fn pass_through(&self, ctx: &Ctx<'_>, body: Option<Incoming>) -> Reply {
-        let headers = forward::upstream_headers(&ctx.headers, ctx.peer.addr.ip(), &ctx.rt.hop, false);
+        let headers =
+            forward::upstream_headers(&ctx.headers, ctx.peer.addr.ip(), &ctx.rt.hop, false);
         let has_body = body.is_some() && !matches!(ctx.method, Method::GET | Method::HEAD);
         let sent = ctx
             .vh
@@ -470,8 +637,16 @@ impl Proxy {
                 method: ctx.method.clone(),
                 path_and_query: ctx.path_and_query.clone(),
                 headers,
-                body: if has_body { body.map(body::incoming) } else { None },
-                balance_key: key::cache_key(&ctx.vh.cfg.name, &ctx.path_and_query, ctx.vh.key_rules),
+                body: if has_body {
+                    body.map(body::incoming)
+                } else {
+                    None
+                },
+                balance_key: key::cache_key(
+                    &ctx.vh.cfg.name,
+                    &ctx.path_and_query,
+                    ctx.vh.key_rules,
+                ),
                 client_ip: ctx.peer.addr.ip(),
                 client_host: ctx.client_host.clone(),
             })
@@ -479,7 +654,13 @@ impl Proxy {
         match sent {
             Ok(resp) => {
                 if !ctx.method.is_safe() {
-                    let targets = policy::invalidation_targets(&ctx.method, resp.status().as_u16(), &ctx.path_and_query, ctx.client_host.as_deref().unwrap_or(""), resp.headers());
+                    let targets = policy::invalidation_targets(
+                        &ctx.method,
+                        resp.status().as_u16(),
+                        &ctx.path_and_query,
+                        ctx.client_host.as_deref().unwrap_or(""),
+                        resp.headers(),
+                    );
                     for t in targets {
                         let k = key::cache_key(&ctx.vh.cfg.name, &t, ctx.vh.key_rules);
                         self.invalidate(&k).await;
@@ -521,7 +702,10 @@ impl Proxy {
 }
 
 fn header_str(h: &HeaderMap, name: header::HeaderName) -> String {
-    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
 }
 
 /// Milliseconds since the Unix epoch.
@@ -533,5 +717,6 @@ pub fn ms(t: SystemTime) -> u64 {
 
 /// `Via` value for this host.
 pub fn via_value(host_name: &str) -> HeaderValue {
-    HeaderValue::from_str(&format!("1.1 {host_name} (strata)")).unwrap_or(HeaderValue::from_static("1.1 strata"))
+    HeaderValue::from_str(&format!("1.1 {host_name} (strata)"))
+        .unwrap_or(HeaderValue::from_static("1.1 strata"))
 }

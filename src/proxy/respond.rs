@@ -48,7 +48,10 @@ pub fn error(status: StatusCode, msg: &str) -> Response<Body> {
     let mut r = Response::new(body::full(Bytes::copy_from_slice(msg.as_bytes())));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(msg.len()));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
@@ -58,7 +61,10 @@ pub fn error(status: StatusCode, msg: &str) -> Response<Body> {
 pub fn header_map(v: &[(String, Vec<u8>)]) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(v.len());
     for (n, val) in v {
-        if let (Ok(n), Ok(val)) = (HeaderName::from_bytes(n.as_bytes()), HeaderValue::from_bytes(val)) {
+        if let (Ok(n), Ok(val)) = (
+            HeaderName::from_bytes(n.as_bytes()),
+            HeaderValue::from_bytes(val),
+        ) {
             h.append(n, val);
         }
     }
@@ -74,7 +80,12 @@ pub fn header_vec(h: &HeaderMap) -> Vec<(String, Vec<u8>)> {
 
 /// `Content-Length`, when present and valid.
 pub fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+    h.get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The policy's view of a stored object.
@@ -112,7 +123,17 @@ pub async fn from_store(
     } else {
         None
     };
-    Some(build(store, vh, method, req, meta, Source::Stored, inline, result, now))
+    Some(build(
+        store,
+        vh,
+        method,
+        req,
+        meta,
+        Source::Stored,
+        inline,
+        result,
+        now,
+    ))
 }
 
 /// Answers from an object still filling (its headers are known, its body is arriving).
@@ -125,7 +146,17 @@ pub fn from_fill(
     fill: Arc<fill::Fill>,
     result: CacheResult,
 ) -> Reply {
-    build(store, vh, method, req, meta, |_| Source::Filling(fill), None, result, SystemTime::now())
+    build(
+        store,
+        vh,
+        method,
+        req,
+        meta,
+        |_| Source::Filling(fill),
+        None,
+        result,
+        SystemTime::now(),
+    )
 }
 
 /// The common path of both: headers, conditionals, ranges, body.
@@ -163,12 +194,18 @@ fn build(
             let mut r = Response::new(body::empty());
             *r.status_mut() = StatusCode::NOT_MODIFIED;
             *r.headers_mut() = not_modified_headers(&headers);
-            return Reply { response: r, result: CacheResult::ImsHit };
+            return Reply {
+                response: r,
+                result: CacheResult::ImsHit,
+            };
         }
         Conditional::PreconditionFailed => {
             let mut r = error(StatusCode::PRECONDITION_FAILED, "precondition failed\n");
             r.headers_mut().remove(header::CACHE_CONTROL);
-            return Reply { response: r, result };
+            return Reply {
+                response: r,
+                result,
+            };
         }
         Conditional::None => {}
     }
@@ -176,7 +213,9 @@ fn build(
     let total = meta.total_len;
     let head = *method == Method::HEAD;
     let ranges = match (total, status) {
-        (Some(len), StatusCode::OK) if req.contains_key(header::RANGE) && *method == Method::GET => {
+        (Some(len), StatusCode::OK)
+            if req.contains_key(header::RANGE) && *method == Method::GET =>
+        {
             // A failed If-Range means "send me the whole thing" (RFC 9110 §13.1.5).
             if req.contains_key(header::IF_RANGE) && !policy::if_range_matches(req, &headers) {
                 RangeRequest::Full
@@ -197,7 +236,10 @@ fn build(
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
                 r.headers_mut().insert(header::CONTENT_RANGE, v);
             }
-            return Reply { response: r, result };
+            return Reply {
+                response: r,
+                result,
+            };
         }
         RangeRequest::Ranges(rs) if rs.len() == 1 => {
             let (s, e) = rs[0];
@@ -222,9 +264,14 @@ fn build(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("application/octet-stream")
                 .to_string();
-            let boundary = format!("strata-{:016x}", xxhash_rust::xxh3::xxh3_64(meta.key.as_bytes()) ^ meta.version);
+            let boundary = format!(
+                "strata-{:016x}",
+                xxhash_rust::xxh3::xxh3_64(meta.key.as_bytes()) ^ meta.version
+            );
             let (body, body_len) = multipart(store.clone(), src, &rs, len, &ctype, &boundary, head);
-            if let Ok(v) = HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}")) {
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}"))
+            {
                 headers.insert(header::CONTENT_TYPE, v);
             }
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
@@ -248,7 +295,10 @@ fn build(
     let mut r = Response::new(body);
     *r.status_mut() = status;
     *r.headers_mut() = headers;
-    Reply { response: r, result }
+    Reply {
+        response: r,
+        result,
+    }
 }
 
 /// 204 and 304 carry no body.
@@ -279,7 +329,9 @@ fn not_modified_headers(h: &HeaderMap) -> HeaderMap {
 
 fn append_via(h: &mut HeaderMap, via: &HeaderValue) {
     let joined = match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(old) => HeaderValue::from_str(&format!("{old}, {}", via.to_str().unwrap_or("strata"))).ok(),
+        Some(old) => {
+            HeaderValue::from_str(&format!("{old}, {}", via.to_str().unwrap_or("strata"))).ok()
+        }
         None => Some(via.clone()),
     };
     if let Some(v) = joined {
@@ -305,7 +357,11 @@ fn multipart(
         })
         .collect();
     let closing = Bytes::from(format!("\r\n--{boundary}--\r\n"));
-    let total: u64 = parts.iter().map(|(h, s, e)| h.len() as u64 + e - s + 1).sum::<u64>() + closing.len() as u64;
+    let total: u64 = parts
+        .iter()
+        .map(|(h, s, e)| h.len() as u64 + e - s + 1)
+        .sum::<u64>()
+        + closing.len() as u64;
     if head {
         return (body::empty(), total);
     }
@@ -336,13 +392,22 @@ fn multipart(
 }
 
 /// An origin answer passed through without caching: hop-by-hop fields removed, `Via` added.
-pub fn passed(resp: Response<Body>, vh: &VhostRuntime, method: &Method, result: CacheResult) -> Reply {
+pub fn passed(
+    resp: Response<Body>,
+    vh: &VhostRuntime,
+    method: &Method,
+    result: CacheResult,
+) -> Reply {
     let (mut parts, body) = resp.into_parts();
     policy::remove_hop_by_hop_headers(&mut parts.headers);
     if let Some(via) = &vh.via {
         append_via(&mut parts.headers, via);
     }
-    let body = if *method == Method::HEAD { body::empty() } else { body };
+    let body = if *method == Method::HEAD {
+        body::empty()
+    } else {
+        body
+    };
     Reply {
         response: Response::from_parts(parts, body),
         result,

@@ -107,7 +107,10 @@ pub async fn start(conf_dir: &Path) -> Result<Running, ServerError> {
     let mut http_addrs = Vec::new();
     for addr in service_addresses(&cfg) {
         let l = bind(addr).await?;
-        http_addrs.push(l.local_addr().map_err(|e| ServerError::Bind { addr, source: e })?);
+        http_addrs.push(
+            l.local_addr()
+                .map_err(|e| ServerError::Bind { addr, source: e })?,
+        );
         spawn_accept(l, proxy.clone(), None, shutdown.clone(), graceful.clone());
     }
 
@@ -116,13 +119,30 @@ pub async fn start(conf_dir: &Path) -> Result<Running, ServerError> {
     });
     let mut https_addrs = Vec::new();
     if !cfg.server.https.is_empty() {
-        let all: Vec<_> = cfg.server.https.iter().flat_map(|h| h.certs.clone()).collect();
-        resolver.table.store(Arc::new(CertTable::load(&resolve_certs(&cfg.dir, &all))?));
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(resolver.clone())?));
+        let all: Vec<_> = cfg
+            .server
+            .https
+            .iter()
+            .flat_map(|h| h.certs.clone())
+            .collect();
+        resolver
+            .table
+            .store(Arc::new(CertTable::load(&resolve_certs(&cfg.dir, &all))?));
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(resolver.clone())?));
         for h in &cfg.server.https {
             let l = bind(h.listen).await?;
-            https_addrs.push(l.local_addr().map_err(|e| ServerError::Bind { addr: h.listen, source: e })?);
-            spawn_accept(l, proxy.clone(), Some(acceptor.clone()), shutdown.clone(), graceful.clone());
+            https_addrs.push(l.local_addr().map_err(|e| ServerError::Bind {
+                addr: h.listen,
+                source: e,
+            })?);
+            spawn_accept(
+                l,
+                proxy.clone(),
+                Some(acceptor.clone()),
+                shutdown.clone(),
+                graceful.clone(),
+            );
         }
     }
 
@@ -145,7 +165,9 @@ pub async fn start(conf_dir: &Path) -> Result<Running, ServerError> {
         let manager = manager.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
                 return;
             };
             loop {
@@ -155,7 +177,9 @@ pub async fn start(conf_dir: &Path) -> Result<Running, ServerError> {
                 }
                 match manager.reload() {
                     Ok(n) => tracing::info!(warnings = n, "configuration reloaded"),
-                    Err(e) => tracing::error!("reload refused, keeping the running configuration:\n{e}"),
+                    Err(e) => {
+                        tracing::error!("reload refused, keeping the running configuration:\n{e}")
+                    }
                 }
             }
         });
@@ -207,7 +231,11 @@ fn store_config(cfg: &Config) -> StoreConfig {
 
 /// `p` as is when absolute, else relative to the config directory.
 pub fn resolve_path(dir: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() { p.to_path_buf() } else { dir.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    }
 }
 
 fn resolve_certs(dir: &Path, certs: &[config::CertConfig]) -> Vec<config::CertConfig> {
@@ -223,7 +251,10 @@ fn resolve_certs(dir: &Path, certs: &[config::CertConfig]) -> Vec<config::CertCo
 
 /// Every distinct service address the active vhosts listen on.
 fn service_addresses(cfg: &Config) -> Vec<SocketAddr> {
-    let any = cfg.server.listen_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let any = cfg
+        .server
+        .listen_ip
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let set: BTreeSet<SocketAddr> = cfg
         .vhosts
         .iter()
@@ -247,8 +278,10 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
     }
     .map_err(|e| ServerError::Bind { addr, source: e })?;
     let _ = sock.set_reuseaddr(true);
-    sock.bind(addr).map_err(|e| ServerError::Bind { addr, source: e })?;
-    sock.listen(4096).map_err(|e| ServerError::Bind { addr, source: e })
+    sock.bind(addr)
+        .map_err(|e| ServerError::Bind { addr, source: e })?;
+    sock.listen(4096)
+        .map_err(|e| ServerError::Bind { addr, source: e })
 }
 
 /// The connection builder: HTTP/1.1 with keep-alive and h2c by preface, bounded header sizes.
@@ -259,7 +292,9 @@ fn conn_builder() -> auto::Builder<TokioExecutor> {
         .header_read_timeout(Duration::from_secs(30))
         .max_buf_size(64 * 1024)
         .keep_alive(true);
-    b.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
     b
 }
 
@@ -289,20 +324,30 @@ fn spawn_accept(
             };
             let _ = stream.set_nodelay(true);
             let local_port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
-            let peer = Peer { addr: peer, local_port };
+            let peer = Peer {
+                addr: peer,
+                local_port,
+            };
             let proxy = proxy.clone();
             let builder = builder.clone();
-            let watcher = graceful.lock().ok().and_then(|g| g.as_ref().map(|g| g.watcher()));
+            let watcher = graceful
+                .lock()
+                .ok()
+                .and_then(|g| g.as_ref().map(|g| g.watcher()));
             let Some(watcher) = watcher else { return };
             let tls = tls.clone();
             tokio::spawn(async move {
                 match tls {
                     None => serve(stream, &builder, proxy, peer, watcher).await,
-                    Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => serve(s, &builder, proxy, peer, watcher).await,
-                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
-                    },
+                    Some(acceptor) => {
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => serve(s, &builder, proxy, peer, watcher).await,
+                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
+                        }
+                    }
                 }
             });
         }
@@ -328,7 +373,12 @@ async fn serve<S>(
     }
 }
 
-fn spawn_manager(listener: TcpListener, manager: Arc<Manager>, stop: CancellationToken, graceful: Graceful) {
+fn spawn_manager(
+    listener: TcpListener,
+    manager: Arc<Manager>,
+    stop: CancellationToken,
+    graceful: Graceful,
+) {
     tokio::spawn(async move {
         let builder = Arc::new(conn_builder());
         loop {
@@ -349,7 +399,10 @@ fn spawn_manager(listener: TcpListener, manager: Arc<Manager>, stop: Cancellatio
             }
             let manager = manager.clone();
             let builder = builder.clone();
-            let watcher = graceful.lock().ok().and_then(|g| g.as_ref().map(|g| g.watcher()));
+            let watcher = graceful
+                .lock()
+                .ok()
+                .and_then(|g| g.as_ref().map(|g| g.watcher()));
             let Some(watcher) = watcher else { return };
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {

@@ -9,9 +9,9 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::key::KeyRules;
 use crate::cache::policy::{PolicyOptions, StonTtl, VaryMode};
 use crate::config::{Config, Options, Vhost};
+use crate::origin::OriginPool;
 use crate::origin::client::{self, ClientError};
 use crate::origin::resolve::ResolveTable;
-use crate::origin::OriginPool;
 use crate::proxy::forward::Hop;
 use crate::proxy::{Runtime, VhostRuntime, via_value};
 use crate::router::Router;
@@ -46,7 +46,11 @@ impl RuntimeBuilder {
             .vhosts
             .iter()
             .map(|v| {
-                let http = client::build(tls.clone(), resolver.clone(), v.origin_options.connect_timeout);
+                let http = client::build(
+                    tls.clone(),
+                    resolver.clone(),
+                    v.origin_options.connect_timeout,
+                );
                 let pool = Arc::new(OriginPool::new(v, http, cfg.dir.clone()));
                 tokio::spawn(pool.clone().run_recovery(stop.clone()));
                 VhostRuntime {

@@ -52,7 +52,8 @@ impl CertTable {
             if chain.is_empty() {
                 return Err(pem_err(&c.cert, "no certificate in it".into()));
             }
-            let key = PrivateKeyDer::from_pem_file(&c.key).map_err(|e| pem_err(&c.key, e.to_string()))?;
+            let key =
+                PrivateKeyDer::from_pem_file(&c.key).map_err(|e| pem_err(&c.key, e.to_string()))?;
             let signing = provider.key_provider.load_private_key(key)?;
             let ck = Arc::new(CertifiedKey::new(chain, signing));
             if c.names.is_empty() {

@@ -62,7 +62,8 @@ impl Origin {
                         let f = handler(req, n);
                         async move { Ok::<_, Infallible>(f.await) }
                     });
-                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc);
                     tokio::select! {
                         _ = conn => {}
                         _ = stop.cancelled() => {}
@@ -108,7 +109,9 @@ pub fn resp(status: u16, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Re
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    b.header("content-length", body.len()).body(strata::body::full(body)).expect("response")
+    b.header("content-length", body.len())
+        .body(strata::body::full(body))
+        .expect("response")
 }
 
 /// A throw-away configuration directory.
@@ -122,8 +125,16 @@ impl ConfDir {
     pub fn new(server_xml: &str, vhosts_xml: &str) -> ConfDir {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().display().to_string();
-        std::fs::write(dir.path().join("server.xml"), server_xml.replace("{DIR}", &p)).expect("server.xml");
-        std::fs::write(dir.path().join("vhosts.xml"), vhosts_xml.replace("{DIR}", &p)).expect("vhosts.xml");
+        std::fs::write(
+            dir.path().join("server.xml"),
+            server_xml.replace("{DIR}", &p),
+        )
+        .expect("server.xml");
+        std::fs::write(
+            dir.path().join("vhosts.xml"),
+            vhosts_xml.replace("{DIR}", &p),
+        )
+        .expect("vhosts.xml");
         ConfDir { dir }
     }
 
@@ -153,11 +164,16 @@ pub fn server_xml(extra_host: &str, extra_cache: &str) -> String {
 
 /// Starts Strata in-process on `conf`.
 pub async fn start(conf: &ConfDir) -> strata::server::Running {
-    strata::server::start(conf.path()).await.expect("strata starts")
+    strata::server::start(conf.path())
+        .await
+        .expect("strata starts")
 }
 
 /// A plain client (HTTP/1.1, pooled).
-pub fn client() -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+pub fn client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+> {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
 }
 
@@ -175,13 +191,19 @@ pub struct Got {
 impl Got {
     /// A header as a string ("" when absent).
     pub fn header(&self, name: &str) -> String {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
     }
 }
 
 /// `GET http://addr{path}` with `Host: host` and extra headers.
 pub async fn get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Got {
-    request("GET", addr, host, path, headers, Bytes::new()).await.expect("request succeeds")
+    request("GET", addr, host, path, headers, Bytes::new())
+        .await
+        .expect("request succeeds")
 }
 
 /// Any request; Err when the body did not arrive complete.
@@ -193,14 +215,19 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> Result<Got, BoxError> {
-    let mut b = Request::builder().method(method).uri(format!("http://{addr}{path}")).header("host", host);
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("host", host);
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
     let req = b.body(Full::new(body))?;
     let resp = tokio::time::timeout(Duration::from_secs(60), client().request(req)).await??;
     let (parts, body) = resp.into_parts();
-    let body = tokio::time::timeout(Duration::from_secs(120), body.collect()).await??.to_bytes();
+    let body = tokio::time::timeout(Duration::from_secs(120), body.collect())
+        .await??
+        .to_bytes();
     Ok(Got {
         status: parts.status,
         headers: parts.headers,
@@ -211,7 +238,9 @@ pub async fn request(
 /// Deterministic pseudo-random bytes (so bodies are checkable without storing them).
 pub fn pattern(len: usize, seed: u64) -> Bytes {
     let mut out = Vec::with_capacity(len);
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     while out.len() < len {
         x ^= x << 13;
         x ^= x >> 7;
