@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod cache;
+pub mod chain;
 pub mod config;
 pub mod log;
 pub mod manage;

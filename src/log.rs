@@ -106,10 +106,18 @@ pub struct AccessEntry {
     pub started: Instant,
 }
 
+/// What the writer task is asked to do.
+enum Msg {
+    /// Append a line.
+    Line(String),
+    /// Flush everything queued before this, then acknowledge.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// The access log writer; cheap to clone. A disabled log drops entries.
 #[derive(Clone, Default)]
 pub struct AccessLog {
-    tx: Option<mpsc::UnboundedSender<String>>,
+    tx: Option<mpsc::UnboundedSender<Msg>>,
 }
 
 impl AccessLog {
@@ -122,24 +130,44 @@ impl AccessLog {
             .open(dir.join("access.log"))
             .await?;
         file.write_all(b"#Fields: date time s-ip cs-method cs-uri-stem cs-uri-query s-port cs-username c-ip cs(User-Agent) sc-status sc-bytes time-taken cs-referer sc-resinfo cs-range sc-cachehit cs-acceptencoding session-id sc-content-length x-vhostlink x-vhost\n").await?;
-        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
         tokio::spawn(async move {
-            while let Some(line) = rx.recv().await {
-                let mut batch = line;
+            while let Some(first) = rx.recv().await {
+                let mut batch = String::new();
+                let mut acks = Vec::new();
+                let mut next = Some(first);
                 // Write what has queued up in one call: logging must not cost a syscall per hit.
-                while let Ok(more) = rx.try_recv() {
-                    batch.push_str(&more);
-                    if batch.len() > 64 * 1024 {
-                        break;
+                while let Some(msg) = next.take() {
+                    match msg {
+                        Msg::Line(l) => batch.push_str(&l),
+                        Msg::Flush(ack) => acks.push(ack),
+                    }
+                    if batch.len() < 64 * 1024 {
+                        next = rx.try_recv().ok();
                     }
                 }
                 if let Err(e) = file.write_all(batch.as_bytes()).await {
                     tracing::warn!(error = %e, "access log write failed");
                 }
+                if !acks.is_empty() {
+                    let _ = file.flush().await;
+                    for a in acks {
+                        let _ = a.send(());
+                    }
+                }
             }
             let _ = file.flush().await;
         });
         Ok(AccessLog { tx: Some(tx) })
+    }
+
+    /// Waits until every line logged so far is written (at shutdown, and for tests).
+    pub async fn flush(&self) {
+        let Some(tx) = &self.tx else { return };
+        let (ack, done) = tokio::sync::oneshot::channel();
+        if tx.send(Msg::Flush(ack)).is_ok() {
+            let _ = done.await;
+        }
     }
 
     /// Whether lines are written at all.
@@ -149,7 +177,7 @@ impl AccessLog {
 
     fn write(&self, e: &AccessEntry, bytes: u64, completed: bool) {
         let Some(tx) = &self.tx else { return };
-        let now = httpdate::fmt_http_date(SystemTime::now());
+        let now = w3c_time(SystemTime::now());
         let taken = e.started.elapsed().as_millis();
         let (status, bytes) = if completed || bytes > 0 {
             (e.status, bytes)
@@ -176,8 +204,30 @@ impl AccessLog {
             dash(&e.vhostlink),
             dash(&e.vhost),
         );
-        let _ = tx.send(line);
+        let _ = tx.send(Msg::Line(line));
     }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC, the W3C extended log format's `date time`.
+pub fn w3c_time(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil-from-days (H. Hinnant's algorithm), valid for the whole Unix era.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn dash(s: &str) -> &str {
@@ -267,5 +317,20 @@ impl Drop for LoggedBody {
             self.done = true;
         }
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn w3c_dates() {
+        assert_eq!(w3c_time(SystemTime::UNIX_EPOCH), "1970-01-01 00:00:00");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        assert_eq!(w3c_time(t), "2026-11-18 11:06:40");
+        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(w3c_time(leap), "2000-02-29 00:00:00");
     }
 }

@@ -62,6 +62,10 @@ pub enum FillState {
     OriginFailed(OriginError),
     /// The body broke; every reader must fail.
     Aborted(Arc<str>),
+    /// The leader went away (its client disconnected) before the origin's answer was
+    /// resolved: nothing was fetched, so a waiter joins again (and may lead) instead of
+    /// failing — one client leaving never fails the others.
+    Abandoned,
 }
 
 /// The chunk being filled, not yet in the store.
@@ -268,8 +272,7 @@ impl Drop for FillGuard {
     fn drop(&mut self) {
         if let Some(f) = self.fill.take() {
             self.fills.finish(&f.key);
-            f.state
-                .send_replace(FillState::Aborted("the fetching request went away".into()));
+            f.state.send_replace(FillState::Abandoned);
         }
     }
 }
@@ -440,8 +443,11 @@ pub fn stream_range(store: Store, source: Source, start: u64, end: u64) -> Body 
     body::from_channel(rx)
 }
 
-/// Upper bound of one message on a reader's channel.
-const SLICE: u64 = 256 * 1024;
+/// Upper bound of one message on a reader's channel. Messages are slices of a chunk (they
+/// keep the whole chunk alive), so with the channel's two slots, the one hyper is writing
+/// and the reader reading a chunk only when the channel has room, a slow client pins at most
+/// two chunks however far the fill runs ahead of it.
+const SLICE: u64 = 64 * 1024;
 
 async fn pump(
     store: &Store,
@@ -476,6 +482,7 @@ async fn pump(
                     FillState::Aborted(why) => return Err(format!("fill aborted: {why}").into()),
                     FillState::OriginFailed(e) => return Err(Box::new(e)),
                     FillState::Uncacheable => return Err("fill became uncacheable".into()),
+                    FillState::Abandoned => return Err("fill abandoned by its leader".into()),
                 };
                 if let Some(meta) = meta {
                     while pos <= end && pos < available {
@@ -490,18 +497,22 @@ async fn pump(
                             continue;
                         }
                         let chunk_start = index as u64 * cs;
-                        let upto = available.min(end + 1).min(chunk_start + cs);
+                        let upto = available
+                            .min(end + 1)
+                            .min(chunk_start + cs)
+                            .min(pos + SLICE);
+                        // Copy out of the tail only once the client can take it.
+                        let Ok(permit) = tx.reserve().await else {
+                            return Ok(()); // client went away
+                        };
                         match fill.read_tail(
                             index,
                             (pos - chunk_start) as usize,
                             (upto - chunk_start) as usize,
                         ) {
                             Some(bytes) => {
-                                let n = bytes.len() as u64;
-                                if tx.send(Ok(bytes)).await.is_err() {
-                                    return Ok(());
-                                }
-                                pos += n;
+                                pos += bytes.len() as u64;
+                                permit.send(Ok(bytes));
                             }
                             // The chunk moved from the tail into the store: take a fresh snapshot.
                             None => break,
@@ -541,6 +552,11 @@ async fn send_from_store(
 ) -> Result<u64, BoxError> {
     let cs = meta.chunk_size as u64;
     let index = (pos / cs) as u32;
+    // Read the chunk only once the client can take some of it: a slow client does not pin
+    // a chunk it is not ready for.
+    let Ok(permit) = tx.reserve().await else {
+        return Ok(0);
+    };
     let chunk = store
         .read_chunk(meta, index)
         .await
@@ -551,12 +567,19 @@ async fn send_from_store(
     if from >= to {
         return Err("stored chunk shorter than its object".into());
     }
+    let mut permit = Some(permit);
     let mut sent = 0u64;
     let mut at = from;
     while at < to {
         let next = (at + SLICE as usize).min(to);
-        if tx.send(Ok(chunk.slice(at..next))).await.is_err() {
-            return Ok(0);
+        let slice = Ok(chunk.slice(at..next));
+        match permit.take() {
+            Some(p) => p.send(slice),
+            None => {
+                if tx.send(slice).await.is_err() {
+                    return Ok(0);
+                }
+            }
         }
         sent += (next - at) as u64;
         at = next;

@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 
 use crate::body::{self, Body};
 use crate::cache::fill::{FillState, Fills, Join};
+use crate::chain;
 use crate::cache::key::{self, KeyRules};
 use crate::cache::policy::{self, PolicyOptions, ResponseFacts, Reuse};
 use crate::cache::store::{NewObject, ObjectMeta, Store};
@@ -87,7 +88,13 @@ struct Ctx<'a> {
     headers: HeaderMap,
     peer: Peer,
     client_host: Option<String>,
+    /// The request already carries our CDN-Loop token: answer from the cache or refuse.
+    looped: bool,
 }
+
+/// Marks a response that stands for "the origin gave no answer" (link condition `fail`).
+#[derive(Debug, Clone, Copy)]
+pub struct OriginFailed;
 
 impl Proxy {
     /// Answers one client request. Never fails: every problem becomes an HTTP answer.
@@ -135,19 +142,13 @@ impl Proxy {
         let vh = &rt.vhosts[vi];
         entry.vhost = vh.cfg.name.clone();
 
-        // RFC 8586: a request that already went through us (or through too many CDNs) is not
-        // forwarded again, so two instances can never bounce it forever.
+        // RFC 8586: a request that already went through us (or through too many CDNs) is
+        // answered from the cache or refused, never forwarded again, so two instances can
+        // never bounce it forever.
         let (ours, total) = forward::loop_count(&parts.headers, &rt.hop.cdn_loop);
-        if ours > 0 || total as u32 >= rt.cfg.server.max_cdn_loop_hops {
-            let msg = "loop detected: this request already passed through this server (CDN-Loop)\n";
-            return self.finish(
-                respond::error(StatusCode::LOOP_DETECTED, msg),
-                entry,
-                Some(vi),
-            );
-        }
+        let looped = ours > 0 || total as u32 >= rt.cfg.server.max_cdn_loop_hops;
 
-        let ctx = Ctx {
+        let mut ctx = Ctx {
             rt: &rt,
             vh,
             method: parts.method.clone(),
@@ -155,15 +156,49 @@ impl Proxy {
             headers: parts.headers,
             peer,
             client_host: host,
+            looped,
         };
 
-        let cacheable_method =
-            (ctx.method == Method::GET || ctx.method == Method::HEAD) && !vh.cfg.options.bypass.get;
-        let reply = if cacheable_method {
+        let cacheable_method = ctx.method == Method::GET || ctx.method == Method::HEAD;
+        let mut reply = if cacheable_method && !vh.cfg.options.bypass.get {
             self.cached(&ctx).await
         } else {
             self.pass_through(&ctx, Some(incoming)).await
         };
+
+        // The content chain: while this vhost's answer matches its VhostLink condition, hand
+        // the request to the linked vhost (its own origin, cache and options). Only GET and
+        // HEAD link; stats and the log stay with the vhost the client asked for.
+        if cacheable_method {
+            let mut visited = vec![vi];
+            loop {
+                let outcome = if reply.response.extensions().get::<OriginFailed>().is_some() {
+                    chain::Outcome::Fail
+                } else {
+                    chain::Outcome::Status(reply.response.status().as_u16())
+                };
+                let link = ctx.vh.cfg.link.as_ref();
+                let next = match chain::next_hop(link, outcome, &visited, |n| rt.router.by_name(n)) {
+                    Ok(next) => next,
+                    Err(chain::Stop::NoMatch) => break,
+                    Err(stop) => {
+                        tracing::debug!(vhost = %ctx.vh.cfg.name, ?stop, "link not followed");
+                        break;
+                    }
+                };
+                visited.push(next);
+                ctx.vh = &rt.vhosts[next];
+                reply = if ctx.vh.cfg.options.bypass.get {
+                    self.pass_through(&ctx, None).await
+                } else {
+                    self.cached(&ctx).await
+                };
+            }
+            if visited.len() > 1 {
+                let names: Vec<&str> = visited.iter().map(|&i| rt.vhosts[i].cfg.name.as_str()).collect();
+                entry.vhostlink = names.join("+");
+            }
+        }
         entry.result = reply.result;
         self.finish(reply.response, entry, Some(vi))
     }
@@ -293,6 +328,10 @@ impl Proxy {
         key: &str,
         stale: Option<Arc<ObjectMeta>>,
     ) -> Reply {
+        // A looped request must not wait on a fill: that fill may be the one waiting for it.
+        if ctx.looped {
+            return loop_detected();
+        }
         let wait = ctx.rt.cfg.server.cache.fill_wait;
         match self.fills.join(key) {
             Join::Bypass => self.pass_through(ctx, None).await,
@@ -327,6 +366,9 @@ impl Proxy {
                     StatusCode::BAD_GATEWAY,
                     &format!("origin fetch failed: {why}\n"),
                 ),
+                // The leader's client left before the origin answered: join again (collapsing
+                // onto whichever waiter leads now) rather than failing.
+                Some(FillState::Abandoned) => Box::pin(self.fill(ctx, primary, key, stale)).await,
                 // Uncacheable, or the wait ran out: fetch on our own.
                 _ => self.pass_through(ctx, None).await,
             },
@@ -548,13 +590,7 @@ impl Proxy {
                 return r;
             }
         }
-        let status = match e {
-            OriginError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            _ => StatusCode::BAD_GATEWAY,
-        };
-        let mut r = Reply::error(status, &format!("{e}\n"));
-        r.result = CacheResult::Error;
-        r
+        origin_error(e)
     }
 
     /// Stores the marker that says "this URL varies on these fields".
@@ -612,6 +648,7 @@ impl Proxy {
                 headers,
                 peer,
                 client_host,
+                looped: false,
             };
             let primary = key::cache_key(&vh.cfg.name, &ctx.path_and_query, vh.key_rules);
             let (key, stored) = this.lookup(&ctx, &primary).await;
@@ -627,6 +664,9 @@ impl Proxy {
     /// Methods the cache does not answer: stream through to the origin, and invalidate the
     /// stored answers a successful unsafe method changes (RFC 9111 §4.4).
     async fn pass_through(&self, ctx: &Ctx<'_>, body: Option<Incoming>) -> Reply {
+        if ctx.looped {
+            return loop_detected();
+        }
         let headers =
             forward::upstream_headers(&ctx.headers, ctx.peer.addr.ip(), &ctx.rt.hop, false);
         let has_body = body.is_some() && !matches!(ctx.method, Method::GET | Method::HEAD);
@@ -668,15 +708,7 @@ impl Proxy {
                 }
                 respond::passed(resp, ctx.vh, &ctx.method, CacheResult::ClientRefreshMiss)
             }
-            Err(e) => {
-                let status = match e {
-                    OriginError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                    _ => StatusCode::BAD_GATEWAY,
-                };
-                let mut r = Reply::error(status, &format!("{e}\n"));
-                r.result = CacheResult::Error;
-                r
-            }
+            Err(e) => origin_error(e),
         }
     }
 
@@ -699,6 +731,28 @@ impl Proxy {
         }
         (count, bytes)
     }
+}
+
+/// The answer when the origin gave none: 502 (504 on a timeout), marked for link conditions.
+fn origin_error(e: OriginError) -> Reply {
+    let status = match e {
+        OriginError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    let mut r = Reply::error(status, &format!("{e}\n"));
+    r.result = CacheResult::Error;
+    r.response.extensions_mut().insert(OriginFailed);
+    r
+}
+
+/// The answer to a request that would loop (RFC 8586).
+fn loop_detected() -> Reply {
+    let mut r = Reply::error(
+        StatusCode::LOOP_DETECTED,
+        "loop detected: this request already passed through this server (CDN-Loop)\n",
+    );
+    r.result = CacheResult::Denied;
+    r
 }
 
 fn header_str(h: &HeaderMap, name: header::HeaderName) -> String {

@@ -188,6 +188,7 @@ pub async fn start(conf_dir: &Path) -> Result<Running, ServerError> {
     let done = {
         let shutdown = shutdown.clone();
         let manager = manager.clone();
+        let log = proxy.log.clone();
         tokio::spawn(async move {
             shutdown.cancelled().await;
             manager.stop_runtime();
@@ -196,6 +197,7 @@ pub async fn start(conf_dir: &Path) -> Result<Running, ServerError> {
                 // In-flight responses get a bounded grace period.
                 let _ = tokio::time::timeout(Duration::from_secs(10), g.shutdown()).await;
             }
+            log.flush().await;
             store.close().await;
         })
     };

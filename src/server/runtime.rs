@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::key::KeyRules;
+use crate::chain;
 use crate::cache::policy::{PolicyOptions, StonTtl, VaryMode};
 use crate::config::{Config, Options, Vhost};
 use crate::origin::OriginPool;
@@ -83,18 +84,23 @@ impl RuntimeBuilder {
 pub fn policy_options(v: &Vhost) -> PolicyOptions {
     let o: &Options = &v.options;
     let t = &o.ttl;
+    // A link's trigger answers are always negatively cached (STON's 30 s unless written),
+    // so the first vhost's storage is not asked again on every linked request.
+    let (c4, c5) = v.link.as_ref().map(chain::trigger_classes).unwrap_or((false, false));
+    let res4xx = t.res4xx.or(c4.then_some(chain::TRIGGER_TTL));
+    let res5xx = t.res5xx.or(c5.then_some(chain::TRIGGER_TTL));
     let any_ttl = t.res2xx.is_some()
         || t.res3xx.is_some()
-        || t.res4xx.is_some()
-        || t.res5xx.is_some()
+        || res4xx.is_some()
+        || res5xx.is_some()
         || t.no_cache.is_some()
         || t.no_store.is_some();
     PolicyOptions {
         ttl: any_ttl.then_some(StonTtl {
             res2xx: t.res2xx,
             res3xx: t.res3xx,
-            res4xx: t.res4xx,
-            res5xx: t.res5xx,
+            res4xx,
+            res5xx,
             no_cache: t.no_cache,
             no_store: t.no_store,
         }),

@@ -1,0 +1,522 @@
+"""The six figures. Each starts the servers it needs, runs the same load against each in
+turn (rounds interleaved: Strata, nginx, Varnish, Strata, nginx, Varnish, ...), stops them,
+and adds medians to the Results."""
+
+import bisect
+import os
+import random
+import time
+
+from . import load, procs
+from .results import Row, median
+from .servers import NginxCache, StaticRef, Strata, Varnish
+
+KIB, MIB = 1024, 1024 * 1024
+
+
+class Crash(RuntimeError):
+    """A server under test died during a figure."""
+
+
+class Plan:
+    """How much to run: the default plan stays under 10 minutes, --quick under 2."""
+
+    def __init__(self, quick):
+        self.quick = quick
+        self.rounds = 1 if quick else 3
+        self.duration = 1 if quick else 4          # seconds per wrk run
+        self.warmup = 1                            # seconds, once per (load, server)
+        self.burst_clients = 200
+        self.slow_delay, self.slow_trickle = 1.0, 0.5
+        self.mem_objects = 2_000 if quick else 100_000
+        self.zipf_budget_mb = 4 if quick else 32
+        self.zipf_requests = 20_000 if quick else 150_000
+        self.cold_objects = 2_000 if quick else 100_000
+        self.cold_restarts = 1 if quick else 3
+
+
+# The hit loads of figures 1 and 2: (figure, label, path, body size, connections, with ref)
+HIT_LOADS = [
+    ("1", "1 KiB", "/obj/1k.bin", KIB, 64, True),
+    ("1", "1 KiB", "/obj/1k.bin", KIB, 256, False),
+    ("2", "100 KiB", "/obj/100k.bin", 100 * KIB, 64, False),
+    ("2", "10 MiB", "/obj/10m.bin", 10 * MIB, 16, False),
+]
+
+
+def make_objects(env, plan):
+    """Writes the origin's files: the hit objects, figure 4/6's small objects, figure 5's
+    catalogue. Returns the Zipf catalogue [(path, size)]."""
+    rnd = random.Random(42)
+    obj = os.path.join(env.docroot, "obj")
+    os.makedirs(obj, exist_ok=True)
+    for name, size in (("1k.bin", KIB), ("100k.bin", 100 * KIB), ("10m.bin", 10 * MIB)):
+        with open(os.path.join(obj, name), "wb") as f:
+            f.write(rnd.randbytes(size))
+    small = os.path.join(env.docroot, "small")
+    os.makedirs(small, exist_ok=True)
+    block = rnd.randbytes(KIB)
+    for i in range(max(plan.mem_objects, plan.cold_objects)):
+        with open(os.path.join(small, f"{i}.bin"), "wb") as f:
+            tag = b"%08d" % i
+            f.write(tag + block[len(tag):])
+    # Figure 5: sizes log-uniform in 1..64 KiB until the catalogue is 10x the memory budget.
+    zdir = os.path.join(env.docroot, "zipf")
+    os.makedirs(zdir, exist_ok=True)
+    catalogue, total, budget = [], 0, plan.zipf_budget_mb * MIB
+    big = rnd.randbytes(64 * KIB)
+    while total < 10 * budget:
+        size = int(KIB * 64 ** rnd.random())
+        i = len(catalogue)
+        with open(os.path.join(zdir, f"{i}.bin"), "wb") as f:
+            tag = b"%08d" % i
+            f.write(tag + big[len(tag):size])
+        catalogue.append((f"/zipf/{i}.bin", size))
+        total += size
+    return catalogue
+
+
+def write_list(path, paths):
+    with open(path, "w") as f:
+        f.write("\n".join(paths) + "\n")
+    return path
+
+
+def check_alive(servers):
+    for s in servers:
+        if not s.alive():
+            raise Crash(f"{s.label} is not running any more (exit {s.proc.popen.returncode if s.proc else '?'}); "
+                        f"last log lines:\n{s.proc.log_tail() if s.proc else ''}")
+
+
+def warm(servers, paths, counter, results, what):
+    """Fetches each path twice from each server (miss, then hit), checks 200 and the length,
+    then checks a third fetch reaches no origin."""
+    for s in servers:
+        for path, size in paths:
+            for _ in range(2):
+                r = load.get(s.port, path)
+                if r.status != 200 or len(r.body) != size:
+                    results.warn(f"{what}: {s.label} answered {path} with {r.status}, "
+                                 f"{len(r.body)} bytes (expected 200, {size})")
+        mark = counter.mark()
+        for path, _ in paths:
+            load.get(s.port, path)
+        n, _, seen = counter.since(mark)
+        if n:
+            results.warn(f"{what}: {s.label} still went to the origin after warming "
+                         f"({n} requests, e.g. {seen})")
+
+
+def _stop(servers):
+    for s in servers:
+        s.stop()
+
+
+# -- figures 1 and 2 ----------------------------------------------------------------------
+
+def hit_figures(env, plan, results, counter, mode):
+    """Figures 1 and 2 in one mode: 'pinned' (servers on core 0, one worker; wrk on core 1)
+    or 'unpinned' (servers with workers = cores, wrk with 2 threads, all sharing the cores).
+    In the unpinned mode figure 3 runs too, on the same servers."""
+    pinned = mode == "pinned"
+    cpus = 0 if pinned else None
+    workers = 1 if pinned else None
+    servers = [
+        Strata(env, f"hits-{mode}", memory="512MB", disk=env.path(f"strata-disk-{mode}"),
+               cpus=cpus, workers=workers),
+        NginxCache(env, f"hits-{mode}", cache_dir=env.path(f"nginx-cache-{mode}"),
+                   cpus=cpus, workers=1 if pinned else "auto"),
+        Varnish(env, f"hits-{mode}", size="512m", cpus=cpus),
+    ]
+    ref = StaticRef(env, cpus=cpus, workers=1 if pinned else "auto")
+    wrk_cpus, wrk_threads = (1, 1) if pinned else (None, 2)
+    title = ("pinned: server on core 0 (1 worker), wrk on core 1" if pinned
+             else "unpinned: servers with workers = cores, wrk -t2, sharing both cores")
+    print(f"\n== figures 1-2, {title}", flush=True)
+    try:
+        for s in servers + [ref]:
+            s.start()
+        objects = sorted({(p, size) for _, _, p, size, _, _ in HIT_LOADS})
+        warm(servers, objects, counter, results, f"{mode} warm-up")
+
+        runs = {}  # (load index, server name) -> [summary]
+
+        def one(i, s, duration):
+            fig, label, path, size, conns, _ = HIT_LOADS[i]
+            mark = counter.mark()
+            cpu0 = load.server_cpu(s)
+            r = load.wrk(s.url(path), conns, duration, threads=wrk_threads, cpus=wrk_cpus)
+            r["cpu_s"] = load.server_cpu(s) - cpu0
+            r["origin"], _, seen = counter.since(mark)
+            check_alive([s])
+            if r["errors"]:
+                results.warn(f"{mode} {label} @{conns}: {s.label} had {r['errors']} errors "
+                             f"(connect {r['connect']}, read {r['read']}, write {r['write']}, "
+                             f"status>399 {r['status']}, timeout {r['timeout']})")
+            if r["origin"] and s is not ref:
+                results.warn(f"{mode} {label} @{conns}: {s.label} sent {r['origin']} requests "
+                             f"to the origin during a hit run (e.g. {seen})")
+            return r
+
+        def targets(i):
+            return servers + ([ref] if HIT_LOADS[i][5] else [])
+
+        for i in range(len(HIT_LOADS)):  # warm-up runs, not counted
+            for s in targets(i):
+                one(i, s, plan.warmup)
+        for rnd in range(plan.rounds):
+            for i, (fig, label, path, size, conns, _) in enumerate(HIT_LOADS):
+                line = []
+                for s in targets(i):
+                    r = one(i, s, plan.duration)
+                    runs.setdefault((i, s.name), []).append(r)
+                    line.append(f"{s.name} {r['rps']:,.0f}/s p99 {r['p99_us'] / 1000:.2f}ms")
+                print(f"  round {rnd + 1} {label} @{conns}: " + ", ".join(line), flush=True)
+
+        for i, (fig, label, path, size, conns, with_ref) in enumerate(HIT_LOADS):
+            names = [s.name for s in targets(i)]
+
+            def med(f):
+                return {n: median([f(r) for r in runs[(i, n)]]) for n in names}
+
+            rps = med(lambda r: r["rps"])
+            p50 = med(lambda r: r["p50_us"] / 1000)
+            p99 = med(lambda r: r["p99_us"] / 1000)
+            cores = med(lambda r: r["cpu_s"] / (r["duration_us"] / 1e6))
+            per_core = med(lambda r: r["requests"] / r["cpu_s"] if r["cpu_s"] > 0 else None)
+            mbs = med(lambda r: r["rps"] * size / 1e6)
+            cpu_gb = med(lambda r: r["cpu_s"] / (r["requests"] * size / 1e9)
+                         if r["requests"] else None)
+            flags = {}
+            for n in names:
+                err = sum(r["errors"] for r in runs[(i, n)])
+                org = sum(r["origin"] for r in runs[(i, n)])
+                f = []
+                if err:
+                    f.append(f"{err} errors")
+                if org and n != "static":
+                    f.append(f"{org} origin req")
+                if f:
+                    flags[n] = ", ".join(f)
+            if fig == "1":
+                figname = "Figure 1: 1 KiB hits"
+                key = f"{mode}, {conns} conns"
+                head = pinned and conns == 64
+                unp64 = not pinned and conns == 64
+                rows = [
+                    Row(figname, f"req/s, {key}", "req/s", rps, "high",
+                        1.2 if head else (1.1 if unp64 else None)),
+                    Row(figname, f"p50, {key}", "ms", p50, "low", fmt="{:.2f}"),
+                    Row(figname, f"p99, {key}", "ms", p99, "low",
+                        1.0 if (head or unp64) else None, fmt="{:.2f}"),
+                    Row(figname, f"req/s per server core, {key}", "req/s/core", per_core,
+                        "high"),
+                    Row(figname, f"server cores busy, {key}", "cores", cores, None,
+                        fmt="{:.2f}"),
+                ]
+            else:
+                figname = "Figure 2: large hits"
+                key = f"{label}, {mode}, {conns} conns"
+                rows = [
+                    Row(figname, f"throughput, {key}", "MB/s", mbs, "high", 1.0),
+                    Row(figname, f"p99, {key}", "ms", p99, "low", fmt="{:.1f}"),
+                    Row(figname, f"server CPU per GB, {key}", "CPU s/GB", cpu_gb, "low",
+                        1.0 if size == 10 * MIB else None, fmt="{:.3f}"),
+                    Row(figname, f"server cores busy, {key}", "cores", cores, None,
+                        fmt="{:.2f}"),
+                ]
+            for row in rows:
+                row.flags = flags
+                results.add(row)
+
+        if not pinned:
+            collapse_figure(env, plan, results, counter, servers)
+    finally:
+        _stop(servers + [ref])
+
+
+# -- figure 3 -----------------------------------------------------------------------------
+
+def collapse_figure(env, plan, results, counter, servers):
+    print(f"\n== figure 3: {plan.burst_clients} clients at once on a cold object "
+          f"(origin: {plan.slow_delay:g} s to first byte, body over {plan.slow_trickle:g} s more)",
+          flush=True)
+    # The origin's own time to first byte, through the origin nginx (as the caches see it).
+    direct = load.burst(env.ports.origin, f"/slow/direct-{os.getpid()}.bin", 1)
+    origin_ttfb = direct[0][0]
+    runs = {s.name: [] for s in servers}
+    for rnd in range(plan.rounds):
+        line = []
+        for s in servers:
+            path = f"/slow/r{rnd}-{s.name}-{os.getpid()}-{time.time_ns()}.bin"
+            mark = counter.mark()
+            res = load.burst(s.port, path, plan.burst_clients)
+            n, _, _ = counter.since(mark, settle=0.3)
+            check_alive([s])
+            ttfb = sorted(t for t, _, ok in res if t is not None)
+            ttlb = sorted(t for _, t, ok in res if t is not None)
+            bad = sum(1 for _, _, ok in res if not ok)
+            r = {"origin": n, "bad": bad,
+                 "ttfb_p50": median(ttfb) if ttfb else None,
+                 "ttfb_max": ttfb[-1] if ttfb else None,
+                 "ttlb_p50": median(ttlb) if ttlb else None}
+            runs[s.name].append(r)
+            if bad:
+                results.warn(f"collapse: {s.label}: {bad} of {plan.burst_clients} clients got "
+                             f"no complete 200")
+            line.append(f"{s.name} origin×{n} ttfb p50 {1000 * (r['ttfb_p50'] or 0):.0f}ms "
+                        f"max {1000 * (r['ttfb_max'] or 0):.0f}ms")
+        print(f"  round {rnd + 1}: " + ", ".join(line), flush=True)
+
+    def med(f):
+        return {n: median([f(r) for r in rs]) for n, rs in runs.items()}
+
+    fig = f"Figure 3: {plan.burst_clients} clients on a cold object"
+    ms = lambda x: None if x is None else 1000 * x  # noqa: E731
+    results.add(Row(fig, "origin requests", "count", med(lambda r: r["origin"]), "low", 1,
+                    absolute=True, fmt="{:g}"))
+    results.add(Row(fig, "waiters' TTFB p50", "ms", med(lambda r: ms(r["ttfb_p50"])), "low",
+                    fmt="{:.0f}"))
+    results.add(Row(fig, "waiters' TTFB max", "ms", med(lambda r: ms(r["ttfb_max"])), "low",
+                    fmt="{:.0f}"))
+    results.add(Row(fig, "waiters' TTFB max − origin's TTFB", "ms",
+                    med(lambda r: ms(r["ttfb_max"] - origin_ttfb) if r["ttfb_max"] else None),
+                    "low", 50, absolute=True, fmt="{:.0f}"))
+    results.add(Row(fig, "time to last byte p50", "ms", med(lambda r: ms(r["ttlb_p50"])), "low",
+                    fmt="{:.0f}"))
+    results.notes.append(
+        f"Figure 3: the origin's own time to first byte was {1000 * origin_ttfb:.0f} ms "
+        f"(its body then takes {1000 * plan.slow_trickle:.0f} ms more); a new URL per round "
+        f"and server.")
+
+
+# -- figure 4 -----------------------------------------------------------------------------
+
+def _memory(s, cache_dir=None):
+    m = procs.pss_bytes(s.pids())
+    if cache_dir:
+        m += procs.dir_bytes(cache_dir)
+    return m
+
+
+def memory_figure(env, plan, results, counter):
+    n = plan.mem_objects
+    print(f"\n== figure 4: memory with {n:,} cached 1 KiB objects", flush=True)
+    cache_dir = env.path("nginx-cache-mem")
+    servers = [Strata(env, "mem", memory="1024MB", disk=None),
+               NginxCache(env, "mem", cache_dir=cache_dir, keys_zone="64m"),
+               Varnish(env, "mem", size="1024m")]
+    paths = [f"/small/{i}.bin" for i in range(n)]
+    lst = write_list(env.path("mem-urls.txt"), paths)
+    sample = write_list(env.path("mem-sample.txt"),
+                        random.Random(7).sample(paths, min(1000, n)))
+    base, after, per, over, kept, strata_rss = {}, {}, {}, {}, {}, None
+    try:
+        for s in servers:
+            s.start()
+        for s in servers:
+            cdir = cache_dir if s.name == "nginx" else None
+            for _ in range(20):  # let pools and buffers come up before the baseline
+                load.get(s.port, "/obj/1k.bin")
+            time.sleep(0.5)
+            base[s.name] = _memory(s, cdir)
+            r = load.wrk_list(s.url(""), lst, conns=16)
+            if r["bad"] or r["errors"]:
+                results.warn(f"memory fill: {s.label}: {r['bad']} non-200, "
+                             f"{r['errors']} errors")
+            time.sleep(1.0)
+            after[s.name] = _memory(s, cdir)
+            if s.name == "strata":
+                strata_rss = procs.rss_bytes(s.pids())
+            per[s.name] = (after[s.name] - base[s.name]) / n
+            over[s.name] = per[s.name] - KIB
+            mark = counter.mark()
+            load.wrk_list(s.url(""), sample, conns=16)
+            missed, _, _ = counter.since(mark)
+            kept[s.name] = 100.0 * (1 - missed / min(1000, n))
+            check_alive([s])
+            print(f"  {s.label}: {after[s.name] / MIB:,.1f} MiB after, "
+                  f"{per[s.name]:,.0f} B/object, {kept[s.name]:.1f}% of a sample still cached",
+                  flush=True)
+    finally:
+        _stop(servers)
+    fig = f"Figure 4: memory, {n:,} cached 1 KiB objects"
+    results.add(Row(fig, "memory after the fill", "MiB", {k: v / MIB for k, v in after.items()},
+                    "low", fmt="{:,.1f}"))
+    results.add(Row(fig, "memory per cached object", "bytes", per, "low"))
+    results.add(Row(fig, "overhead per object beyond its 1 KiB body", "bytes", over, "low",
+                    200, absolute=True))
+    results.add(Row(fig, "sample of 1,000 still cached", "%", kept, "high", fmt="{:.1f}"))
+    results.notes.append(
+        "Figure 4: memory = proportional set size (Pss) of the server's processes, plus for "
+        "nginx the size of its cache directory on tmpfs; per object = (after − before the "
+        f"fill) / {n:,}. Strata runs memory-only here. Strata's VmRSS after the fill: "
+        f"{(strata_rss or 0) / MIB:,.1f} MiB.")
+
+
+# -- figure 5 -----------------------------------------------------------------------------
+
+def zipf_list(catalogue, n_requests, s=1.0, seed=1):
+    """n_requests paths drawn with P(rank k) ~ 1/k^s; ranks are shuffled over the catalogue so
+    popularity does not follow file number or size."""
+    rnd = random.Random(seed)
+    order = list(range(len(catalogue)))
+    rnd.shuffle(order)
+    cdf, acc = [], 0.0
+    for k in range(1, len(catalogue) + 1):
+        acc += 1.0 / k ** s
+        cdf.append(acc)
+    out = []
+    for _ in range(n_requests):
+        k = bisect.bisect_left(cdf, rnd.random() * acc)
+        out.append(catalogue[order[min(k, len(order) - 1)]])
+    return out
+
+
+def zipf_figure(env, plan, results, counter, catalogue):
+    mb = plan.zipf_budget_mb
+    cat_bytes = sum(sz for _, sz in catalogue)
+    reqs = zipf_list(catalogue, plan.zipf_requests)
+    req_bytes = sum(sz for _, sz in reqs)
+    print(f"\n== figure 5: Zipf (s=1.0), {len(reqs):,} requests over {len(catalogue):,} objects "
+          f"({cat_bytes / MIB:,.0f} MiB) with {mb} MiB of cache each", flush=True)
+    lst = write_list(env.path("zipf-urls.txt"), [p for p, _ in reqs])
+    cache_dir = env.path("nginx-cache-zipf")
+    servers = [Strata(env, "zipf", memory=f"{mb}MB", disk=None),
+               NginxCache(env, "zipf", cache_dir=cache_dir, max_size=f"{mb}m",
+                          keys_zone="32m"),
+               Varnish(env, "zipf", size=f"{mb}m")]
+    hit, bhit, oreq, obytes, mem = {}, {}, {}, {}, {}
+    try:
+        for s in servers:
+            s.start()
+        for s in servers:
+            mark = counter.mark()
+            t0 = time.monotonic()
+            r = load.wrk_list(s.url(""), lst, conns=16)
+            took = time.monotonic() - t0
+            n, nb, _ = counter.since(mark, settle=0.3)
+            check_alive([s])
+            if r["bad"] or r["errors"]:
+                results.warn(f"zipf: {s.label}: {r['bad']} non-200, {r['errors']} errors")
+            if r["got"] != len(reqs):
+                results.warn(f"zipf: {s.label}: {r['got']} answers for {len(reqs)} requests")
+            hit[s.name] = 100.0 * (1 - n / len(reqs))
+            bhit[s.name] = 100.0 * (1 - nb / req_bytes)
+            oreq[s.name], obytes[s.name] = n, nb / MIB
+            mem[s.name] = _memory(s, cache_dir if s.name == "nginx" else None) / MIB
+            print(f"  {s.label}: hit ratio {hit[s.name]:.1f}%, byte hit ratio "
+                  f"{bhit[s.name]:.1f}%, origin {n:,} requests / {nb / MIB:,.1f} MiB "
+                  f"({took:.1f}s)", flush=True)
+    finally:
+        _stop(servers)
+    fig = f"Figure 5: Zipf over a catalogue 10× the cache ({mb} MiB each)"
+    results.add(Row(fig, "hit ratio", "%", hit, "high", 1.0, fmt="{:.1f}"))
+    results.add(Row(fig, "byte hit ratio", "%", bhit, "high", fmt="{:.1f}"))
+    results.add(Row(fig, "origin requests", "count", oreq, "low"))
+    results.add(Row(fig, "origin bytes", "MiB", obytes, "low", fmt="{:,.1f}"))
+    results.add(Row(fig, "memory after the run", "MiB", mem, "low", fmt="{:,.1f}"))
+    results.notes.append(
+        f"Figure 5: {len(catalogue):,} objects of 1–64 KiB (log-uniform), {cat_bytes / MIB:,.0f} "
+        f"MiB in all; {len(reqs):,} requests (Zipf s=1.0, same sequence for each server, 16 "
+        f"connections, from cold). Budget: Strata <MemorySize>{mb}MB</MemorySize> with no "
+        f"disk, nginx max_size={mb}m on tmpfs, Varnish -s malloc,{mb}m. Memory after = Pss "
+        f"(+ nginx cache dir).")
+
+
+# -- figure 6 -----------------------------------------------------------------------------
+
+def _drop_page_cache():
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def _first_hit(s, paths, is_hit, t0, timeout=120.0):
+    """Polls a new path each time until one is answered as a hit. Returns (listen_s, hit_s,
+    misses before it)."""
+    listen_at, misses, i = None, 0, 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not s.alive():
+            raise Crash(f"{s.label} exited during its cold start:\n{s.proc.log_tail()}")
+        try:
+            r = load.get(s.port, paths[i % len(paths)], timeout=30)
+        except OSError:
+            time.sleep(0.002)
+            continue
+        now = time.monotonic() - t0
+        if listen_at is None:
+            listen_at = now
+        i += 1
+        if r.status == 200 and is_hit(r):
+            return listen_at, now, misses
+        misses += 1
+    raise Crash(f"{s.label} served no hit within {timeout:.0f}s of starting")
+
+
+def cold_start_figure(env, plan, results, counter):
+    n = plan.cold_objects
+    print(f"\n== figure 6: cold start with {n:,} objects on disk", flush=True)
+    paths = [f"/small/{i}.bin" for i in range(n)]
+    lst = write_list(env.path("cold-urls.txt"), paths)
+    rnd = random.Random(11)
+    probes = rnd.sample(paths, min(200, n))
+    sample = write_list(env.path("cold-sample.txt"), rnd.sample(paths, min(1000, n)))
+    dropped = None
+    servers = [
+        (Strata(env, "cold", memory="512MB", disk=os.path.join(env.disk, "strata")),
+         lambda r: r.header("age").isdigit() and int(r.header("age")) >= 1),
+        (NginxCache(env, "cold", cache_dir=os.path.join(env.disk, "nginx"),
+                    extra="add_header X-Cache-Status $upstream_cache_status always;"),
+         lambda r: r.header("x-cache-status") == "HIT"),
+    ]
+    listen, first, missed, sampled = {}, {}, {}, {}
+    try:
+        for s, is_hit in servers:
+            s.start()
+            r = load.wrk_list(s.url(""), lst, conns=16)
+            if r["bad"] or r["errors"]:
+                results.warn(f"cold start fill: {s.label}: {r['bad']} non-200, "
+                             f"{r['errors']} errors")
+            time.sleep(1.2)  # so that Age >= 1 on a stored copy
+            runs = []
+            for k in range(plan.cold_restarts):
+                s.stop()
+                load.wait_closed(s.port)
+                dropped = _drop_page_cache()
+                t0 = time.monotonic()
+                s.start(wait=False)
+                la, fh, miss = _first_hit(s, probes[k * 7:] + probes[:k * 7], is_hit, t0)
+                mark = counter.mark()
+                load.wrk_list(s.url(""), sample, conns=16)
+                o, _, _ = counter.since(mark)
+                runs.append((la, fh, miss, o))
+                print(f"  {s.label} restart {k + 1}: listening after {1000 * la:.0f} ms, "
+                      f"first hit after {1000 * fh:.0f} ms ({miss} misses before it); "
+                      f"{o} of {min(1000, n)} sampled objects went to the origin", flush=True)
+            listen[s.name] = median([x[0] * 1000 for x in runs])
+            first[s.name] = median([x[1] * 1000 for x in runs])
+            missed[s.name] = median([x[2] for x in runs])
+            sampled[s.name] = median([x[3] for x in runs])
+            s.stop()
+    finally:
+        _stop([s for s, _ in servers])
+    fig = f"Figure 6: cold start, {n:,} objects on disk"
+    results.add(Row(fig, "process start → listening", "ms", listen, "low"))
+    results.add(Row(fig, "process start → first hit from disk", "ms", first, "low"))
+    results.add(Row(fig, "misses before the first hit", "count", missed, "low", fmt="{:g}"))
+    results.add(Row(fig, f"origin requests for {min(1000, n):,} stored objects right after",
+                    "count", sampled, "low", fmt="{:g}"))
+    results.notes.append(
+        "Figure 6: fill, stop (SIGTERM), restart, then GET a different stored object until "
+        "one is a hit (Strata: Age ≥ 1; nginx: X-Cache-Status HIT, added for this figure "
+        "only); disk tiers on " + env.disk + ". Page cache dropped before each restart: "
+        + ("yes." if dropped else "no (not permitted here), so the files may be in the page "
+                                  "cache.") + " Varnish's malloc storage does not survive a "
+        "restart, so it has no row.")

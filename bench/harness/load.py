@@ -1,0 +1,223 @@
+"""Load generation and measurement: wrk runs (fixed URL, or a list of URLs sent once each),
+a plain HTTP GET, the 200-client burst of figure 3, and the origin request counter."""
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import time
+
+from . import procs
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LUA = os.path.join(os.path.dirname(HERE), "lua")
+
+
+class LoadError(RuntimeError):
+    """The load generator itself failed (not the server)."""
+
+
+def _parse_wrk(out, tag):
+    for line in out.splitlines():
+        if line.startswith(tag + " "):
+            return json.loads(line[len(tag) + 1:])
+    return None
+
+
+def wrk(url, conns, duration, threads=1, cpus=None, timeout_s=5):
+    """Runs wrk against one URL. Returns its summary: requests, duration_us, bytes, the error
+    counts (connect, read, write, status = HTTP status > 399, timeout), p50_us, p99_us."""
+    argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", f"--timeout={timeout_s}s",
+            "-s", os.path.join(LUA, "stats.lua"), url]
+    if cpus is not None:
+        argv = ["taskset", "-c", str(cpus)] + argv
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    s = _parse_wrk(r.stdout, "WRKJSON")
+    if r.returncode != 0 or s is None:
+        raise LoadError(f"wrk failed ({r.returncode}): {r.stdout[-500:]} {r.stderr[-500:]}")
+    s["errors"] = s["connect"] + s["read"] + s["write"] + s["status"] + s["timeout"]
+    s["rps"] = s["requests"] / (s["duration_us"] / 1e6)
+    return s
+
+
+def wrk_list(base_url, list_file, conns=16, max_duration=600):
+    """Sends every path in list_file once, in order (one wrk thread, `conns` connections).
+    Returns wrk's summary plus sent/got/bad (bad = responses that were not 200)."""
+    argv = ["wrk", "-t1", f"-c{conns}", f"-d{max_duration}s", "--timeout=10s",
+            "-s", os.path.join(LUA, "urls.lua"), base_url, "--", list_file]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=max_duration + 60)
+    s = _parse_wrk(r.stdout, "WRKJSON")
+    u = _parse_wrk(r.stdout, "URLSJSON")
+    if s is None:
+        raise LoadError(f"wrk (list) failed ({r.returncode}): {r.stdout[-500:]} "
+                        f"{r.stderr[-500:]}")
+    if u is None:  # the run hit max_duration before every answer came back
+        u = {"sent": -1, "got": -1, "bad": -1}
+    s.update(u)
+    s["errors"] = s["connect"] + s["read"] + s["write"] + s["status"] + s["timeout"]
+    return s
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status, self.headers, self.body = status, headers, body
+
+    def header(self, name):
+        return self.headers.get(name.lower(), "")
+
+
+async def _read_response(reader):
+    """Reads one HTTP/1.1 response (Content-Length, chunked, or until close)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    elif "chunked" in headers.get("transfer-encoding", "").lower():
+        parts = []
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")
+                break
+            parts.append(await reader.readexactly(size))
+            await reader.readexactly(2)
+        body = b"".join(parts)
+    else:
+        body = await reader.read()
+    return Response(status, headers, body)
+
+
+def get(port, path, timeout=10.0):
+    """One GET on a new connection; returns a Response (raises OSError if it cannot connect)."""
+    async def go():
+        r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+        try:
+            w.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                    f"Connection: close\r\n\r\n".encode())
+            return await asyncio.wait_for(_read_response(r), timeout)
+        finally:
+            w.close()
+    return asyncio.run(go())
+
+
+def burst(port, path, clients, timeout=30.0):
+    """Opens `clients` connections, then sends one GET on each at once. Returns per client
+    (ttfb_s, ttlb_s, ok) where ok means status 200 and a complete body."""
+    async def go():
+        conns = await asyncio.gather(*[asyncio.open_connection("127.0.0.1", port)
+                                       for _ in range(clients)])
+        req = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+
+        async def one(reader, writer, t0):
+            try:
+                first = await reader.readexactly(1)
+                ttfb = time.perf_counter() - t0
+                rest = await _read_response(_Prefixed(first, reader))
+                ttlb = time.perf_counter() - t0
+                return ttfb, ttlb, rest.status == 200 and len(rest.body) > 0
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                return None, None, False
+            finally:
+                writer.close()
+
+        starts = []
+        for _, w in conns:  # every request is written before any answer is read
+            starts.append(time.perf_counter())
+            w.write(req)
+        tasks = [one(r, w, t0) for (r, w), t0 in zip(conns, starts)]
+        return await asyncio.wait_for(asyncio.gather(*tasks), timeout)
+    return asyncio.run(go())
+
+
+class _Prefixed:
+    """A stream reader with bytes already read put back in front."""
+
+    def __init__(self, prefix, reader):
+        self.buf, self.reader = prefix, reader
+
+    async def _fill(self, n):
+        while len(self.buf) < n:
+            chunk = await self.reader.read(65536)
+            if not chunk:
+                raise asyncio.IncompleteReadError(self.buf, n)
+            self.buf += chunk
+
+    async def readuntil(self, sep):
+        while sep not in self.buf:
+            chunk = await self.reader.read(65536)
+            if not chunk:
+                raise asyncio.IncompleteReadError(self.buf, None)
+            self.buf += chunk
+        i = self.buf.index(sep) + len(sep)
+        out, self.buf = self.buf[:i], self.buf[i:]
+        return out
+
+    async def readexactly(self, n):
+        await self._fill(n)
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    async def read(self, n=-1):
+        if self.buf:
+            out, self.buf = self.buf, b""
+            return out
+        return await self.reader.read(n)
+
+
+class OriginCounter:
+    """Counts origin requests and body bytes from the origin nginx's access log (one line per
+    request: path and body bytes, written unbuffered)."""
+
+    def __init__(self, log_path):
+        self.path = log_path
+
+    def mark(self):
+        try:
+            return os.path.getsize(self.path)
+        except OSError:
+            return 0
+
+    def since(self, mark, settle=0.15):
+        """(requests, bytes, paths) logged after `mark`."""
+        time.sleep(settle)  # the origin logs after it has sent the response
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(mark)
+                data = f.read()
+        except OSError:
+            return 0, 0, []
+        reqs, nbytes, paths = 0, 0, []
+        for line in data.decode("latin-1").splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                reqs += 1
+                nbytes += int(parts[1]) if parts[1].isdigit() else 0
+                if len(paths) < 5:
+                    paths.append(parts[0])
+        return reqs, nbytes, paths
+
+
+def server_cpu(server):
+    return procs.cpu_seconds(server.pids())
+
+
+def wait_closed(port, timeout=10.0):
+    """Waits until nothing accepts on the port (a stopped server's port is free again)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and procs.port_open(port):
+        time.sleep(0.05)
+
+
+def connect_ok(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,133 @@
+"""Collected figures and the markdown report (medians, ratio Strata / best peer, targets)."""
+
+import statistics
+
+PEERS = ("nginx", "varnish")
+COLUMNS = (("strata", "Strata"), ("nginx", "nginx"), ("varnish", "Varnish"),
+           ("static", "static nginx (ref)"))
+
+
+class Row:
+    """One figure row: a value per server (medians), which way is better, an optional target
+    on the ratio Strata / best peer (or on Strata's own value), and warnings per server."""
+
+    def __init__(self, figure, metric, unit, values, better=None, target=None, fmt="{:,.0f}",
+                 absolute=False):
+        self.figure, self.metric, self.unit = figure, metric, unit
+        self.values = values          # {"strata": x, "nginx": y, ...}; None = not measured
+        self.better = better          # "high", "low" or None (informative only)
+        self.target = target          # ratio (or absolute value when absolute=True)
+        self.fmt = fmt
+        self.absolute = absolute
+        self.flags = {}               # server -> "3 errors", "12 origin req", ...
+
+    def best_peer(self):
+        vals = [(self.values.get(p), p) for p in PEERS if self.values.get(p) is not None]
+        if not vals or self.better is None:
+            return None, None
+        pick = max if self.better == "high" else min
+        v, p = pick(vals)
+        return p, v
+
+    def ratio(self):
+        s = self.values.get("strata")
+        p, v = self.best_peer()
+        if s is None or v is None:
+            return None
+        if v == 0:
+            return None if s != 0 else 1.0
+        return s / v
+
+    def met(self):
+        if self.target is None:
+            return None
+        if self.absolute:
+            s = self.values.get("strata")
+            if s is None:
+                return None
+            return s >= self.target if self.better == "high" else s <= self.target
+        r = self.ratio()
+        if r is None:
+            return None
+        return r >= self.target if self.better == "high" else r <= self.target
+
+    def cell(self, server):
+        v = self.values.get(server)
+        text = "–" if v is None else self.fmt.format(v)
+        if server in self.flags:
+            text += f" ⚠ {self.flags[server]}"
+        return text
+
+    def target_text(self):
+        if self.target is None:
+            return ""
+        op = "≥" if self.better == "high" else "≤"
+        if self.absolute:
+            return f"Strata {op} {self.fmt.format(self.target)}"
+        return f"{op} {self.target:g}×"
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+class Results:
+    def __init__(self):
+        self.rows = []
+        self.notes = []      # free-text lines (what was measured how, anomalies)
+        self.warnings = []   # things that look wrong (errors, origin requests during hits)
+        self.failures = []   # crashes / servers that did not start
+
+    def add(self, row):
+        self.rows.append(row)
+        return row
+
+    def warn(self, text):
+        self.warnings.append(text)
+        print(f"  WARNING: {text}", flush=True)
+
+    def fail(self, text):
+        self.failures.append(text)
+        print(f"  FAILURE: {text}", flush=True)
+
+    def markdown(self, header_lines):
+        out = list(header_lines)
+        targeted = [r for r in self.rows if r.target is not None]
+        if targeted:
+            out += ["", "## Targets (Strata / best of nginx and Varnish, medians)", "",
+                    "| figure | metric | Strata | best peer | ratio | target | met |",
+                    "|---|---|---|---|---|---|---|"]
+            for r in targeted:
+                p, v = r.best_peer()
+                ratio = r.ratio()
+                met = r.met()
+                out.append(
+                    f"| {r.figure} | {r.metric} ({r.unit}) | {r.cell('strata')} | "
+                    f"{'–' if p is None else dict(COLUMNS)[p] + ' ' + r.fmt.format(v)} | "
+                    f"{'–' if ratio is None else f'{ratio:.2f}×'} | {r.target_text()} | "
+                    f"{'–' if met is None else ('yes' if met else '**no**')} |")
+        figures = []
+        for r in self.rows:
+            if r.figure not in figures:
+                figures.append(r.figure)
+        for fig in figures:
+            rows = [r for r in self.rows if r.figure == fig]
+            cols = [(k, t) for k, t in COLUMNS
+                    if any(r.values.get(k) is not None for r in rows)]
+            out += ["", f"## {fig}", "",
+                    "| metric | " + " | ".join(t for _, t in cols) + " | Strata / best peer |",
+                    "|---|" + "---|" * len(cols) + "---|"]
+            for r in rows:
+                ratio = r.ratio()
+                out.append(f"| {r.metric} ({r.unit}) | "
+                           + " | ".join(r.cell(k) for k, _ in cols)
+                           + f" | {'–' if ratio is None else f'{ratio:.2f}×'} |")
+        if self.notes:
+            out += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
+        out += ["", "## Warnings", ""]
+        out += [f"- {w}" for w in self.warnings] or ["- none (zero errors on every row; zero "
+                                                    "origin requests during every hit run)"]
+        if self.failures:
+            out += ["", "## Failures", ""] + [f"- {f}" for f in self.failures]
+        return "\n".join(out) + "\n"

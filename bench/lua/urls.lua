@@ -1,0 +1,48 @@
+-- wrk script that sends every path of a list file exactly once, in order, then ends the run
+-- (run it with one thread: wrk -t1 ... -s urls.lua URL -- LISTFILE). Used to fill caches and
+-- for the Zipf workload, so every server gets the same request sequence.
+local reqs, n, sent, got, bad = {}, 0, 0, 0, 0
+
+local function wrk_pid()
+  local f = io.open("/proc/self/stat")
+  local pid = f:read("*n")
+  f:close()
+  return pid
+end
+
+init = function(args)
+  for line in io.lines(args[1]) do
+    n = n + 1
+    reqs[n] = wrk.format(nil, line)
+  end
+end
+
+-- Once every request is out, the connections just wait for the end of the run.
+delay = function()
+  if sent >= n then return 3600000 end
+  return 0
+end
+
+request = function()
+  sent = sent + 1
+  return reqs[sent] or reqs[n]
+end
+
+response = function(status, headers, body)
+  got = got + 1
+  if status ~= 200 then bad = bad + 1 end
+  if got == n then
+    io.write(string.format('URLSJSON {"sent":%d,"got":%d,"bad":%d}\n', sent, got, bad))
+    io.flush()
+    -- wrk's main thread sleeps for -d; SIGINT ends the run now.
+    os.execute("kill -INT " .. wrk_pid())
+  end
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"bytes":%d,"connect":%d,"read":%d,' ..
+    '"write":%d,"status":%d,"timeout":%d,"p50_us":%d,"p99_us":%d,"max_us":%d}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write,
+    e.status, e.timeout, latency:percentile(50), latency:percentile(99), latency.max))
+end

@@ -1,0 +1,702 @@
+//! End-to-end tests of HTTP caching semantics (issue 4, RFC 9111 and friends), over real
+//! sockets: a scripted origin on loopback, an in-process Strata, a plain HTTP client.
+//!
+//! Most tests run against a vhost that writes only `<Listen>` and `<Origin>` behind a
+//! `<Default>` — the strict RFC 9111 shared cache every unconfigured vhost is — and a few
+//! against vhosts that write STON options. Scenarios are modelled on the behaviours the
+//! public HTTP caching test suite (http-tests/cache-tests) checks: each scenario owns one
+//! URL, scripts the origin's answer per request number, and asserts on what the client
+//! gets (`x-n` tells which origin answer it is) and on what the origin saw.
+//!
+//! Scenarios inside one test run concurrently, so their pauses (short `max-age`s) overlap.
+
+mod common;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use common::*;
+use http::{HeaderMap, Response};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+// ---------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------
+
+/// What the origin saw of one request.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> String {
+        joined(&self.headers, name)
+    }
+}
+
+/// A scenario's origin script: gets the request and its number (1-based) for this scenario;
+/// `None` closes the connection without answering.
+type Script = Arc<dyn Fn(&Seen, usize) -> Option<Response<Body>> + Send + Sync>;
+
+struct ScriptState {
+    script: Script,
+    seen: Mutex<Vec<Seen>>,
+}
+
+type Scripts = Arc<Mutex<HashMap<String, Arc<ScriptState>>>>;
+
+/// A scripted origin plus an in-process Strata in front of it.
+struct Lab {
+    strata: SocketAddr,
+    origin: SocketAddr,
+    scripts: Scripts,
+    running: strata::server::Running,
+    origin_stop: tokio_util::sync::CancellationToken,
+    _conf: ConfDir,
+}
+
+/// The header that routes a request to its scenario's script (forwarded by Strata).
+const SCENARIO: &str = "x-scenario";
+
+/// The Host the tests use: no vhost has this name, so the `<Default>` answers.
+const HOST: &str = "conformance.test";
+
+impl Lab {
+    /// Strata with one vhost `<Default>`ed, writing only `<Listen>`, `<Origin>` and `extra`.
+    async fn start(extra: &str) -> Arc<Lab> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        let origin = listener.local_addr().expect("origin addr");
+        let scripts: Scripts = Arc::default();
+        let origin_stop = tokio_util::sync::CancellationToken::new();
+        serve_origin(listener, scripts.clone(), origin_stop.clone());
+        let vhosts = format!(
+            r#"<Vhosts><Vhost Name="semantics.test">{extra}<Listen>127.0.0.1:0</Listen><Origin><Address>{origin}</Address></Origin></Vhost><Default>semantics.test</Default></Vhosts>"#
+        );
+        let conf = ConfDir::new(&server_xml("", ""), &vhosts);
+        let running = start(&conf).await;
+        Arc::new(Lab {
+            strata: running.http[0],
+            origin,
+            scripts,
+            running,
+            origin_stop,
+            _conf: conf,
+        })
+    }
+
+    /// Registers a scenario whose URL is `/{id}` (plus suffixes the scenario chooses).
+    fn scenario<F>(self: &Arc<Self>, id: &str, f: F) -> Scn
+    where
+        F: Fn(&Seen, usize) -> Option<Response<Body>> + Send + Sync + 'static,
+    {
+        let state = Arc::new(ScriptState {
+            script: Arc::new(f),
+            seen: Mutex::new(Vec::new()),
+        });
+        let old = self
+            .scripts
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), state.clone());
+        assert!(old.is_none(), "scenario {id} registered twice");
+        Scn {
+            lab: self.clone(),
+            id: id.to_string(),
+            state,
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.running.shutdown.cancel();
+        self.origin_stop.cancel();
+    }
+}
+
+/// The scripted origin: HTTP/1.1 on `listener`, routing by `x-scenario`.
+fn serve_origin(listener: TcpListener, scripts: Scripts, stop: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            };
+            let (scripts, stop) = (scripts.clone(), stop.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let scripts = scripts.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let seen = Seen {
+                            method: parts.method.to_string(),
+                            path: parts
+                                .uri
+                                .path_and_query()
+                                .map(|p| p.as_str().to_string())
+                                .unwrap_or_default(),
+                            headers: parts.headers,
+                            body,
+                        };
+                        let id = seen.header(SCENARIO);
+                        let state = scripts.lock().unwrap().get(&id).cloned();
+                        let Some(state) = state else {
+                            return Ok(resp(404, &[], format!("no scenario {id:?}")));
+                        };
+                        let n = {
+                            let mut s = state.seen.lock().unwrap();
+                            s.push(seen.clone());
+                            s.len()
+                        };
+                        match (state.script)(&seen, n) {
+                            Some(mut r) => {
+                                r.headers_mut().insert("x-n", n.into());
+                                Ok(r)
+                            }
+                            None => Err(std::io::Error::other("scripted disconnect")),
+                        }
+                    }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = stop.cancelled() => {}
+                }
+            });
+        }
+    });
+}
+
+/// One scenario: its URL, the origin's log for it, and a client.
+#[derive(Clone)]
+struct Scn {
+    lab: Arc<Lab>,
+    id: String,
+    state: Arc<ScriptState>,
+}
+
+impl Scn {
+    /// The scenario's own URL path.
+    fn path(&self) -> String {
+        format!("/{}", self.id)
+    }
+
+    /// `GET /{id}`.
+    async fn get(&self, headers: &[(&str, &str)]) -> Got {
+        self.send("GET", &self.path(), headers, "").await
+    }
+
+    /// Any method on any path, tagged with this scenario.
+    async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Got {
+        self.send_host(method, HOST, path, headers, body).await
+    }
+
+    async fn send_host(
+        &self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Got {
+        let mut all: Vec<(&str, &str)> = vec![(SCENARIO, self.id.as_str())];
+        all.extend_from_slice(headers);
+        request(
+            method,
+            self.lab.strata,
+            host,
+            path,
+            &all,
+            Bytes::copy_from_slice(body.as_bytes()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("[{}] {method} {path}: {e}", self.id))
+    }
+
+    /// Requests the origin received for this scenario so far.
+    fn hits(&self) -> usize {
+        self.state.seen.lock().unwrap().len()
+    }
+
+    /// The `i`-th request (1-based) the origin received.
+    fn seen(&self, i: usize) -> Seen {
+        self.state.seen.lock().unwrap()[i - 1].clone()
+    }
+}
+
+/// Which origin answer the client got (`x-n`), 0 when none.
+fn n_of(g: &Got) -> usize {
+    g.header("x-n").parse().unwrap_or(0)
+}
+
+/// All lines of a field joined by ", " (as HTTP clients show them).
+fn joined(h: &HeaderMap, name: &str) -> String {
+    h.get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An origin answer: status, headers, body `"{id} {n}"`.
+fn answer(status: u16, headers: &[(&str, &str)], seen: &Seen, n: usize) -> Option<Response<Body>> {
+    let body = if matches!(status, 204 | 304) || seen.method == "HEAD" {
+        String::new()
+    } else {
+        format!("{} {n}", seen.header(SCENARIO))
+    };
+    let mut r = resp(status, headers, body);
+    if matches!(status, 204 | 304) {
+        r.headers_mut().remove("content-length");
+    }
+    Some(r)
+}
+
+/// An HTTP-date `offset` seconds from now.
+fn date(offset: i64) -> String {
+    let now = SystemTime::now();
+    let t = if offset >= 0 {
+        now + Duration::from_secs(offset as u64)
+    } else {
+        now - Duration::from_secs(offset.unsigned_abs())
+    };
+    httpdate::fmt_http_date(t)
+}
+
+/// Runs every scenario future concurrently; a panic in one fails the test with its message.
+async fn all<F>(futures: Vec<F>)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let mut set = JoinSet::new();
+    for f in futures {
+        set.spawn(f);
+    }
+    while let Some(r) = set.join_next().await {
+        if let Err(e) = r {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+            panic!("scenario task failed: {e}");
+        }
+    }
+}
+
+/// Boxes a scenario future so differently-typed ones share a Vec.
+fn task<F: Future<Output = ()> + Send + 'static>(
+    f: F,
+) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(f)
+}
+
+async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Asserts the response came from the cache: the `x-n` of an earlier origin answer and no
+/// new origin request.
+#[track_caller]
+fn assert_cached(s: &Scn, g: &Got, from: usize, hits: usize, what: &str) {
+    assert_eq!(
+        (n_of(g), s.hits()),
+        (from, hits),
+        "[{}] {what}: expected a stored answer #{from} with {hits} origin request(s); got status {} headers {:?}",
+        s.id,
+        g.status,
+        g.headers
+    );
+}
+
+/// Resolves a header spec: a value `@N` is the HTTP-date N seconds from now.
+fn resolve(spec: &[(&str, &str)]) -> Vec<(String, String)> {
+    spec.iter()
+        .map(|(k, v)| {
+            let v = match v.strip_prefix('@').and_then(|o| o.parse::<i64>().ok()) {
+                Some(offset) => date(offset),
+                None => v.to_string(),
+            };
+            (k.to_string(), v)
+        })
+        .collect()
+}
+
+/// An origin answer from a header spec (see [`resolve`]).
+fn answer_spec(status: u16, spec: &[(&str, &str)], seen: &Seen, n: usize) -> Option<Response<Body>> {
+    let owned = resolve(spec);
+    let refs: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    answer(status, &refs, seen, n)
+}
+
+/// Two GETs `pause_ms` apart; the origin answers `status` + `spec` the first time and a
+/// plain 200 afterwards. Asserts whether the second GET was served from the cache.
+async fn reuse_case(
+    lab: Arc<Lab>,
+    id: String,
+    status: u16,
+    spec: Vec<(&'static str, &'static str)>,
+    pause_ms: u64,
+    expect_cached: bool,
+) {
+    let s = lab.scenario(&id, move |seen, n| {
+        if n == 1 {
+            answer_spec(status, &spec, seen, n)
+        } else {
+            answer(200, &[], seen, n)
+        }
+    });
+    let first = s.get(&[]).await;
+    assert_eq!(
+        (first.status.as_u16(), n_of(&first)),
+        (status, 1),
+        "[{id}] first answer"
+    );
+    sleep_ms(pause_ms).await;
+    let second = s.get(&[]).await;
+    if expect_cached {
+        assert_cached(&s, &second, 1, 1, "should be reused");
+        assert_eq!(second.status.as_u16(), status, "[{id}] stored status");
+    } else {
+        assert_eq!(
+            (n_of(&second), s.hits()),
+            (2, 2),
+            "[{id}] must not be reused; got {:?}",
+            second.headers
+        );
+    }
+}
+
+type Spec = Vec<(&'static str, &'static str)>;
+
+/// Runs a table of [`reuse_case`]s concurrently: (id, status, response spec, pause, cached?).
+async fn reuse_table(lab: &Arc<Lab>, table: Vec<(&str, u16, Spec, u64, bool)>) {
+    let tasks: Vec<_> = table
+        .into_iter()
+        .map(|(id, status, spec, pause, cached)| {
+            task(reuse_case(lab.clone(), id.to_string(), status, spec, pause, cached))
+        })
+        .collect();
+    all(tasks).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Freshness: max-age, s-maxage, Expires, Age (RFC 9111 §4.2, §5.1, §5.2.2, §5.3)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_4_2_freshness_from_cache_control() {
+    let lab = Lab::start("").await;
+    let cc = |v: &'static str| vec![("cache-control", v)];
+    reuse_table(
+        &lab,
+        vec![
+            ("fr-none", 200, vec![], 0, false),
+            ("fr-max-age", 200, cc("max-age=3600"), 0, true),
+            ("fr-quoted", 200, cc("max-age=\"3600\""), 0, true),
+            ("fr-case", 200, cc("MaX-aGe=3600"), 0, true),
+            ("fr-extension", 200, cc("foobar, max-age=3600"), 0, true),
+            ("fr-leading-zero", 200, cc("max-age=003600"), 0, true),
+            ("fr-2-31", 200, cc("max-age=2147483648"), 0, true),
+            ("fr-huge", 200, cc("max-age=99999999999"), 0, true),
+            ("fr-zero", 200, cc("max-age=0"), 0, false),
+            ("fr-negative", 200, cc("max-age=-3600"), 0, false),
+            ("fr-alpha", 200, cc("max-age=a3600"), 0, false),
+            ("fr-single-quoted", 200, cc("max-age='3600'"), 0, false),
+            ("fr-space-before-eq", 200, cc("max-age =3600"), 0, false),
+            ("fr-space-after-eq", 200, cc("max-age= 3600"), 0, false),
+            (
+                "fr-quoted-phrase",
+                200,
+                cc("extension=\"max-age=3600\", max-age=1"),
+                1_500,
+                false,
+            ),
+            (
+                "fr-quoted-phrase-rev",
+                200,
+                cc("max-age=1, extension=\"max-age=3600\""),
+                1_500,
+                false,
+            ),
+            ("fr-stale", 200, cc("max-age=1"), 1_500, false),
+            ("fr-s-maxage", 200, cc("s-maxage=3600"), 0, true),
+            ("fr-s-maxage-short", 200, cc("max-age=3600, s-maxage=0"), 0, false),
+            (
+                "fr-s-maxage-lines",
+                200,
+                vec![("cache-control", "max-age=3600"), ("cache-control", "s-maxage=0")],
+                0,
+                false,
+            ),
+            (
+                "fr-s-maxage-long",
+                200,
+                vec![("expires", "@-10"), ("cache-control", "max-age=0, s-maxage=3600")],
+                0,
+                true,
+            ),
+            (
+                "fr-max-age-past-expires",
+                200,
+                vec![("cache-control", "max-age=3600"), ("expires", "@-7200"), ("date", "@0")],
+                0,
+                true,
+            ),
+            (
+                "fr-max-age-bad-expires",
+                200,
+                vec![("cache-control", "max-age=3600"), ("expires", "0"), ("date", "@0")],
+                0,
+                true,
+            ),
+            (
+                "fr-max-age-0-future-expires",
+                200,
+                vec![("expires", "@3600"), ("cache-control", "max-age=0"), ("date", "@0")],
+                0,
+                false,
+            ),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_5_3_expires_and_its_parsing() {
+    let lab = Lab::start("").await;
+    let exp = |v: &'static str| vec![("expires", v), ("date", "@0")];
+    reuse_table(
+        &lab,
+        vec![
+            ("ex-future", 200, exp("@2592000"), 0, true),
+            ("ex-past", 200, exp("@-2592000"), 0, false),
+            ("ex-present", 200, exp("@0"), 0, false),
+            ("ex-invalid-0", 200, exp("0"), 0, false),
+            (
+                "ex-older-than-date",
+                200,
+                vec![("expires", "@300"), ("date", "@400")],
+                0,
+                false,
+            ),
+            (
+                "ex-invalid-date",
+                200,
+                vec![("date", "foo"), ("expires", "@10")],
+                0,
+                true,
+            ),
+            (
+                "ex-age-slow-date",
+                200,
+                vec![("date", "@-10"), ("expires", "@10"), ("age", "25")],
+                0,
+                false,
+            ),
+            (
+                "ex-age-fast-date",
+                200,
+                vec![("date", "@10"), ("expires", "@20"), ("age", "15")],
+                0,
+                false,
+            ),
+            ("ex-32bit", 200, exp("Tue, 19 Jan 2038 14:14:08 GMT"), 0, true),
+            ("ex-far-future", 200, exp("Sun, 21 Nov 2286 04:46:39 GMT"), 0, true),
+            ("ex-rfc850", 200, exp("Thursday, 18-Aug-50 02:01:18 GMT"), 0, true),
+            ("ex-asctime", 200, exp("Thu Aug  8 02:01:18 2050"), 0, true),
+            ("ex-case-weekday", 200, exp("THU, 18 Aug 2050 02:01:18 GMT"), 0, true),
+            ("ex-case-month", 200, exp("Thu, 18 AUG 2050 02:01:18 GMT"), 0, true),
+            ("ex-case-tz", 200, exp("Thu, 18 Aug 2050 02:01:18 gMT"), 0, true),
+            ("ex-utc", 200, exp("Thu, 18 Aug 2050 02:01:18 UTC"), 0, false),
+            ("ex-aest", 200, exp("Thu, 18 Aug 2050 02:01:18 AEST"), 0, false),
+            ("ex-2-digit-year", 200, exp("Thu, 18 Aug 50 02:01:18 GMT"), 0, false),
+            ("ex-no-comma", 200, exp("Thu 18 Aug 2050 02:01:18 GMT"), 0, false),
+            ("ex-spaces", 200, exp("Thu, 18  Aug  2050 02:01:18 GMT"), 0, false),
+            ("ex-dashes", 200, exp("Thu, 18-Aug-2050 02:01:18 GMT"), 0, false),
+            ("ex-periods", 200, exp("Thu, 18 Aug 2050 02.01.18 GMT"), 0, false),
+            ("ex-1-digit-hour", 200, exp("Thu, 18 Aug 2050 2:01:18 GMT"), 0, false),
+            (
+                "ex-two-lines",
+                200,
+                vec![
+                    ("expires", "Thu, 18 Aug 2050 02:01:18 GMT"),
+                    ("expires", "Thu, 18 Aug 2050 02:01:19 GMT"),
+                    ("date", "@0"),
+                ],
+                0,
+                false,
+            ),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_5_1_age_from_upstream_counts() {
+    let lab = Lab::start("").await;
+    let age = |v: &'static str| {
+        vec![("date", "@0"), ("cache-control", "max-age=3600"), ("age", v)]
+    };
+    reuse_table(
+        &lab,
+        vec![
+            ("age-old", 200, age("7200"), 0, false),
+            ("age-nonnumeric", 200, age("abc"), 0, true),
+            ("age-negative", 200, age("-7200"), 0, true),
+            ("age-float", 200, age("7200.0"), 0, true),
+            ("age-2-31-minus-1", 200, age("2147483647"), 0, false),
+            ("age-2-31", 200, age("2147483648"), 0, false),
+            ("age-2-31-plus-1", 200, age("2147483649"), 0, false),
+            ("age-suffix", 200, age("7200, 0"), 0, false),
+            ("age-prefix", 200, age("0, 7200"), 0, true),
+            (
+                "age-lines-old-first",
+                200,
+                vec![
+                    ("date", "@0"),
+                    ("cache-control", "max-age=3600"),
+                    ("age", "7200"),
+                    ("age", "0"),
+                ],
+                0,
+                false,
+            ),
+            (
+                "age-lines-0-first",
+                200,
+                vec![
+                    ("date", "@0"),
+                    ("cache-control", "max-age=3600"),
+                    ("age", "0"),
+                    ("age", "7200"),
+                ],
+                0,
+                true,
+            ),
+            (
+                "age-dup-not-old",
+                200,
+                vec![
+                    ("date", "@0"),
+                    ("cache-control", "max-age=10000"),
+                    ("age", "3600"),
+                    ("age", "3600"),
+                ],
+                0,
+                true,
+            ),
+        ],
+    )
+    .await;
+
+    // The upstream Age is passed on with the answer that carried it, and grows in the cache.
+    let s = lab.scenario("age-passed-on", |seen, n| {
+        answer_spec(200, &[("cache-control", "max-age=3600"), ("age", "30"), ("date", "@0")], seen, n)
+    });
+    let first = s.get(&[]).await;
+    assert_eq!(first.header("age"), "30", "Age of the answer that filled the cache");
+    sleep_ms(1_100).await;
+    let second = s.get(&[]).await;
+    assert_cached(&s, &second, 1, 1, "fresh with Age 30");
+    let age: u64 = second.header("age").parse().expect("Age on a cached answer");
+    assert!(age >= 31, "Age grows while stored: {age}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Heuristic freshness and reuse by status code (RFC 9111 §3, §4.2.2; RFC 9110 §15.1)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_4_2_2_heuristic_only_with_last_modified_and_cacheable_status() {
+    let lab = Lab::start("").await;
+    let lm: Spec = vec![("last-modified", "@-86400"), ("date", "@0")];
+    let mut table = Vec::new();
+    let ids: Vec<(u16, bool)> = vec![
+        (200, true),
+        (203, true),
+        (204, true),
+        (404, true),
+        (405, true),
+        (410, true),
+        (414, true),
+        (501, true),
+        (201, false),
+        (202, false),
+        (403, false),
+        (502, false),
+        (503, false),
+        (504, false),
+        (599, false),
+    ];
+    for (status, cached) in ids {
+        let id: &'static str = Box::leak(format!("heur-{status}").into_boxed_str());
+        table.push((id, status, lm.clone(), 0, cached));
+    }
+    table.push((
+        "heur-599-public",
+        599,
+        vec![("last-modified", "@-86400"), ("date", "@0"), ("cache-control", "public")],
+        0,
+        true,
+    ));
+    // Without Last-Modified there is nothing to base a heuristic on.
+    table.push(("heur-no-lm", 200, vec![("date", "@0")], 0, false));
+    reuse_table(&lab, table).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_3_any_status_with_explicit_freshness_is_reused() {
+    let lab = Lab::start("").await;
+    let statuses = [
+        200, 203, 204, 299, 301, 302, 303, 307, 308, 400, 404, 410, 499, 500, 502, 503, 504, 599,
+    ];
+    let mut table = Vec::new();
+    for status in statuses {
+        let fresh: &'static str = Box::leak(format!("st-{status}-fresh").into_boxed_str());
+        let stale: &'static str = Box::leak(format!("st-{status}-stale").into_boxed_str());
+        table.push((
+            fresh,
+            status,
+            vec![("cache-control", "max-age=100000"), ("date", "@0")],
+            0,
+            true,
+        ));
+        table.push((
+            stale,
+            status,
+            vec![("expires", "@-5000"), ("last-modified", "@-100000"), ("date", "@0")],
+            0,
+            false,
+        ));
+    }
+    // Without freshness, only heuristically cacheable codes are reused: 302 and 500 are not.
+    table.push(("st-302-bare", 302, vec![("location", "/elsewhere")], 0, false));
+    table.push(("st-500-bare", 500, vec![], 0, false));
+    table.push((
+        "st-599-must-understand",
+        599,
+        vec![("cache-control", "max-age=3600, no-store, must-understand")],
+        0,
+        false,
+    ));
+    table.push((
+        "st-200-must-understand",
+        200,
+        vec![("cache-control", "max-age=3600, no-store, must-understand")],
+        0,
+        true,
+    ));
+    reuse_table(&lab, table).await;
+}
