@@ -1608,3 +1608,69 @@ async fn uncacheable_answers_release_waiters_without_serialising_them() {
     eprintln!("hit-for-miss: cold round {cold:?}, warm round {warm:?} (origin delay {DELAY:?})");
     s.shutdown.cancel();
 }
+
+// ---------------------------------------------------------------------------------------
+// 11. Objects the store cannot take are served, not failed
+// ---------------------------------------------------------------------------------------
+
+/// A memory-only store whose largest object is 1 MiB: a 3 MiB answer with a known length is
+/// passed through uncached (every client gets it whole; nothing is stored), and one of
+/// unknown length (chunked), found too large only mid-fill, never reaches a client as a
+/// clean truncated body, and the next request is passed through whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_too_large_for_the_store_are_passed_through() {
+    const LEN: usize = 3 << 20;
+    let body = pattern(LEN, 51);
+    let b2 = body.clone();
+    let origin = Origin::start(Arc::new(move |req: Request<Incoming>, _| {
+        let body = b2.clone();
+        Box::pin(async move {
+            let chunked = req.uri().path() == "/chunked";
+            let mut headers = vec![("cache-control", "max-age=600".to_string())];
+            if !chunked {
+                headers.push(("content-length", LEN.to_string()));
+            }
+            streamed(&headers, move |tx| async move {
+                for i in (0..LEN).step_by(64 * 1024) {
+                    let end = (i + 64 * 1024).min(LEN);
+                    if tx.send(Ok(body.slice(i..end))).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+    }))
+    .await;
+    let conf = ConfDir::new(
+        &server_conf("<MemorySize>8</MemorySize><MemoryMaxObject>1</MemoryMaxObject>"),
+        &vhost_conf("a.com", origin.addr),
+    );
+    let s = start(&conf).await;
+    let addr = s.http[0];
+
+    // Known length: refused up front, passed through, concurrently too.
+    let tasks: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(async move { get(addr, "a.com", "/known", &[]).await }))
+        .collect();
+    for t in tasks {
+        let g = t.await.expect("join");
+        assert_eq!(g.status, 200, "{}", String::from_utf8_lossy(&g.body[..g.body.len().min(200)]));
+        assert!(g.body == body, "passed-through body differs ({} bytes)", g.body.len());
+    }
+    let g = get(addr, "a.com", "/known", &[]).await;
+    assert!(g.body == body);
+    let n = origin.count();
+    assert!(n >= 2, "not cached, so fetched again");
+    assert!(s.proxy.store.residency(&key_of(&s, "/known")).is_none());
+
+    // Unknown length: the store finds out mid-fill.
+    let first = request("GET", addr, "a.com", "/chunked", &[], Bytes::new()).await;
+    if let Ok(g) = &first {
+        assert!(g.body == body, "a truncated body ended cleanly ({} bytes)", g.body.len());
+    }
+    let g = get(addr, "a.com", "/chunked", &[]).await;
+    assert_eq!(g.status, 200);
+    assert!(g.body == body, "the next request gets it whole");
+    assert!(s.proxy.store.residency(&key_of(&s, "/chunked")).is_none());
+    s.shutdown.cancel();
+}

@@ -276,7 +276,7 @@ fn date(offset: i64) -> String {
     httpdate::fmt_http_date(t)
 }
 
-/// Runs every scenario future concurrently; a panic in one fails the test with its message.
+/// Runs every scenario future concurrently; if any fail, the test fails listing them all.
 async fn all<F>(futures: Vec<F>)
 where
     F: Future<Output = ()> + Send + 'static,
@@ -285,14 +285,27 @@ where
     for f in futures {
         set.spawn(f);
     }
+    let mut failures = Vec::new();
     while let Some(r) = set.join_next().await {
         if let Err(e) = r {
-            if e.is_panic() {
-                std::panic::resume_unwind(e.into_panic());
-            }
-            panic!("scenario task failed: {e}");
+            let msg = if e.is_panic() {
+                let p = e.into_panic();
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic".into())
+            } else {
+                format!("scenario task failed: {e}")
+            };
+            failures.push(msg);
         }
     }
+    assert!(
+        failures.is_empty(),
+        "{} scenario(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n---\n")
+    );
 }
 
 /// Boxes a scenario future so differently-typed ones share a Vec.
@@ -699,4 +712,582 @@ async fn rfc9111_3_any_status_with_explicit_freshness_is_reused() {
         true,
     ));
     reuse_table(&lab, table).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Response directives (RFC 9111 §5.2.2, §3.1, §3.5)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_5_2_2_response_directives() {
+    let lab = Lab::start("").await;
+    let cc = |v: &'static str| vec![("cache-control", v)];
+    reuse_table(
+        &lab,
+        vec![
+            ("rd-private", 200, cc("private, max-age=3600"), 0, false),
+            ("rd-no-store", 200, cc("no-store"), 0, false),
+            ("rd-no-store-case", 200, cc("No-StOrE"), 0, false),
+            (
+                "rd-no-store-fresh",
+                200,
+                vec![("cache-control", "max-age=10000, no-store"), ("expires", "@10000"), ("date", "@0")],
+                0,
+                false,
+            ),
+            (
+                "rd-no-cache-no-validator",
+                200,
+                vec![("cache-control", "max-age=10000, No-CaChE"), ("expires", "@10000"), ("date", "@0")],
+                0,
+                false,
+            ),
+            ("rd-must-revalidate-fresh", 200, vec![("cache-control", "max-age=10000, must-revalidate"), ("etag", "\"abcd\"")], 0, true),
+        ],
+    )
+    .await;
+
+    let mut tasks = Vec::new();
+
+    // no-cache with a validator: stored, but revalidated on every use.
+    let s = lab.scenario("rd-no-cache-revalidate", |seen, n| {
+        if seen.header("if-none-match") == "\"abcd\"" {
+            answer(304, &[("etag", "\"abcd\"")], seen, n)
+        } else {
+            answer(200, &[("cache-control", "max-age=10000, no-cache"), ("etag", "\"abcd\"")], seen, n)
+        }
+    });
+    tasks.push(task(async move {
+        let first = s.get(&[]).await;
+        assert_eq!(n_of(&first), 1);
+        for round in 2..=3 {
+            let again = s.get(&[]).await;
+            assert_eq!(again.status, 200, "validated answer is the stored 200");
+            assert_eq!(again.body, first.body, "stored body after a 304");
+            assert_eq!(s.hits(), round, "each use is revalidated");
+            assert_eq!(s.seen(round).header("if-none-match"), "\"abcd\"");
+        }
+    }));
+
+    // must-revalidate: once stale, revalidated (with If-None-Match) before use.
+    let s = lab.scenario("rd-must-revalidate-stale", |seen, n| {
+        if seen.header("if-none-match") == "\"abcd\"" {
+            answer(304, &[("etag", "\"abcd\""), ("cache-control", "max-age=1, must-revalidate")], seen, n)
+        } else {
+            answer(200, &[("cache-control", "max-age=1, must-revalidate"), ("etag", "\"abcd\"")], seen, n)
+        }
+    });
+    tasks.push(task(async move {
+        s.get(&[]).await;
+        assert_cached(&s, &s.get(&[]).await, 1, 1, "fresh must-revalidate");
+        sleep_ms(1_500).await;
+        let g = s.get(&[]).await;
+        assert_eq!((g.status.as_u16(), s.hits()), (200, 2));
+        assert_eq!(s.seen(2).header("if-none-match"), "\"abcd\"");
+    }));
+
+    // Set-Cookie: the client that caused the fill gets it; nobody gets it from the cache.
+    let s = lab.scenario("rd-set-cookie", |seen, n| {
+        answer(200, &[("cache-control", "max-age=3600"), ("set-cookie", "a=b"), ("x-kept", "1")], seen, n)
+    });
+    tasks.push(task(async move {
+        let first = s.get(&[]).await;
+        assert_eq!(first.header("set-cookie"), "a=b", "the filling client gets its cookie");
+        let second = s.get(&[("cookie", "a=b")]).await;
+        assert_cached(&s, &second, 1, 1, "Set-Cookie answer (and Cookie request)");
+        assert_eq!(second.header("set-cookie"), "", "never served to another client");
+        assert_eq!(second.header("x-kept"), "1");
+    }));
+
+    // private="field" and no-cache="field": stored without the named fields.
+    for (id, cc) in [
+        ("rd-private-field", "max-age=3600, private=\"x-user\""),
+        ("rd-no-cache-field", "max-age=3600, no-cache=\"x-user\""),
+    ] {
+        let s = lab.scenario(id, move |seen, n| {
+            answer(200, &[("cache-control", cc), ("x-user", "alice"), ("x-public", "1")], seen, n)
+        });
+        tasks.push(task(async move {
+            let first = s.get(&[]).await;
+            assert_eq!(first.header("x-user"), "alice", "the filling client sees it");
+            let second = s.get(&[]).await;
+            assert_cached(&s, &second, 1, 1, cc);
+            assert_eq!((second.header("x-user").as_str(), second.header("x-public").as_str()), ("", "1"));
+        }));
+    }
+
+    // Connection-named and hop-by-hop fields are never stored; end-to-end fields are.
+    let s = lab.scenario("rd-stored-fields", |seen, n| {
+        answer_spec(
+            200,
+            &[
+                ("cache-control", "max-age=3600"),
+                ("date", "@0"),
+                ("connection", "x-a, x-b"),
+                ("x-a", "1"),
+                ("x-b", "2"),
+                ("x-c", "3"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-authenticate", "Basic"),
+                ("proxy-authentication-info", "nextnonce=\"x\""),
+                ("content-type", "text/plain;charset=utf-8"),
+                ("x-frame-options", "deny"),
+                ("content-location", "/elsewhere"),
+                ("expires", "Mon, 11 Jan 2038 11:11:11 GMT"),
+                ("etag", "\"ghijkl\""),
+                ("www-authenticate", "Basic"),
+                ("strict-transport-security", "max-age=1"),
+                ("content-md5", "rL0Y20zC+Fzt72VPzMSk2A=="),
+            ],
+            seen,
+            n,
+        )
+    });
+    tasks.push(task(async move {
+        s.get(&[]).await;
+        let g = s.get(&[]).await;
+        assert_cached(&s, &g, 1, 1, "stored fields");
+        for gone in ["x-a", "x-b", "keep-alive", "proxy-authenticate", "proxy-authentication-info"] {
+            assert_eq!(g.header(gone), "", "{gone} must not be stored");
+        }
+        for (name, value) in [
+            ("x-c", "3"),
+            ("content-type", "text/plain;charset=utf-8"),
+            ("x-frame-options", "deny"),
+            ("content-location", "/elsewhere"),
+            ("expires", "Mon, 11 Jan 2038 11:11:11 GMT"),
+            ("etag", "\"ghijkl\""),
+            ("www-authenticate", "Basic"),
+            ("strict-transport-security", "max-age=1"),
+            ("content-md5", "rL0Y20zC+Fzt72VPzMSk2A=="),
+        ] {
+            assert_eq!(g.header(name), value, "{name} must be stored");
+        }
+    }));
+
+    // Authorization: not shared unless public, s-maxage or must-revalidate says so.
+    for (id, cc, shared) in [
+        ("rd-auth", "max-age=3600", false),
+        ("rd-auth-public", "max-age=3600, public", true),
+        ("rd-auth-s-maxage", "s-maxage=3600", true),
+        ("rd-auth-must-revalidate", "max-age=3600, must-revalidate", true),
+    ] {
+        let s = lab.scenario(id, move |seen, n| answer(200, &[("cache-control", cc)], seen, n));
+        tasks.push(task(async move {
+            let first = s.get(&[("authorization", "FOO")]).await;
+            assert_eq!(s.seen(1).header("authorization"), "FOO", "forwarded");
+            assert_eq!(n_of(&first), 1);
+            let second = s.get(&[]).await;
+            if shared {
+                assert_cached(&s, &second, 1, 1, cc);
+            } else {
+                assert_eq!(n_of(&second), 2, "[{id}] an Authorization answer is not shared");
+            }
+        }));
+    }
+
+    // A newer no-store answer does not replace the stored one.
+    let s = lab.scenario("rd-no-store-old-new", |seen, n| {
+        if n == 1 {
+            answer(200, &[("cache-control", "max-age=10000"), ("a", "1")], seen, n)
+        } else {
+            answer(200, &[("cache-control", "no-store"), ("a", "2")], seen, n)
+        }
+    });
+    tasks.push(task(async move {
+        s.get(&[]).await;
+        let forced = s.get(&[("cache-control", "no-cache")]).await;
+        assert_eq!(forced.header("a"), "2");
+        let g = s.get(&[]).await;
+        assert_cached(&s, &g, 1, 2, "older stored answer");
+        assert_eq!(g.header("a"), "1");
+    }));
+
+    all(tasks).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Request directives (RFC 9111 §5.2.1, §5.4)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_5_2_1_request_directives() {
+    let lab = Lab::start("").await;
+    let mut tasks = Vec::new();
+
+    // no-cache / max-age=0 / Pragma: no-cache → revalidate (ETag) or refetch (no validator).
+    for (id, req) in [
+        ("rq-no-cache", ("cache-control", "no-cache")),
+        ("rq-max-age-0", ("cache-control", "max-age=0")),
+        ("rq-pragma", ("pragma", "no-cache")),
+    ] {
+        let s = lab.scenario(id, |seen, n| {
+            if seen.header("if-none-match") == "\"e1\"" {
+                answer(304, &[("etag", "\"e1\"")], seen, n)
+            } else {
+                answer(200, &[("cache-control", "max-age=3600"), ("etag", "\"e1\"")], seen, n)
+            }
+        });
+        tasks.push(task(async move {
+            s.get(&[]).await;
+            assert_cached(&s, &s.get(&[]).await, 1, 1, "fresh");
+            let g = s.get(&[req]).await;
+            assert_eq!((g.status.as_u16(), s.hits()), (200, 2), "[{id}] revalidated");
+            assert_eq!(s.seen(2).header("if-none-match"), "\"e1\"", "[{id}] conditional");
+            assert_eq!(s.seen(2).header("cache-control"), "", "[{id}] the client's directives stay here");
+        }));
+        let no_validator: &'static str = Box::leak(format!("{id}-plain").into_boxed_str());
+        let s = lab.scenario(no_validator, |seen, n| {
+            answer(200, &[("cache-control", "max-age=3600")], seen, n)
+        });
+        tasks.push(task(async move {
+            s.get(&[]).await;
+            let g = s.get(&[req]).await;
+            assert_eq!((n_of(&g), s.hits()), (2, 2), "[{no_validator}] refetched");
+            assert_cached(&s, &s.get(&[]).await, 2, 2, "the refetched answer is stored");
+        }));
+    }
+
+    // max-age=N smaller than the stored answer's age, min-fresh, max-stale.
+    let s = lab.scenario("rq-max-age-aged", |seen, n| {
+        answer(200, &[("cache-control", "max-age=3600"), ("age", "1800")], seen, n)
+    });
+    tasks.push(task(async move {
+        s.get(&[]).await;
+        assert_cached(&s, &s.get(&[("cache-control", "max-age=2000")]).await, 1, 1, "young enough");
+        assert_eq!(n_of(&s.get(&[("cache-control", "max-age=600")]).await), 2);
+    }));
+    let s = lab.scenario("rq-min-fresh", |seen, n| {
+        answer(200, &[("cache-control", "max-age=1500")], seen, n)
+    });
+    tasks.push(task(async move {
+        s.get(&[]).await;
+        assert_cached(&s, &s.get(&[("cache-control", "min-fresh=1000")]).await, 1, 1, "fresh enough");
+        assert_eq!(n_of(&s.get(&[("cache-control", "min-fresh=2000")]).await), 2);
+    }));
+    let s = lab.scenario("rq-max-stale", |seen, n| {
+        answer(200, &[("cache-control", "max-age=1500"), ("age", "2000")], seen, n)
+    });
+    tasks.push(task(async move {
+        s.get(&[]).await;
+        assert_cached(&s, &s.get(&[("cache-control", "max-stale=1000")]).await, 1, 1, "max-stale");
+        assert_eq!(n_of(&s.get(&[("cache-control", "max-stale=100")]).await), 2);
+    }));
+
+    // only-if-cached: 504 when nothing (usable) is stored, never the origin.
+    let s = lab.scenario("rq-only-if-cached", |seen, n| {
+        answer(200, &[("cache-control", "max-age=1")], seen, n)
+    });
+    tasks.push(task(async move {
+        let oic = [("cache-control", "only-if-cached")];
+        let g = s.get(&oic).await;
+        assert_eq!((g.status.as_u16(), s.hits()), (504, 0), "nothing stored");
+        s.get(&[]).await;
+        assert_cached(&s, &s.get(&oic).await, 1, 1, "only-if-cached with a fresh answer");
+        sleep_ms(1_500).await;
+        let g = s.get(&oic).await;
+        assert_eq!((g.status.as_u16(), s.hits()), (504, 1), "stale is not offered");
+    }));
+
+    // Pragma is ignored when Cache-Control is present; unknown request directives are ignored.
+    let s = lab.scenario("rq-noise", |seen, n| answer(200, &[("cache-control", "max-age=3600")], seen, n));
+    tasks.push(task(async move {
+        s.get(&[]).await;
+        let g = s
+            .get(&[("pragma", "no-cache"), ("cache-control", "nothing-to-see-here")])
+            .await;
+        assert_cached(&s, &g, 1, 1, "Pragma with Cache-Control present");
+        let g = s.get(&[("pragma", "unrecognised-extension")]).await;
+        assert_cached(&s, &g, 1, 1, "unknown Pragma");
+    }));
+
+    all(tasks).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Conditional requests answered from the cache (RFC 9110 §13, RFC 9111 §4.3.2)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9110_13_conditional_requests_from_cache() {
+    let lab = Lab::start("").await;
+    let mut tasks = Vec::new();
+
+    // If-None-Match against a fresh stored response.
+    for (id, etag, inm, not_modified) in [
+        ("cd-strong", "\"abcdef\"", "\"abcdef\"", true),
+        ("cd-weak", "W/\"abcdef\"", "W/\"abcdef\"", true),
+        ("cd-weak-vs-strong", "W/\"abcdef\"", "\"abcdef\"", true),
+        ("cd-multi-first", "\"abcdef\"", "\"abcdef\", \"1234\", \"5678\"", true),
+        ("cd-multi-middle", "\"abcdef\"", "\"1234\", \"abcdef\", \"5678\"", true),
+        ("cd-multi-last", "\"abcdef\"", "\"1234\", \"5678\", \"abcdef\"", true),
+        ("cd-star", "\"abcdef\"", "*", true),
+        ("cd-mismatch", "\"abcdef\"", "\"other\"", false),
+    ] {
+        let s = lab.scenario(id, move |seen, n| {
+            answer_spec(
+                200,
+                &[("cache-control", "max-age=100000"), ("date", "@0"), ("etag", etag)],
+                seen,
+                n,
+            )
+        });
+        tasks.push(task(async move {
+            let first = s.get(&[]).await;
+            let g = s.get(&[("if-none-match", inm)]).await;
+            assert_eq!(s.hits(), 1, "[{id}] answered from the cache");
+            if not_modified {
+                assert_eq!(g.status, 304, "[{id}]");
+                assert_eq!(g.header("etag"), etag, "[{id}] a 304 carries the ETag");
+                assert!(g.body.is_empty());
+                assert_eq!(g.header("date"), first.header("date"), "[{id}] Date of the stored answer");
+            } else {
+                assert_eq!((g.status.as_u16(), g.body.clone()), (200, first.body.clone()), "[{id}]");
+            }
+        }));
+    }
+
+    // If-Modified-Since, and If-None-Match taking precedence over it.
+    for (id, lm, ims, expect) in [
+        ("cd-ims-equal", "@-3000", "@-3000", 304),
+        ("cd-ims-later", "@-3000", "@-2000", 304),
+        ("cd-ims-earlier", "@-3000", "@-4000", 200),
+    ] {
+        let s = lab.scenario(id, move |seen, n| {
+            answer_spec(
+                200,
+                &[("cache-control", "max-age=100000"), ("last-modified", lm), ("date", "@0")],
+                seen,
+                n,
+            )
+        });
+        tasks.push(task(async move {
+            s.get(&[]).await;
+            let ims = resolve(&[("if-modified-since", ims)]);
+            let g = s.get(&[("if-modified-since", ims[0].1.as_str())]).await;
+            assert_eq!((g.status.as_u16(), s.hits()), (expect, 1), "[{id}]");
+        }));
+    }
+    let s = lab.scenario("cd-ims-rfc850", |seen, n| {
+        answer(
+            200,
+            &[("cache-control", "max-age=100000"), ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")],
+            seen,
+            n,
+        )
+    });
+    tasks.push(task(async move {
+        s.get(&[]).await;
+        let g = s.get(&[("if-modified-since", "Sunday, 06-Nov-94 08:49:37 GMT")]).await;
+        assert_eq!((g.status.as_u16(), s.hits()), (304, 1), "RFC 850 date");
+    }));
+    let s = lab.scenario("cd-precedence", |seen, n| {
+        answer_spec(
+            200,
+            &[
+                ("cache-control", "max-age=100000"),
+                ("last-modified", "@-5000"),
+                ("etag", "\"abcdef\""),
+                ("date", "@0"),
+            ],
+            seen,
+            n,
+        )
+    });
+    tasks.push(task(async move {
+        s.get(&[]).await;
+        let ims = resolve(&[("if-modified-since", "@-1")]);
+        let g = s
+            .get(&[("if-none-match", "\"abcdef\""), ("if-modified-since", ims[0].1.as_str())])
+            .await;
+        assert_eq!(g.status, 304, "INM matches");
+        let ims = resolve(&[("if-modified-since", "@0")]);
+        let g = s
+            .get(&[("if-none-match", "\"other\""), ("if-modified-since", ims[0].1.as_str())])
+            .await;
+        assert_eq!(g.status, 200, "a failing If-None-Match wins over a matching If-Modified-Since");
+        assert_eq!(s.hits(), 1);
+    }));
+
+    // If-Match / If-Unmodified-Since on the stored response: 412 when they fail.
+    let s = lab.scenario("cd-if-match", |seen, n| {
+        answer(200, &[("cache-control", "max-age=100000"), ("etag", "\"abc\"")], seen, n)
+    });
+    tasks.push(task(async move {
+        s.get(&[]).await;
+        assert_eq!(s.get(&[("if-match", "\"abc\"")]).await.status, 200);
+        assert_eq!(s.get(&[("if-match", "\"zzz\"")]).await.status, 412);
+        assert_eq!(s.get(&[("if-match", "W/\"abc\"")]).await.status, 412, "strong comparison");
+        assert_eq!(s.hits(), 1);
+    }));
+
+    // A stale stored response: the cache revalidates, then answers the client's condition.
+    let s = lab.scenario("cd-stale-ims", |seen, n| {
+        let lm = "Sun, 06 Nov 1994 08:49:37 GMT";
+        if seen.header("if-modified-since") == lm {
+            answer(304, &[("cache-control", "max-age=1"), ("last-modified", lm)], seen, n)
+        } else {
+            answer(200, &[("cache-control", "max-age=1"), ("last-modified", lm)], seen, n)
+        }
+    });
+    tasks.push(task(async move {
+        s.get(&[]).await;
+        sleep_ms(1_500).await;
+        let g = s.get(&[("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT")]).await;
+        assert_eq!((g.status.as_u16(), s.hits()), (304, 2), "validated, then 304");
+        assert_eq!(s.seen(2).header("if-modified-since"), "Sun, 06 Nov 1994 08:49:37 GMT");
+    }));
+
+    // HEAD is served from a stored GET, with the GET's headers and no body.
+    let s = lab.scenario("cd-head", |seen, n| {
+        answer(200, &[("cache-control", "max-age=3600"), ("x-a", "1")], seen, n)
+    });
+    tasks.push(task(async move {
+        let get = s.get(&[]).await;
+        let head = s.send("HEAD", &s.path(), &[], "").await;
+        assert_cached(&s, &head, 1, 1, "HEAD after GET");
+        assert!(head.body.is_empty());
+        assert_eq!(head.header("x-a"), "1");
+        assert_eq!(head.header("content-length"), get.body.len().to_string());
+    }));
+    // A HEAD miss fills the cache with a GET, so the next GET is a hit.
+    let s = lab.scenario("cd-head-miss", |seen, n| {
+        answer(200, &[("cache-control", "max-age=3600")], seen, n)
+    });
+    tasks.push(task(async move {
+        let head = s.send("HEAD", &s.path(), &[], "").await;
+        assert_eq!((head.status.as_u16(), head.body.len()), (200, 0));
+        let get = s.get(&[]).await;
+        assert_cached(&s, &get, 1, 1, "GET after a HEAD miss");
+        assert_eq!(get.body, format!("{} 1", s.id));
+    }));
+
+    all(tasks).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Revalidation and freshening with 304 (RFC 9111 §4.3)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_4_3_revalidation_and_304_updates() {
+    let lab = Lab::start("").await;
+    let mut tasks = Vec::new();
+
+    // ETag: the conditional request carries If-None-Match; the 304's fields replace the stored ones.
+    let s = lab.scenario("rv-etag", |seen, n| {
+        if n == 1 {
+            answer(
+                200,
+                &[
+                    ("cache-control", "max-age=1"),
+                    ("etag", "\"v1\""),
+                    ("test-header", "A"),
+                    ("content-type", "text/plain"),
+                ],
+                seen,
+                n,
+            )
+        } else if seen.header("if-none-match") == "\"v1\"" {
+            answer(
+                304,
+                &[("cache-control", "max-age=3600"), ("etag", "\"v1\""), ("test-header", "B")],
+                seen,
+                n,
+            )
+        } else {
+            answer(999, &[], seen, n)
+        }
+    });
+    tasks.push(task(async move {
+        let first = s.get(&[]).await;
+        sleep_ms(1_500).await;
+        let second = s.get(&[]).await;
+        assert_eq!(s.hits(), 2);
+        assert_eq!(s.seen(2).header("if-none-match"), "\"v1\"");
+        assert_eq!((second.status.as_u16(), second.body.clone()), (200, first.body.clone()));
+        assert_eq!(second.header("test-header"), "B", "the 304's value is served");
+        assert_eq!(second.header("content-type"), "text/plain", "stored fields the 304 omits stay");
+        let third = s.get(&[]).await;
+        assert_cached(&s, &third, 1, 2, "freshened by the 304's max-age");
+        assert_eq!(third.header("test-header"), "B", "and kept");
+        assert_eq!(third.header("cache-control"), "max-age=3600");
+    }));
+
+    // Last-Modified only: If-Modified-Since carries the stored date.
+    let s = lab.scenario("rv-lm", |seen, n| {
+        let lm = "Wed, 01 Jan 2020 00:00:00 GMT";
+        if seen.header("if-modified-since") == lm {
+            answer(304, &[("last-modified", lm), ("x-b", "2")], seen, n)
+        } else {
+            answer(200, &[("cache-control", "max-age=1"), ("last-modified", lm), ("x-b", "1")], seen, n)
+        }
+    });
+    tasks.push(task(async move {
+        let first = s.get(&[]).await;
+        sleep_ms(1_500).await;
+        let second = s.get(&[]).await;
+        assert_eq!(s.seen(2).header("if-modified-since"), "Wed, 01 Jan 2020 00:00:00 GMT");
+        assert_eq!((second.body.clone(), second.header("x-b")), (first.body.clone(), "2".into()));
+    }));
+
+    // The 304 cannot change Content-Length; a changed representation (200) replaces the copy.
+    let s = lab.scenario("rv-replaced", |seen, n| {
+        if n == 1 {
+            answer(200, &[("cache-control", "max-age=1"), ("etag", "\"v1\"")], seen, n)
+        } else {
+            answer(200, &[("cache-control", "max-age=3600"), ("etag", "\"v2\"")], seen, n)
+        }
+    });
+    tasks.push(task(async move {
+        s.get(&[]).await;
+        sleep_ms(1_500).await;
+        let second = s.get(&[]).await;
+        assert_eq!((n_of(&second), second.header("etag")), (2, "\"v2\"".to_string()));
+        assert_cached(&s, &s.get(&[]).await, 2, 2, "the new representation is stored");
+    }));
+
+    // Vary: the conditional request carries the request fields the variant was chosen by.
+    let s = lab.scenario("rv-vary", |seen, n| {
+        if seen.header("if-none-match") == "\"abcdef\"" {
+            answer(304, &[("etag", "\"abcdef\""), ("vary", "Abc")], seen, n)
+        } else {
+            answer(200, &[("cache-control", "max-age=1"), ("etag", "\"abcdef\""), ("vary", "Abc")], seen, n)
+        }
+    });
+    tasks.push(task(async move {
+        s.get(&[("abc", "123")]).await;
+        sleep_ms(1_500).await;
+        let g = s.get(&[("abc", "123")]).await;
+        assert_eq!((g.status.as_u16(), s.hits()), (200, 2));
+        assert_eq!(s.seen(2).header("abc"), "123");
+        assert_eq!(s.seen(2).header("if-none-match"), "\"abcdef\"");
+    }));
+
+    all(tasks).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Age and Date on answers from the cache (RFC 9111 §5.1, §4; RFC 9110 §6.6.1)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_5_1_age_and_date_on_every_cached_answer() {
+    let lab = Lab::start("").await;
+    let s = lab.scenario("ad-basic", |seen, n| {
+        answer_spec(200, &[("cache-control", "max-age=100000"), ("date", "@0"), ("expires", "@100000")], seen, n)
+    });
+    let first = s.get(&[]).await;
+    assert!(first.header("age").parse::<u64>().is_ok(), "Age on the filling answer too");
+    sleep_ms(2_100).await;
+    let g = s.get(&[]).await;
+    assert_cached(&s, &g, 1, 1, "fresh");
+    let age: u64 = g.header("age").parse().expect("Age");
+    assert!(age >= 2, "Age counts the time in the cache: {age}");
+    assert_eq!(g.header("date"), first.header("date"), "Date is not updated");
+    assert_eq!(g.header("expires"), first.header("expires"), "Expires is left alone");
+    for h in [[("if-none-match", "*")], [("range", "bytes=0-0")]] {
+        let g = s.get(&h).await;
+        assert!(!g.header("age").is_empty() && !g.header("date").is_empty(), "{h:?}: {:?}", g.headers);
+    }
 }

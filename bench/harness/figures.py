@@ -24,8 +24,8 @@ class Plan:
     def __init__(self, quick):
         self.quick = quick
         self.rounds = 1 if quick else 3
-        self.duration = 1 if quick else 4          # seconds per wrk run
-        self.warmup = 1                            # seconds, once per (load, server)
+        self.duration = 1 if quick else 3          # seconds per wrk run
+        self.warmup = 0 if quick else 1            # seconds, once per (load, server)
         self.burst_clients = 200
         self.slow_delay, self.slow_trickle = 1.0, 0.5
         self.mem_objects = 2_000 if quick else 100_000
@@ -145,9 +145,13 @@ def hit_figures(env, plan, results, counter, mode):
         def one(i, s, duration):
             fig, label, path, size, conns, _ = HIT_LOADS[i]
             mark = counter.mark()
-            cpu0 = load.server_cpu(s)
+            cpu0, box0, wrk0 = load.server_cpu(s), load.machine_cpu(), load.children_cpu()
             r = load.wrk(s.url(path), conns, duration, threads=wrk_threads, cpus=wrk_cpus)
             r["cpu_s"] = load.server_cpu(s) - cpu0
+            # What else ran meanwhile (other people's builds on a shared box, the harness):
+            # machine busy time minus the server's and wrk's.
+            r["other_cores"] = ((load.machine_cpu() - box0) - r["cpu_s"]
+                                - (load.children_cpu() - wrk0)) / (r["duration_us"] / 1e6)
             r["origin"], _, seen = counter.since(mark)
             check_alive([s])
             if r["errors"]:
@@ -164,7 +168,8 @@ def hit_figures(env, plan, results, counter, mode):
 
         for i in range(len(HIT_LOADS)):  # warm-up runs, not counted
             for s in targets(i):
-                one(i, s, plan.warmup)
+                if plan.warmup:
+                    one(i, s, plan.warmup)
         for rnd in range(plan.rounds):
             for i, (fig, label, path, size, conns, _) in enumerate(HIT_LOADS):
                 line = []
@@ -174,6 +179,14 @@ def hit_figures(env, plan, results, counter, mode):
                     line.append(f"{s.name} {r['rps']:,.0f}/s p99 {r['p99_us'] / 1000:.2f}ms")
                 print(f"  round {rnd + 1} {label} @{conns}: " + ", ".join(line), flush=True)
 
+        other = median([r["other_cores"] for rs in runs.values() for r in rs])
+        results.notes.append(
+            f"Figures 1-2 {mode}: other processes on the machine used a median "
+            f"{other:.2f} cores during the runs (machine busy time minus server and wrk).")
+        if other > 0.15:
+            results.warn(f"{mode}: the machine was not quiet: other processes used "
+                         f"{other:.2f} cores (median) during the load runs; absolute numbers "
+                         f"are low and ratios are noisier than usual")
         for i, (fig, label, path, size, conns, with_ref) in enumerate(HIT_LOADS):
             names = [s.name for s in targets(i)]
 

@@ -4,6 +4,7 @@ a plain HTTP GET, the 200-client burst of figure 3, and the origin request count
 import asyncio
 import json
 import os
+import resource
 import socket
 import subprocess
 import time
@@ -202,6 +203,20 @@ class OriginCounter:
                 if len(paths) < 5:
                     paths.append(parts[0])
         return reqs, nbytes, paths
+
+
+def machine_cpu():
+    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]  # idle + iowait
+    return (sum(v[:8]) - idle) / procs.CLK_TCK
+
+
+def children_cpu():
+    """CPU seconds used by the harness's finished children (wrk runs)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def server_cpu(server):

@@ -12,6 +12,7 @@
 //! (hit-for-miss), so they never queue behind an uncacheable object.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -184,6 +185,37 @@ impl Fills {
             m.remove(key);
         }
     }
+
+    /// Keeps `key` out of collapsing for a while: its misses go straight to the origin.
+    fn mark_uncacheable(&self, key: &str) {
+        if let Ok(mut h) = self.hit_for_miss.lock() {
+            h.retain(|_, until| Instant::now() < *until);
+            h.insert(key.to_string(), Instant::now() + HIT_FOR_MISS);
+        }
+    }
+}
+
+/// The store would not take the object (larger than it may hold, or closing): the body is
+/// handed back untouched so the caller can pass the answer through uncached.
+pub struct NotStored {
+    /// Why the store refused it.
+    pub error: StoreError,
+    /// The origin's body, not read.
+    pub body: Body,
+}
+
+impl fmt::Display for NotStored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl fmt::Debug for NotStored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NotStored")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The leader's handle: resolve it exactly once. Dropping it unresolved aborts the fill.
@@ -212,10 +244,7 @@ impl FillGuard {
     /// The answer may not be stored: waiters fetch on their own, and so do later misses for a while.
     pub fn uncacheable(mut self) {
         if let Some(f) = self.fill.take() {
-            if let Ok(mut h) = self.fills.hit_for_miss.lock() {
-                h.retain(|_, until| Instant::now() < *until);
-                h.insert(f.key.clone(), Instant::now() + HIT_FOR_MISS);
-            }
+            self.fills.mark_uncacheable(&f.key);
             self.fills.finish(&f.key);
             f.state.send_replace(FillState::Uncacheable);
         }
@@ -224,27 +253,36 @@ impl FillGuard {
     /// The answer is stored: spawns the fill task that writes `body` into `store` (and
     /// `sinks`), and returns the fill to read from. The task runs on even if every client
     /// goes away, so one disconnect never aborts the fill for the others.
+    ///
+    /// When the store refuses the object (e.g. larger than the disk quota, or than the memory
+    /// tier may hold on a memory-only store) the body comes back in [`NotStored`] to be passed
+    /// through, and the key is treated as uncacheable (waiters and later misses fetch on
+    /// their own) — the answer is still served, just not cached.
     pub async fn stream(
         mut self,
         store: Store,
         object: NewObject,
         body: Body,
         sinks: Vec<Box<dyn FillSink>>,
-    ) -> Result<Arc<Fill>, StoreError> {
-        let Some(fill) = self.fill.take() else {
-            return Err(StoreError::Io(Arc::new(std::io::Error::other(
-                "fill already resolved",
-            ))));
+    ) -> Result<Arc<Fill>, NotStored> {
+        let Some(fill) = self.fill.clone() else {
+            let e = StoreError::Io(Arc::new(std::io::Error::other("fill already resolved")));
+            return Err(NotStored { error: e, body });
         };
         let expected = object.total_len;
+        // The guard keeps the fill until the writer exists, so a leader dropped meanwhile
+        // still releases its waiters.
         let writer = match store.begin(object).await {
             Ok(w) => w,
             Err(e) => {
-                self.fills.finish(&fill.key);
-                fill.state.send_replace(FillState::Uncacheable);
-                return Err(e);
+                for mut s in sinks {
+                    s.abort("the cache store refused the object");
+                }
+                self.uncacheable();
+                return Err(NotStored { error: e, body });
             }
         };
+        self.fill = None;
         fill.state.send_replace(FillState::Streaming {
             meta: writer.meta(),
             written: 0,
@@ -253,12 +291,18 @@ impl FillGuard {
         let fills = self.fills.clone();
         tokio::spawn(async move {
             let result = run_fill(&task_fill, writer, body, expected, sinks).await;
-            fills.finish(&task_fill.key);
             match result {
                 Ok(meta) => {
+                    fills.finish(&task_fill.key);
                     task_fill.state.send_replace(FillState::Done(meta));
                 }
-                Err(why) => {
+                Err(Failed { why, refused }) => {
+                    if refused {
+                        // Too large for the store after all (its length was not known up
+                        // front): the next misses pass through instead of failing again.
+                        fills.mark_uncacheable(&task_fill.key);
+                    }
+                    fills.finish(&task_fill.key);
                     tracing::warn!(key = %task_fill.key, %why, "fill aborted");
                     task_fill.state.send_replace(FillState::Aborted(why.into()));
                 }
@@ -277,6 +321,28 @@ impl Drop for FillGuard {
     }
 }
 
+/// Why a fill task failed.
+struct Failed {
+    why: String,
+    /// The store refused a chunk as too large for it.
+    refused: bool,
+}
+
+impl From<String> for Failed {
+    fn from(why: String) -> Failed {
+        Failed {
+            why,
+            refused: false,
+        }
+    }
+}
+
+impl From<&str> for Failed {
+    fn from(why: &str) -> Failed {
+        why.to_string().into()
+    }
+}
+
 /// The fill task: origin body → tail → store chunks → sinks; commit when the length checks out.
 async fn run_fill(
     fill: &Fill,
@@ -284,7 +350,7 @@ async fn run_fill(
     mut body: Body,
     expected: Option<u64>,
     mut sinks: Vec<Box<dyn FillSink>>,
-) -> Result<Arc<ObjectMeta>, String> {
+) -> Result<Arc<ObjectMeta>, Failed> {
     let chunk_size = writer.meta().chunk_size as usize;
     let mut written: u64 = 0;
     let mut meta = writer.meta();
@@ -300,7 +366,7 @@ async fn run_fill(
                 let why = format!("origin body failed after {written} bytes: {e}");
                 abort_all(&mut sinks, &why);
                 writer.abort().await;
-                return Err(why);
+                return Err(why.into());
             }
             Some(Ok(f)) => f,
         };
@@ -313,7 +379,7 @@ async fn run_fill(
             let why = format!("origin sent more than its Content-Length {exp}");
             abort_all(&mut sinks, &why);
             writer.abort().await;
-            return Err(why);
+            return Err(why.into());
         }
         while !data.is_empty() {
             let (index, full) = {
@@ -349,7 +415,7 @@ async fn run_fill(
         let why = format!("origin closed after {written} of {exp} bytes");
         abort_all(&mut sinks, &why);
         writer.abort().await;
-        return Err(why);
+        return Err(why.into());
     }
     let last = {
         let Ok(t) = fill.tail.lock() else {
@@ -365,7 +431,7 @@ async fn run_fill(
         Err(e) => {
             let why = format!("commit failed: {e}");
             abort_all(&mut sinks, &why);
-            return Err(why);
+            return Err(why.into());
         }
     };
     for mut s in sinks {
@@ -384,7 +450,7 @@ async fn flush_chunk(
     index: u32,
     chunk: Bytes,
     written: u64,
-) -> Result<Arc<ObjectMeta>, String> {
+) -> Result<Arc<ObjectMeta>, Failed> {
     let meta = match writer.write_chunk(index, chunk.clone()).await {
         Ok(m) => m,
         Err(e) => {
@@ -392,7 +458,10 @@ async fn flush_chunk(
             for s in sinks.iter_mut() {
                 s.abort(&why);
             }
-            return Err(why);
+            return Err(Failed {
+                why,
+                refused: matches!(e, StoreError::TooLarge),
+            });
         }
     };
     // Publish the snapshot that holds the chunk before the tail lets go of it, so a reader

@@ -19,7 +19,9 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{self, Body};
-use crate::config::{BalanceMode, OriginAddress, OriginOptions, OriginScheme, Retry, Vhost};
+use crate::config::{
+    BalanceMode, HealthChecker, OriginAddress, OriginOptions, OriginScheme, Retry, Vhost,
+};
 use client::{HttpClient, TimeoutBody};
 use health::{AddressHealth, HealthPolicy, Transition};
 use ring::Ring;
@@ -70,7 +72,51 @@ struct Head {
 /// One address and its health.
 struct Slot {
     addr: OriginAddress,
+    /// Health as seen by traffic (and recovery probes).
     health: Mutex<AddressHealth>,
+    /// Verdict of each `<HealthChecker>` (in config order); all must be healthy.
+    checkers: Vec<Mutex<CheckerState>>,
+}
+
+impl Slot {
+    /// Usable when traffic and every health checker agree.
+    fn usable(&self) -> bool {
+        self.health.lock().map(|h| h.is_usable()).unwrap_or(true)
+            && self
+                .checkers
+                .iter()
+                .all(|c| c.lock().map(|c| !c.excluded).unwrap_or(true))
+    }
+}
+
+/// One health checker's running verdict on one address: consecutive results decide.
+#[derive(Debug, Default)]
+struct CheckerState {
+    failures: u32,
+    successes: u32,
+    excluded: bool,
+}
+
+impl CheckerState {
+    /// Feeds one probe result; returns Some(true) on recovery, Some(false) on exclusion.
+    fn record(&mut self, ok: bool, exclusion: u32, recovery: u32) -> Option<bool> {
+        if ok {
+            self.failures = 0;
+            self.successes = self.successes.saturating_add(1);
+            if self.excluded && recovery > 0 && self.successes >= recovery {
+                self.excluded = false;
+                return Some(true);
+            }
+        } else {
+            self.successes = 0;
+            self.failures = self.failures.saturating_add(1);
+            if !self.excluded && exclusion > 0 && self.failures >= exclusion {
+                self.excluded = true;
+                return Some(false);
+            }
+        }
+        None
+    }
 }
 
 /// The origin pool of one vhost.
@@ -83,6 +129,7 @@ pub struct OriginPool {
     ring: Ring,
     rr: AtomicUsize,
     opts: OriginOptions,
+    checkers: Vec<HealthChecker>,
     policy: HealthPolicy,
     client: HttpClient,
     /// Directory the config was loaded from (relative `file://` roots resolve here).
@@ -92,9 +139,11 @@ pub struct OriginPool {
 impl OriginPool {
     /// Builds the pool of `vhost` with a shared client configuration.
     pub fn new(vhost: &Vhost, client: HttpClient, conf_dir: PathBuf) -> OriginPool {
+        let checkers = vhost.origin.health_checkers.len();
         let slot = |a: &OriginAddress| Slot {
             addr: a.clone(),
             health: Mutex::new(AddressHealth::new()),
+            checkers: (0..checkers).map(|_| Mutex::new(CheckerState::default())).collect(),
         };
         let names: Vec<String> = vhost
             .origin
@@ -116,6 +165,7 @@ impl OriginPool {
                 probe_status: opts.recovery.res_codes.clone(),
             },
             opts,
+            checkers: vhost.origin.health_checkers.clone(),
             client,
             conf_dir,
         }
@@ -128,7 +178,7 @@ impl OriginPool {
 
     /// Addresses in the order they should be tried for this request.
     fn candidates(&self, req: &OriginRequest) -> Vec<&Slot> {
-        let usable = |s: &Slot| s.health.lock().map(|h| h.is_usable()).unwrap_or(true);
+        let usable = |s: &Slot| s.usable();
         let n = self.active.len();
         let mut order: Vec<usize> = Vec::with_capacity(n);
         let first = match self.opts.balance {
@@ -156,10 +206,8 @@ impl OriginPool {
             );
         }
         let mut out: Vec<&Slot> = order.into_iter().map(|i| &self.active[i]).collect();
-        // Standbys replace failed actives only.
-        if out.len() < n {
-            out.extend(self.standby.iter().filter(|s| usable(s)));
-        }
+        // Standbys come last: they are tried only when the active addresses failed.
+        out.extend(self.standby.iter().filter(|s| usable(s)));
         out
     }
 
@@ -267,10 +315,7 @@ impl OriginPool {
 
     /// Health of each address, for `/monitoring/origin`: (address, usable, standby?).
     pub fn status(&self) -> Vec<(String, bool, bool)> {
-        let row = |s: &Slot, standby| {
-            let ok = s.health.lock().map(|h| h.is_usable()).unwrap_or(true);
-            (s.addr.raw.clone(), ok, standby)
-        };
+        let row = |s: &Slot, standby| (s.addr.raw.clone(), s.usable(), standby);
         self.active
             .iter()
             .map(|s| row(s, false))
@@ -283,6 +328,11 @@ impl OriginPool {
         for s in self.active.iter().chain(&self.standby) {
             if let Ok(mut h) = s.health.lock() {
                 h.reset();
+            }
+            for c in &s.checkers {
+                if let Ok(mut c) = c.lock() {
+                    *c = CheckerState::default();
+                }
             }
         }
     }
@@ -313,6 +363,51 @@ impl OriginPool {
                 }
             }
         }
+    }
+
+    /// Runs every `<HealthChecker>` until `stop`: each probes every address on its own cycle,
+    /// independently of traffic and of the others, and excludes or re-admits by its counts.
+    pub async fn run_health_checkers(self: Arc<Self>, stop: CancellationToken) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (ci, checker) in self.checkers.iter().enumerate() {
+            let pool = self.clone();
+            let checker = checker.clone();
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(checker.cycle.max(Duration::from_millis(100)));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    for slot in pool.active.iter().chain(&pool.standby) {
+                        let head = Head {
+                            method: Method::GET,
+                            path_and_query: checker.uri.clone(),
+                            headers: HeaderMap::new(),
+                            client_host: None,
+                        };
+                        let status = tokio::time::timeout(checker.timeout, pool.send_once(slot, &head, None))
+                            .await
+                            .ok()
+                            .and_then(|r| r.ok())
+                            .map(|r| r.status().as_u16());
+                        let ok = status.is_some_and(|s| checker.res_codes.is_empty() || checker.res_codes.contains(&s));
+                        let Some(state) = slot.checkers.get(ci) else { continue };
+                        let changed = state
+                            .lock()
+                            .ok()
+                            .and_then(|mut c| c.record(ok, checker.exclusion, checker.recovery));
+                        match changed {
+                            Some(false) => tracing::warn!(vhost = %pool.vhost_name, address = %slot.addr.raw, checker = %checker.uri, "health checker excluded address"),
+                            Some(true) => tracing::info!(vhost = %pool.vhost_name, address = %slot.addr.raw, checker = %checker.uri, "health checker re-admitted address"),
+                            None => {}
+                        }
+                    }
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
     }
 
     /// One recovery probe: the status of `GET <Recovery Uri>`, or None when it failed.
@@ -395,6 +490,22 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checker_counts_consecutive_results() {
+        let mut c = CheckerState::default();
+        assert_eq!(c.record(false, 2, 3), None);
+        assert_eq!(c.record(true, 2, 3), None, "a success resets the failure count");
+        assert_eq!(c.record(false, 2, 3), None);
+        assert_eq!(c.record(false, 2, 3), Some(false));
+        assert_eq!(c.record(true, 2, 3), None);
+        assert_eq!(c.record(true, 2, 3), None);
+        assert_eq!(c.record(true, 2, 3), Some(true));
+        let mut never = CheckerState::default();
+        for _ in 0..10 {
+            assert_eq!(never.record(false, 0, 3), None, "Exclusion 0 never excludes");
+        }
+    }
 
     fn addr(host: &str, port: u16) -> OriginAddress {
         OriginAddress {

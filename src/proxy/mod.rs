@@ -335,6 +335,9 @@ impl Proxy {
         let wait = ctx.rt.cfg.server.cache.fill_wait;
         match self.fills.join(key) {
             Join::Bypass => self.pass_through(ctx, None).await,
+            Join::Waiter(fill) if !respond::may_join(&fill, ctx.vh, &ctx.method, &ctx.headers) => {
+                self.pass_through(ctx, None).await
+            }
             Join::Waiter(fill) => match fill.head(wait).await {
                 Some(FillState::Streaming { meta, .. }) => respond::from_fill(
                     &self.store,
@@ -557,8 +560,9 @@ impl Proxy {
                             result,
                         )
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot store object; answering without caching");
+                    Err(not_stored) => {
+                        // Too large for the store (or it is closing): pass the answer through.
+                        tracing::debug!(error = %not_stored, "cannot store object; answering without caching");
                         Reply::error(StatusCode::BAD_GATEWAY, "cache store unavailable\n")
                     }
                 }

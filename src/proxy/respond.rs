@@ -159,6 +159,22 @@ pub fn from_fill(
     )
 }
 
+/// Whether a request that finds `fill` in flight may read it. Joining before the origin has
+/// answered is collapsing: the answer is as new as one fetched for this request. Joining once
+/// the answer is in is a cache lookup, so the answer's reuse rules apply (RFC 9111 §4): a
+/// `no-cache` or `max-age=0` answer still streaming in is not served to the next request.
+pub fn may_join(fill: &fill::Fill, vh: &VhostRuntime, method: &Method, req: &HeaderMap) -> bool {
+    let state = fill.subscribe().borrow().clone();
+    match state {
+        fill::FillState::Streaming { meta, .. } | fill::FillState::Done(meta) => {
+            let facts = facts(&meta);
+            policy::decide_reuse(method, req, &facts, SystemTime::now(), &vh.policy)
+                == policy::Reuse::Fresh
+        }
+        _ => true,
+    }
+}
+
 /// The common path of both: headers, conditionals, ranges, body.
 #[allow(clippy::too_many_arguments)]
 fn build(

@@ -54,6 +54,7 @@ impl RuntimeBuilder {
                 );
                 let pool = Arc::new(OriginPool::new(v, http, cfg.dir.clone()));
                 tokio::spawn(pool.clone().run_recovery(stop.clone()));
+                tokio::spawn(pool.clone().run_health_checkers(stop.clone()));
                 VhostRuntime {
                     cfg: v.clone(),
                     pool,

@@ -118,10 +118,11 @@ pub(crate) fn parse_directive_list(text: &str, out: &mut Vec<RawDirective>) {
         let name = text[name_start..i].to_ascii_lowercase();
         let mut value = None;
         let mut malformed = false;
-        let mut j = skip_ows(bytes, i);
+        let mut j = i;
         if j < bytes.len() && bytes[j] == b'=' {
-            // Whitespace around `=` is invalid but common; tolerating it loses nothing.
-            j = skip_ows(bytes, j + 1);
+            // No whitespace is allowed around `=` (RFC 9111 §5.2): `max-age =60` and
+            // `max-age= 60` are malformed, so their argument is distrusted below.
+            j += 1;
             if j < bytes.len() && bytes[j] == b'"' {
                 match read_quoted(text, j) {
                     Some((unquoted, end)) => {
@@ -142,8 +143,8 @@ pub(crate) fn parse_directive_list(text: &str, out: &mut Vec<RawDirective>) {
                 malformed = j == value_start;
                 value = Some(text[value_start..j].to_owned());
             }
-            j = skip_ows(bytes, j);
         }
+        j = skip_ows(bytes, j);
         if j < bytes.len() && bytes[j] != b',' {
             // Junk such as `max-age=60 foo`: keep the directive but distrust its argument.
             malformed = true;
@@ -439,7 +440,9 @@ mod tests {
             ),
             ("max-age=\"60\"", &[("max-age", Some("60"), false)]),
             (" , ,no-store,,", &[("no-store", None, false)]),
-            ("max-age = 5", &[("max-age", Some("5"), false)]),
+            ("max-age = 5", &[("max-age", None, true)]),
+            ("max-age= 5", &[("max-age", Some(""), true)]),
+            ("no-store , public", &[("no-store", None, false), ("public", None, false)]),
             (
                 "max-age=5 junk, public",
                 &[("max-age", Some("5"), true), ("public", None, false)],

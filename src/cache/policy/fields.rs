@@ -27,14 +27,145 @@ pub const HOP_BY_HOP_FIELDS: [&str; 9] = [
 
 /// Parses an HTTP-date (RFC 9110 §5.6.7): IMF-fixdate, the obsolete RFC 850 form and asctime.
 ///
-/// Surrounding spaces and tabs are tolerated because they are optional whitespace around a
-/// field value; anything else that does not parse is rejected (`None`).
+/// The grammar is followed exactly (one space between parts, two-digit hours, four-digit
+/// years in IMF-fixdate, `GMT` only), except that day names, month names and `GMT` are read
+/// case-insensitively: they are case-sensitive in the grammar, but RFC 9110 §5.6.7 asks
+/// recipients to be robust, and a wrongly cased date is still unambiguous. The weekday is not
+/// checked against the date. Surrounding spaces and tabs are tolerated because they are
+/// optional whitespace around a field value; anything else is rejected (`None`), which for
+/// `Expires` means "already expired".
 pub fn parse_http_date(text: &str) -> Option<SystemTime> {
-    let trimmed = trim_ows(text);
-    if trimmed.is_empty() {
+    let t = trim_ows(text);
+    if !t.is_ascii() {
         return None;
     }
-    httpdate::parse_http_date(trimmed).ok()
+    let (day_name, rest) = t.split_once([',', ' '])?;
+    let sep = t.as_bytes()[day_name.len()];
+    if sep == b',' {
+        let rest = rest.strip_prefix(' ')?;
+        if SHORT_DAYS.iter().any(|d| d.eq_ignore_ascii_case(day_name)) {
+            imf_fixdate(rest)
+        } else if LONG_DAYS.iter().any(|d| d.eq_ignore_ascii_case(day_name)) {
+            rfc850_date(rest)
+        } else {
+            None
+        }
+    } else if SHORT_DAYS.iter().any(|d| d.eq_ignore_ascii_case(day_name)) {
+        asctime_date(rest)
+    } else {
+        None
+    }
+}
+
+const SHORT_DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+const LONG_DAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// `DD Mon YYYY HH:MM:SS GMT`
+fn imf_fixdate(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() != 24 || b[2] != b' ' || b[6] != b' ' || b[11] != b' ' || b[20] != b' ' {
+        return None;
+    }
+    let day = digits(&s[0..2])?;
+    let month = month(&s[3..6])?;
+    let year = digits(&s[7..11])?;
+    let (h, m, sec) = time_of_day(&s[12..20])?;
+    s[21..].eq_ignore_ascii_case("GMT").then_some(())?;
+    civil(year, month, day, h, m, sec)
+}
+
+/// `DD-Mon-YY HH:MM:SS GMT`; a two-digit year below 70 is 20YY, otherwise 19YY.
+fn rfc850_date(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() != 22 || b[2] != b'-' || b[6] != b'-' || b[9] != b' ' || b[18] != b' ' {
+        return None;
+    }
+    let day = digits(&s[0..2])?;
+    let month = month(&s[3..6])?;
+    let yy = digits(&s[7..9])?;
+    let year = if yy < 70 { 2000 + yy } else { 1900 + yy };
+    let (h, m, sec) = time_of_day(&s[10..18])?;
+    s[19..].eq_ignore_ascii_case("GMT").then_some(())?;
+    civil(year, month, day, h, m, sec)
+}
+
+/// `Mon DD HH:MM:SS YYYY`, the day padded with a space (`Nov  6`).
+fn asctime_date(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() != 20 || b[3] != b' ' || b[6] != b' ' || b[15] != b' ' {
+        return None;
+    }
+    let month = month(&s[0..3])?;
+    let day = match (b[4], b[5]) {
+        (b' ', d) if d.is_ascii_digit() => u64::from(d - b'0'),
+        _ => digits(&s[4..6])?,
+    };
+    let (h, m, sec) = time_of_day(&s[7..15])?;
+    let year = digits(&s[16..20])?;
+    civil(year, month, day, h, m, sec)
+}
+
+/// All-digit text as a number.
+fn digits(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn month(s: &str) -> Option<u64> {
+    MONTHS
+        .iter()
+        .position(|m| m.eq_ignore_ascii_case(s))
+        .map(|i| i as u64 + 1)
+}
+
+/// `HH:MM:SS`, two digits each.
+fn time_of_day(s: &str) -> Option<(u64, u64, u64)> {
+    let b = s.as_bytes();
+    if b.len() != 8 || b[2] != b':' || b[5] != b':' {
+        return None;
+    }
+    let (h, m, sec) = (digits(&s[0..2])?, digits(&s[3..5])?, digits(&s[6..8])?);
+    // 60 is a leap second (RFC 9110 §5.6.7 allows it); it is read as the last second.
+    (h < 24 && m < 60 && sec <= 60).then_some((h, m, sec.min(59)))
+}
+
+/// A calendar date and time (UTC) as a `SystemTime`; `None` for impossible dates.
+fn civil(year: u64, month: u64, day: u64, h: u64, m: u64, s: u64) -> Option<SystemTime> {
+    if !(1900..=9999).contains(&year) {
+        return None;
+    }
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if day == 0 || day > days_in_month[(month - 1) as usize] {
+        return None;
+    }
+    // Days from 1970-01-01 (H. Hinnant's days_from_civil), in signed arithmetic.
+    let (y, mo, d) = (year as i64 - i64::from(month <= 2), month as i64, day as i64);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (mo + if mo > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + (h * 3_600 + m * 60 + s) as i64;
+    let offset = std::time::Duration::from_secs(secs.unsigned_abs());
+    if secs >= 0 {
+        SystemTime::UNIX_EPOCH.checked_add(offset)
+    } else {
+        SystemTime::UNIX_EPOCH.checked_sub(offset)
+    }
 }
 
 /// The state of a singleton date field such as `Expires` or `Last-Modified`.
@@ -192,6 +323,26 @@ mod tests {
             ("tomorrow", None),
             ("Sun, 06 Nov 1994 08:49:37", None),
             ("Sun, 32 Nov 1994 08:49:37 GMT", None),
+            // Names are read case-insensitively; the weekday is not checked.
+            ("SUN, 06 NOV 1994 08:49:37 gmt", Some(784_111_777)),
+            ("Mon, 06 Nov 1994 08:49:37 GMT", Some(784_111_777)),
+            ("Thu, 01 Jan 1970 00:00:00 GMT", Some(0)),
+            ("Thu, 29 Feb 2024 00:00:00 GMT", Some(1_709_164_800)),
+            ("Sun, 06 Nov 1994 08:49:60 GMT", Some(784_111_799)),
+            // Everything else must follow the grammar exactly.
+            ("Thu, 29 Feb 2023 00:00:00 GMT", None),
+            ("Sun, 06 Nov 1994 08:49:37 UTC", None),
+            ("Sun, 06 Nov 94 08:49:37 GMT", None),
+            ("Sun 06 Nov 1994 08:49:37 GMT", None),
+            ("Sun, 06  Nov  1994 08:49:37 GMT", None),
+            ("Sun, 06-Nov-1994 08:49:37 GMT", None),
+            ("Sun, 06 Nov 1994 08.49.37 GMT", None),
+            ("Sun, 06 Nov 1994 8:49:37 GMT", None),
+            ("Sun, 06 Nov 1994 24:00:00 GMT", None),
+            ("Sunday, 06 Nov 1994 08:49:37 GMT", None),
+            ("Sun, 6 Nov 1994 08:49:37 GMT", None),
+            ("Sun Nov 06 08:49:37 1994", Some(784_111_777)),
+            ("Sun Nov 6 08:49:37 1994", None),
         ];
         for (input, expected) in cases {
             assert_eq!(parse_http_date(input), expected.map(at), "input {input:?}");

@@ -95,6 +95,10 @@ fn to_raw_directive((name, item): (String, SfItem)) -> Option<RawDirective> {
         SfItem::Boolean(false) => return None,
         SfItem::Boolean(true) => (None, false),
         SfItem::Integer(n) if n >= 0 => (Some(n.to_string()), false),
+        // Delta-seconds directives take an Integer: `max-age="60"` is the wrong type.
+        SfItem::String(_) | SfItem::Token(_) if takes_seconds(&name) => {
+            (Some(String::new()), true)
+        }
         SfItem::String(s) | SfItem::Token(s) => (Some(s), false),
         // Negative integers, decimals, byte sequences and inner lists fit no cache
         // directive; RFC 9213 §2.1 says not to coerce them, so the argument is unusable.
@@ -105,6 +109,14 @@ fn to_raw_directive((name, item): (String, SfItem)) -> Option<RawDirective> {
         value,
         malformed,
     })
+}
+
+/// Directives whose argument is delta-seconds (an sf-integer in a targeted field).
+fn takes_seconds(name: &str) -> bool {
+    matches!(
+        name,
+        "max-age" | "s-maxage" | "stale-while-revalidate" | "stale-if-error"
+    )
 }
 
 /// The bare-item kinds that matter for cache directives.
@@ -443,6 +455,8 @@ mod tests {
         // Values that violate a directive's type are not coerced: max-age becomes stale.
         assert_eq!(parse("max-age=1.5").map(|d| d.max_age), Some(Some(0)));
         assert_eq!(parse("max-age=-3").map(|d| d.max_age), Some(Some(0)));
+        assert_eq!(parse("max-age=\"60\"").map(|d| d.max_age), Some(Some(0)));
+        assert_eq!(parse("max-age=sixty").map(|d| d.max_age), Some(Some(0)));
         assert_eq!(parse("s-maxage=(1 2)").map(|d| d.s_maxage), Some(Some(0)));
         assert_eq!(parse("none").map(|d| d.max_age), Some(None));
         for invalid in [
