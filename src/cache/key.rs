@@ -86,7 +86,8 @@ pub fn normalize_path(path: &str) -> String {
 }
 
 /// Decodes `%XX` of unreserved characters (ALPHA, DIGIT, `-._~`) and upper-cases the hex of
-/// the others (RFC 3986 §6.2.2), leaving malformed escapes as they are.
+/// the others (RFC 3986 §6.2.2). A `%` that starts no valid escape is written `%25`, so
+/// normalising twice gives the same key.
 fn normalize_escapes(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = String::with_capacity(s.len());
@@ -105,6 +106,11 @@ fn normalize_escapes(s: &str) -> String {
                 out.push(b[i + 2].to_ascii_uppercase() as char);
             }
             i += 3;
+            continue;
+        }
+        if b[i] == b'%' {
+            out.push_str("%25");
+            i += 1;
             continue;
         }
         // Multi-byte UTF-8 is copied through unchanged.
@@ -147,7 +153,8 @@ mod tests {
         assert_eq!(cache_key("foo.com", "/a/./b/../c", STD), "foo.com/a/c");
         assert_eq!(cache_key("foo.com", "/../../x", STD), "foo.com/x");
         assert_eq!(cache_key("foo.com", "/a/b/..", STD), "foo.com/a/");
-        assert_eq!(cache_key("foo.com", "/%zz", STD), "foo.com/%zz");
+        assert_eq!(cache_key("foo.com", "/%zz", STD), "foo.com/%25zz");
+        assert_eq!(cache_key("foo.com", "/%%41a", STD), "foo.com/%25Aa");
         assert_eq!(cache_key("foo.com", "/日本", STD), "foo.com/日本");
     }
 

@@ -448,6 +448,7 @@ impl Proxy {
                         } else {
                             CacheResult::RefreshHit
                         };
+                        let answered = resp.headers().clone();
                         return match respond::from_store(
                             &self.store,
                             ctx.vh,
@@ -459,7 +460,12 @@ impl Proxy {
                         )
                         .await
                         {
-                            Some(r) => r,
+                            Some(mut r) => {
+                                if !extend_5xx {
+                                    respond::add_unstored_fields(&mut r, &answered);
+                                }
+                                r
+                            }
                             None => {
                                 Reply::error(StatusCode::BAD_GATEWAY, "stored copy unreadable\n")
                             }
@@ -550,7 +556,7 @@ impl Proxy {
                         } else {
                             CacheResult::Miss
                         };
-                        respond::from_fill(
+                        let mut reply = respond::from_fill(
                             &self.store,
                             ctx.vh,
                             &ctx.method,
@@ -558,12 +564,15 @@ impl Proxy {
                             meta,
                             fill,
                             result,
-                        )
+                        );
+                        respond::add_unstored_fields(&mut reply, &parts.headers);
+                        reply
                     }
                     Err(not_stored) => {
                         // Too large for the store (or it is closing): pass the answer through.
                         tracing::debug!(error = %not_stored, "cannot store object; answering without caching");
-                        Reply::error(StatusCode::BAD_GATEWAY, "cache store unavailable\n")
+                        let resp = Response::from_parts(parts, not_stored.body);
+                        respond::passed(resp, ctx.vh, &ctx.method, CacheResult::ClientRefreshMiss)
                     }
                 }
             }

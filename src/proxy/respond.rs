@@ -317,6 +317,24 @@ fn build(
     }
 }
 
+/// Adds to the answer of the client whose request fetched `origin` the fields the cache did
+/// not store (`Set-Cookie`, fields named by `private=` / `no-cache=`): they are that client's
+/// alone, never served from the cache to another one. Hop-by-hop fields stay dropped.
+pub fn add_unstored_fields(reply: &mut Reply, origin: &HeaderMap) {
+    let mut kept = origin.clone();
+    policy::remove_hop_by_hop_headers(&mut kept);
+    let mut stored = kept.clone();
+    policy::strip_unstorable_headers(&mut stored);
+    let h = reply.response.headers_mut();
+    for name in kept.keys() {
+        if !stored.contains_key(name) {
+            for v in kept.get_all(name) {
+                h.append(name.clone(), v.clone());
+            }
+        }
+    }
+}
+
 /// 204 and 304 carry no body.
 fn status_has_no_body(s: StatusCode) -> bool {
     s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED || s.is_informational()

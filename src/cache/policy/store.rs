@@ -160,6 +160,8 @@ pub fn strip_unstorable_headers(headers: &mut HeaderMap) {
     remove_hop_by_hop_headers(headers);
     headers.remove(header::SET_COOKIE);
     headers.remove("set-cookie2");
+    // RFC 9111 §3.1: authentication fields addressed to one proxy hop are not stored.
+    headers.remove("proxy-authentication-info");
     let effective = effective_directives(headers).directives;
     let plain = ResponseDirectives::from_cache_control(headers);
     let named: Vec<String> = [
@@ -443,6 +445,7 @@ mod tests {
             ("x-account", "42"),
             ("cdn-cache-control", "max-age=600"),
             ("etag", "\"v1\""),
+            ("proxy-authentication-info", "nextnonce=\"1\""),
         ]);
         strip_unstorable_headers(&mut headers);
         let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();

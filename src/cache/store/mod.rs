@@ -609,6 +609,26 @@ impl Inner {
         });
     }
 
+    /// Deletes the files of versions that left the index and waits until they are gone, so
+    /// the space they held is free before the caller writes into it (the files on disk stay
+    /// within the quota, not only the accounting). The deletion runs as a tracked task, so it
+    /// completes even if the caller's future is dropped.
+    async fn delete_and_wait(self: &Arc<Self>, doomed: Vec<Doomed>) {
+        if doomed.is_empty() {
+            return;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let inner = Arc::clone(self);
+        self.spawn_tracked(async move {
+            for d in doomed {
+                let _stripe = inner.stripe(&d.hash).lock().await;
+                inner.delete_locked(d).await;
+            }
+            let _ = tx.send(());
+        });
+        let _ = rx.await;
+    }
+
     /// Deletes a doomed version's files; the caller holds the key's stripe lock.
     async fn delete_locked(self: &Arc<Self>, d: Doomed) {
         let delete_meta = self

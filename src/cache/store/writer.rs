@@ -151,7 +151,7 @@ impl ObjectWriter {
         if self.reserved + cost > self.inner.disks[d as usize].quota {
             return Err(StoreError::TooLarge);
         }
-        self.reserve(d, cost);
+        self.reserve(d, cost).await;
         if defer {
             self.deferred0 = true;
             return Ok(());
@@ -179,14 +179,16 @@ impl ObjectWriter {
         Ok(())
     }
 
-    fn reserve(&mut self, d: u8, cost: u64) {
+    /// Reserves `cost` bytes on disk `d`, evicting to make room, and waits until the evicted
+    /// objects' files are deleted, so this chunk's file never pushes the directory over quota.
+    async fn reserve(&mut self, d: u8, cost: u64) {
         self.reserved += cost;
         let doomed = {
             let mut st = self.inner.lock();
             st.disks[d as usize].reserved += cost;
             st.enforce_disk(d)
         };
-        self.inner.delete_in_background(doomed);
+        self.inner.delete_and_wait(doomed).await;
     }
 
     /// Holds the chunk for readers and for the memory tier, while the body may live there.
@@ -365,7 +367,7 @@ impl ObjectWriter {
         };
         self.phase = Phase::Finished;
         drop(_stripe);
-        inner.delete_in_background(doomed);
+        inner.delete_and_wait(doomed).await;
         Ok(meta)
     }
 
