@@ -342,9 +342,10 @@ impl Manager {
                     continue;
                 }
                 let done = match kind {
-                    PurgeKind::Purge | PurgeKind::HardPurge => {
-                        self.proxy.store.remove(k).await.is_some()
-                    }
+                    // STON's purge keeps the copy as a fallback: the next request refetches it
+                    // unconditionally, but if the origin is down the purged copy is served.
+                    PurgeKind::Purge => self.expire_at(k, PURGED).await,
+                    PurgeKind::HardPurge => self.proxy.store.remove(k).await.is_some(),
                     PurgeKind::Expire => self.expire_at(k, ms(SystemTime::now())).await,
                     PurgeKind::ExpireAfter(sec) => {
                         self.expire_at(k, ms(SystemTime::now()) + sec * 1000).await
@@ -359,14 +360,27 @@ impl Manager {
         (count, size)
     }
 
+    /// Sets the expiry override; false when the key is gone or was already purged (STON
+    /// does not count an already-purged object again).
     async fn expire_at(&self, key: &str, at_ms: u64) -> bool {
-        self.proxy
+        let mut already = false;
+        let found = self
+            .proxy
             .store
-            .update_meta(key, |m| m.expires_override_ms = Some(at_ms))
+            .update_meta(key, |m| {
+                already = m.expires_override_ms == Some(PURGED);
+                if !already {
+                    m.expires_override_ms = Some(at_ms);
+                }
+            })
             .await
-            .is_some()
+            .is_some();
+        found && !already
     }
 }
+
+/// The expiry override that marks a purged object: refetch it, serve it only if the origin fails.
+pub const PURGED: u64 = 0;
 
 /// `*` matches any run of characters; everything else literally.
 pub fn glob(pattern: &str, text: &str) -> bool {

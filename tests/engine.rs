@@ -1159,15 +1159,20 @@ async fn disk_quota_is_respected_under_sustained_fills() {
     let addr = s.http[0];
     let cache = conf.path().join("cache");
 
-    // Watch the directory while filling.
+    // Watch the directory and the store's accounting while filling.
     let stop = Arc::new(AtomicBool::new(false));
     let max_seen = Arc::new(AtomicU64::new(0));
+    let max_accounted = Arc::new(AtomicU64::new(0));
     let watcher = {
-        let (stop, max_seen, cache) = (stop.clone(), max_seen.clone(), cache.clone());
+        let (stop, max_seen, max_accounted, cache) =
+            (stop.clone(), max_seen.clone(), max_accounted.clone(), cache.clone());
+        let store = s.proxy.store.clone();
         tokio::task::spawn_blocking(move || {
             while !stop.load(Ordering::SeqCst) {
+                let st = store.stats();
+                max_accounted.fetch_max(st.disk_bytes + st.disk_reserved_bytes, Ordering::SeqCst);
                 max_seen.fetch_max(dir_usage(&cache).1, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(10));
             }
         })
     };
@@ -1213,18 +1218,28 @@ async fn disk_quota_is_respected_under_sustained_fills() {
     let (bytes, blocks, files) = dir_usage(&cache);
     eprintln!(
         "quota: {n} objects ({} MiB) filled; dir {bytes} B in {files} files ({blocks} B in blocks), \
-         store says {} B, peak while filling {} B, quota {QUOTA} B",
+         store says {} B; peak while filling: dir walk {} B, committed + reserved {} B; quota {QUOTA} B",
         filled >> 20,
         st.disk_bytes,
-        max_seen.load(Ordering::SeqCst)
+        max_seen.load(Ordering::SeqCst),
+        max_accounted.load(Ordering::SeqCst)
     );
     assert!(settled, "files ({blocks} B) and the store's accounting ({} B) disagree", st.disk_bytes);
     assert!(st.disk_evictions > 0, "5× the quota was filled: objects must have been evicted");
     assert!(st.disk_bytes <= QUOTA, "store accounts {} B on an {QUOTA} B quota", st.disk_bytes);
     assert!(bytes <= blocks && blocks <= QUOTA, "{blocks} B of files on an {QUOTA} B quota");
-    // While filling, files of evicted objects are deleted in the background, shortly after
-    // they leave the index: at most the objects evicted for the fills in flight can linger,
-    // i.e. CONCURRENCY × the largest object (plus its .meta block).
+    // While filling, the store's own accounting (committed + reserved for writes in
+    // progress) never exceeds the quota: space is reserved, and evicted for, before a chunk
+    // is written.
+    assert!(
+        max_accounted.load(Ordering::SeqCst) <= QUOTA,
+        "committed + reserved reached {} B on an {QUOTA} B quota",
+        max_accounted.load(Ordering::SeqCst)
+    );
+    // The directory walk itself is not atomic: files written by the fills in flight while
+    // one walk runs can be counted next to files that walk already counted and that were
+    // deleted meanwhile. That is at most what CONCURRENCY fills write, i.e. CONCURRENCY ×
+    // the largest object (plus its .meta block).
     let slack = CONCURRENCY as u64 * (largest + 8192);
     assert!(
         max_seen.load(Ordering::SeqCst) <= QUOTA + slack,

@@ -229,6 +229,18 @@ impl Scn {
         .unwrap_or_else(|e| panic!("[{}] {method} {path}: {e}", self.id))
     }
 
+    /// Waits (bounded) until the answer just fetched is committed to the store, so the next
+    /// request looks it up rather than joining its fill (`only-if-cached` reads the store only).
+    async fn settle(&self) {
+        for _ in 0..100 {
+            if self.get(&[("cache-control", "only-if-cached")]).await.status != 504 {
+                return;
+            }
+            sleep_ms(20).await;
+        }
+        panic!("[{}] the answer was never stored", self.id);
+    }
+
     /// Requests the origin received for this scenario so far.
     fn hits(&self) -> usize {
         self.state.seen.lock().unwrap().len()
@@ -933,6 +945,7 @@ async fn rfc9111_5_2_1_request_directives() {
         });
         tasks.push(task(async move {
             s.get(&[]).await;
+            s.settle().await;
             assert_cached(&s, &s.get(&[]).await, 1, 1, "fresh");
             let g = s.get(&[req]).await;
             assert_eq!((g.status.as_u16(), s.hits()), (200, 2), "[{id}] revalidated");
@@ -986,8 +999,7 @@ async fn rfc9111_5_2_1_request_directives() {
         let g = s.get(&oic).await;
         assert_eq!((g.status.as_u16(), s.hits()), (504, 0), "nothing stored");
         s.get(&[]).await;
-        // (Give the fill a moment to commit: only-if-cached does not join fills in flight.)
-        sleep_ms(200).await;
+        s.settle().await;
         assert_cached(&s, &s.get(&oic).await, 1, 1, "only-if-cached with a fresh answer");
         sleep_ms(1_500).await;
         let g = s.get(&oic).await;
@@ -1295,4 +1307,669 @@ async fn rfc9111_5_1_age_and_date_on_every_cached_answer() {
         let g = s.get(&h).await;
         assert!(!g.header("age").is_empty() && !g.header("date").is_empty(), "{h:?}: {:?}", g.headers);
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Vary (RFC 9111 §4.1)
+// ---------------------------------------------------------------------------------------
+
+/// A fresh answer varying on `vary`, body naming the origin answer.
+fn varying(vary: &'static str) -> impl Fn(&Seen, usize) -> Option<Response<Body>> + Send + Sync {
+    move |seen, n| {
+        answer_spec(
+            200,
+            &[
+                ("cache-control", "max-age=5000"),
+                ("last-modified", "@-3000"),
+                ("date", "@0"),
+                ("vary", vary),
+            ],
+            seen,
+            n,
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_4_1_vary_selects_stored_variants() {
+    let lab = Lab::start("").await;
+    let mut tasks = Vec::new();
+    type Hs = &'static [(&'static str, &'static str)];
+    // (id, Vary, first request's fields, second request's fields, second is a hit?)
+    let cases: Vec<(&'static str, &'static str, Hs, Hs, bool)> = vec![
+        ("vy-match", "Foo", &[("foo", "1")], &[("foo", "1")], true),
+        ("vy-no-match", "Foo", &[("foo", "1")], &[("foo", "2")], false),
+        ("vy-omit-stored", "Foo", &[], &[("foo", "1")], false),
+        ("vy-omit-presented", "Foo", &[("foo", "1")], &[], false),
+        ("vy-other-fields", "Foo", &[("foo", "1"), ("other", "2")], &[("foo", "1"), ("other", "3")], true),
+        ("vy-2-match", "Foo, Bar", &[("foo", "1"), ("bar", "abc")], &[("foo", "1"), ("bar", "abc")], true),
+        ("vy-2-no-match", "Foo, Bar", &[("foo", "1"), ("bar", "abc")], &[("foo", "2"), ("bar", "abc")], false),
+        ("vy-2-omit", "Foo, Bar", &[("foo", "1"), ("bar", "abc")], &[("foo", "1")], false),
+        (
+            "vy-3-order",
+            "Foo, Bar, Baz",
+            &[("foo", "1"), ("bar", "abc"), ("baz", "789")],
+            &[("foo", "1"), ("baz", "789"), ("bar", "abcde")],
+            false,
+        ),
+        ("vy-3-both-omit", "Foo, Bar, Baz", &[("foo", "1"), ("baz", "789")], &[("foo", "1"), ("baz", "789")], true),
+        ("vy-case", "FOO", &[("foo", "1")], &[("Foo", "1")], true),
+        ("vy-star", "*", &[("foo", "1")], &[("foo", "1")], false),
+        ("vy-star-star", "*, *", &[("foo", "1")], &[("foo", "1")], false),
+        ("vy-empty-star", ", *", &[("foo", "1")], &[("foo", "1")], false),
+        ("vy-foo-star", "Foo, *", &[("foo", "1")], &[("foo", "1")], false),
+        ("vy-combine", "Foo", &[("foo", "1, 2")], &[("foo", "1"), ("foo", "2")], true),
+        ("vy-space", "Foo", &[("foo", "1,2")], &[("foo", " 1, 2 ")], true),
+        // Accept-Encoding is normalised: equivalent preferences share one variant.
+        ("vy-ae-order", "Accept-Encoding", &[("accept-encoding", "gzip, br")], &[("accept-encoding", "br,gzip")], true),
+        ("vy-ae-q", "Accept-Encoding", &[("accept-encoding", "gzip")], &[("accept-encoding", "gzip;q=1.0, identity")], true),
+        ("vy-ae-x-gzip", "Accept-Encoding", &[("accept-encoding", "gzip")], &[("accept-encoding", "x-gzip")], true),
+        ("vy-ae-differ", "Accept-Encoding", &[("accept-encoding", "gzip")], &[("accept-encoding", "br")], false),
+        ("vy-ae-refused", "Accept-Encoding", &[("accept-encoding", "gzip")], &[("accept-encoding", "gzip;q=0")], false),
+        // Accept-Language: order, case and whitespace do not matter.
+        ("vy-al-order", "Accept-Language", &[("accept-language", "en, de")], &[("accept-language", "de, en")], true),
+        ("vy-al-case", "Accept-Language", &[("accept-language", "en, de")], &[("accept-language", "eN, De")], true),
+        ("vy-al-space", "Accept-Language", &[("accept-language", "en, de")], &[("accept-language", " en ,   de")], true),
+        ("vy-al-differ", "Accept-Language", &[("accept-language", "en")], &[("accept-language", "fr")], false),
+    ];
+    for (id, vary, first, second, hit) in cases {
+        let s = lab.scenario(id, varying(vary));
+        tasks.push(task(async move {
+            let g1 = s.get(first).await;
+            assert_eq!(g1.header("vary"), vary, "[{id}] Vary is passed on");
+            let g2 = s.get(second).await;
+            if hit {
+                assert_cached(&s, &g2, 1, 1, vary);
+            } else {
+                assert_eq!((n_of(&g2), s.hits()), (2, 2), "[{id}] a different variant");
+            }
+        }));
+    }
+
+    // Two variants are stored side by side.
+    let s = lab.scenario("vy-two-variants", varying("Foo"));
+    tasks.push(task(async move {
+        assert_eq!(n_of(&s.get(&[("foo", "1")]).await), 1);
+        assert_eq!(n_of(&s.get(&[("foo", "2")]).await), 2);
+        assert_cached(&s, &s.get(&[("foo", "1")]).await, 1, 2, "variant 1");
+        assert_cached(&s, &s.get(&[("foo", "2")]).await, 2, 2, "variant 2");
+    }));
+
+    all(tasks).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Invalidation by unsafe methods (RFC 9111 §4.4)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_4_4_unsafe_methods_invalidate() {
+    let lab = Lab::start("").await;
+    let mut tasks = Vec::new();
+    for method in ["POST", "PUT", "DELETE", "PATCH", "M-SEARCH"] {
+        for (status, invalidates) in [(200, true), (204, true), (303, true), (404, false), (500, false)] {
+            let id: &'static str =
+                Box::leak(format!("inv-{}-{status}", method.to_lowercase()).into_boxed_str());
+            let s = lab.scenario(id, move |seen, n| {
+                if seen.method == "GET" {
+                    answer(200, &[("cache-control", "max-age=100000")], seen, n)
+                } else {
+                    answer(status, &[], seen, n)
+                }
+            });
+            tasks.push(task(async move {
+                s.get(&[]).await;
+                let w = s.send(method, &s.path(), &[], "abc").await;
+                assert_eq!(w.status.as_u16(), status, "[{id}] passed through");
+                assert_eq!((s.seen(2).method.as_str(), &s.seen(2).body[..]), (method, &b"abc"[..]));
+                let g = s.get(&[]).await;
+                if invalidates {
+                    assert_eq!((n_of(&g), s.hits()), (3, 3), "[{id}] must invalidate");
+                } else {
+                    assert_cached(&s, &g, 1, 2, "a failed unsafe request does not invalidate");
+                }
+            }));
+        }
+    }
+
+    // Location and Content-Location on the same host are invalidated too; other hosts not.
+    let s = lab.scenario("inv-locations", |seen, n| {
+        if seen.method == "GET" {
+            answer(200, &[("cache-control", "max-age=100000")], seen, n)
+        } else {
+            answer(
+                201,
+                &[
+                    ("location", "/inv-locations/created"),
+                    ("content-location", "http://conformance.test/inv-locations/cl"),
+                ],
+                seen,
+                n,
+            )
+        }
+    });
+    tasks.push(task(async move {
+        let paths = ["/inv-locations/created", "/inv-locations/cl", "/inv-locations/other"];
+        for p in paths {
+            s.send("GET", p, &[], "").await;
+        }
+        assert_eq!(s.hits(), 3);
+        s.send("POST", "/inv-locations", &[], "x").await;
+        for (i, p) in paths.iter().enumerate() {
+            let g = s.send("GET", p, &[], "").await;
+            if i < 2 {
+                assert_eq!(n_of(&g), 5 + i, "{p} must be invalidated");
+            } else {
+                assert_eq!(n_of(&g), 3, "{p} is untouched");
+            }
+        }
+    }));
+    let s = lab.scenario("inv-other-host", |seen, n| {
+        if seen.method == "GET" {
+            answer(200, &[("cache-control", "max-age=100000")], seen, n)
+        } else {
+            answer(200, &[("location", "http://elsewhere.example/inv-other-host/t")], seen, n)
+        }
+    });
+    tasks.push(task(async move {
+        s.send("GET", "/inv-other-host/t", &[], "").await;
+        s.send("PUT", "/inv-other-host", &[], "x").await;
+        let g = s.send("GET", "/inv-other-host/t", &[], "").await;
+        assert_eq!(n_of(&g), 1, "a Location on another host is not invalidated");
+    }));
+
+    // PUT is passed through to the origin with its body and fields.
+    let s = lab.scenario("inv-put-through", |seen, n| answer(201, &[("x-put", "ok")], seen, n));
+    tasks.push(task(async move {
+        let g = s
+            .send("PUT", "/inv-put-through/doc", &[("content-type", "application/json")], "{\"a\":1}")
+            .await;
+        assert_eq!((g.status.as_u16(), g.header("x-put")), (201, "ok".to_string()));
+        let seen = s.seen(1);
+        assert_eq!(
+            (seen.method.as_str(), seen.path.as_str(), &seen.body[..]),
+            ("PUT", "/inv-put-through/doc", &b"{\"a\":1}"[..])
+        );
+        assert_eq!(seen.header("content-type"), "application/json");
+    }));
+
+    all(tasks).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Serving stale (RFC 9111 §4.2.4, RFC 5861, STON TTLExtensionByFail / TTLExtensionBy5xx)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc5861_stale_while_revalidate_and_stale_if_error() {
+    let lab = Lab::start("").await;
+    let mut tasks = Vec::new();
+
+    // stale-while-revalidate: the stale copy is served at once and refreshed once, behind.
+    let s = lab.scenario("st-swr", |seen, n| {
+        if n == 1 {
+            answer(200, &[("cache-control", "max-age=1, stale-while-revalidate=3600"), ("etag", "\"abc\"")], seen, n)
+        } else {
+            answer(200, &[("cache-control", "max-age=3600"), ("etag", "\"def\"")], seen, n)
+        }
+    });
+    tasks.push(task(async move {
+        s.get(&[]).await;
+        sleep_ms(1_500).await;
+        let (a, b) = tokio::join!(s.get(&[]), s.get(&[]));
+        assert_eq!((n_of(&a), n_of(&b)), (1, 1), "stale served while revalidating");
+        // The one background refresh lands; afterwards its answer is served fresh.
+        let mut refreshed = None;
+        for _ in 0..50 {
+            sleep_ms(50).await;
+            let g = s.get(&[]).await;
+            if n_of(&g) == 2 {
+                refreshed = Some(g);
+                break;
+            }
+        }
+        let g = refreshed.expect("the background refresh is stored");
+        assert_eq!(g.header("etag"), "\"def\"");
+        assert_eq!(s.hits(), 2, "exactly one background refresh");
+        assert_eq!(s.seen(2).header("if-none-match"), "\"abc\"", "the refresh is conditional");
+    }));
+
+    // Past the stale-while-revalidate window the copy is not served.
+    let s = lab.scenario("st-swr-window", |seen, n| {
+        answer(200, &[("cache-control", "max-age=1, stale-while-revalidate=1")], seen, n)
+    });
+    tasks.push(task(async move {
+        s.get(&[]).await;
+        sleep_ms(2_600).await;
+        let g = s.get(&[]).await;
+        assert_eq!((n_of(&g), s.hits()), (2, 2), "outside the window: {:?}", g.headers);
+    }));
+
+    // stale-if-error: a stale copy answers for a 5xx within the window.
+    let s = lab.scenario("st-sie-500", |seen, n| {
+        if n == 1 {
+            answer(200, &[("cache-control", "max-age=1, stale-if-error=60")], seen, n)
+        } else {
+            answer(500, &[], seen, n)
+        }
+    });
+    tasks.push(task(async move {
+        s.get(&[]).await;
+        sleep_ms(1_500).await;
+        let g = s.get(&[]).await;
+        assert_eq!((g.status.as_u16(), n_of(&g), s.hits()), (200, 1, 2));
+    }));
+
+    // A 503 on revalidation: stale served (TTLExtensionBy5xx is ON by default).
+    let s = lab.scenario("st-503", |seen, n| {
+        if n == 1 {
+            answer(200, &[("cache-control", "max-age=1")], seen, n)
+        } else {
+            answer(503, &[], seen, n)
+        }
+    });
+    tasks.push(task(async move {
+        s.get(&[]).await;
+        sleep_ms(1_500).await;
+        let g = s.get(&[]).await;
+        assert_eq!((g.status.as_u16(), n_of(&g)), (200, 1), "stale copy for a 503");
+    }));
+
+    all(tasks).await;
+}
+
+/// An origin that closes the connection instead of answering. The scenarios run one after
+/// another with an answered request in between: consecutive failures would get the only
+/// origin address excluded by health checking, which is not what these tests are about.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_4_2_4_stale_when_the_origin_closes_the_connection() {
+    let lab = Lab::start("").await;
+    // (id, Cache-Control, may the stale copy be served?)
+    let cases = [
+        // TTLExtensionByFail is ON by default.
+        ("sc-close", "max-age=1", true),
+        ("sc-close-sie", "max-age=1, stale-if-error=60", true),
+        ("sc-close-must-revalidate", "max-age=1, must-revalidate", false),
+        ("sc-close-proxy-revalidate", "max-age=1, proxy-revalidate", false),
+        ("sc-close-no-cache", "max-age=1, no-cache", false),
+        ("sc-close-s-maxage", "max-age=1, s-maxage=1", false),
+    ];
+    let mut scns = Vec::new();
+    for (id, cc, _) in cases {
+        let s = lab.scenario(id, move |seen, n| {
+            if n == 1 || seen.header("x-probe") == "1" {
+                answer(200, &[("cache-control", cc)], seen, n)
+            } else {
+                None
+            }
+        });
+        assert_eq!(s.get(&[]).await.status, 200);
+        scns.push(s);
+    }
+    sleep_ms(1_500).await;
+    for ((id, _, serve_stale), s) in cases.iter().zip(&scns) {
+        let g = s.get(&[]).await;
+        if *serve_stale {
+            assert_eq!((g.status.as_u16(), n_of(&g)), (200, 1), "[{id}] stale copy when the origin fails");
+        } else {
+            assert!(
+                g.status.is_server_error() && n_of(&g) == 0,
+                "[{id}] must not serve stale: {} {:?}",
+                g.status,
+                g.headers
+            );
+        }
+        // An answered request, so failures never pile up on the one origin address.
+        let probe = s.send("GET", &format!("{}?probe", s.path()), &[("x-probe", "1")], "").await;
+        assert_eq!(probe.status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ston_ttl_extension_by_fail_serves_stale_when_origin_is_down() {
+    let lab = Lab::start("").await;
+    let ok = lab.scenario("down-ok", |seen, n| answer(200, &[("cache-control", "max-age=1")], seen, n));
+    let mr = lab.scenario("down-mr", |seen, n| {
+        answer(200, &[("cache-control", "max-age=1, must-revalidate")], seen, n)
+    });
+    ok.get(&[]).await;
+    mr.get(&[]).await;
+    lab.origin_stop.cancel();
+    sleep_ms(1_500).await;
+    let g = ok.get(&[]).await;
+    assert_eq!((g.status.as_u16(), n_of(&g)), (200, 1), "stale copy while the origin is down");
+    let g = mr.get(&[]).await;
+    assert!(
+        g.status == 502 || g.status == 504,
+        "must-revalidate forbids stale: {}",
+        g.status
+    );
+    let _ = lab.origin;
+}
+
+// ---------------------------------------------------------------------------------------
+// Targeted cache-control fields (RFC 9213) and Strata-Cache-Control
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9213_targeted_fields_take_precedence() {
+    let lab = Lab::start("").await;
+    reuse_table(
+        &lab,
+        vec![
+            ("cdn-max-age", 200, vec![("cdn-cache-control", "max-age=3600")], 0, true),
+            ("cdn-max-age-huge", 200, vec![("cdn-cache-control", "max-age=99999999999")], 0, true),
+            (
+                "cdn-max-age-age",
+                200,
+                vec![("date", "@0"), ("cdn-cache-control", "max-age=3600"), ("age", "7200")],
+                0,
+                false,
+            ),
+            ("cdn-max-age-0", 200, vec![("cdn-cache-control", "max-age=0")], 0, false),
+            ("cdn-extension", 200, vec![("cdn-cache-control", "foobar, max-age=3600")], 0, true),
+            (
+                "cdn-past-expires",
+                200,
+                vec![("cdn-cache-control", "max-age=3600"), ("expires", "@-10000"), ("date", "@0")],
+                0,
+                true,
+            ),
+            (
+                "cdn-0-future-expires",
+                200,
+                vec![("cdn-cache-control", "max-age=0"), ("expires", "@10000"), ("date", "@0")],
+                0,
+                false,
+            ),
+            (
+                "cdn-over-short-cc",
+                200,
+                vec![("cache-control", "max-age=0"), ("cdn-cache-control", "max-age=3600")],
+                0,
+                true,
+            ),
+            (
+                "cdn-under-long-cc",
+                200,
+                vec![("cache-control", "max-age=3600"), ("cdn-cache-control", "max-age=0")],
+                0,
+                false,
+            ),
+            (
+                "cdn-private",
+                200,
+                vec![("cdn-cache-control", "private"), ("cache-control", "max-age=10000")],
+                0,
+                false,
+            ),
+            (
+                "cdn-no-cache",
+                200,
+                vec![("cdn-cache-control", "no-cache"), ("cache-control", "max-age=10000")],
+                0,
+                false,
+            ),
+            (
+                "cdn-no-store",
+                200,
+                vec![("cache-control", "max-age=10000"), ("cdn-cache-control", "no-store")],
+                0,
+                false,
+            ),
+            (
+                "cdn-over-cc-no-store",
+                200,
+                vec![("cache-control", "no-store"), ("cdn-cache-control", "max-age=10000")],
+                0,
+                true,
+            ),
+            (
+                "cdn-invalid-sf",
+                200,
+                vec![("cdn-cache-control", "max-age=10000, &&&&&"), ("cache-control", "no-store")],
+                0,
+                false,
+            ),
+            (
+                "cdn-wrong-type",
+                200,
+                vec![("cdn-cache-control", "max-age=\"10000\""), ("cache-control", "no-store")],
+                0,
+                false,
+            ),
+            (
+                "strata-over-both",
+                200,
+                vec![
+                    ("cache-control", "no-store"),
+                    ("cdn-cache-control", "no-store"),
+                    ("strata-cache-control", "max-age=3600"),
+                ],
+                0,
+                true,
+            ),
+            (
+                "strata-no-store",
+                200,
+                vec![("cdn-cache-control", "max-age=3600"), ("strata-cache-control", "no-store")],
+                0,
+                false,
+            ),
+        ],
+    )
+    .await;
+    // The targeted fields are passed on downstream unchanged.
+    let s = lab.scenario("cdn-forwarded", |seen, n| {
+        answer(200, &[("cache-control", "max-age=1"), ("cdn-cache-control", "max-age=10000")], seen, n)
+    });
+    s.get(&[]).await;
+    let g = s.get(&[]).await;
+    assert_cached(&s, &g, 1, 1, "CDN-Cache-Control");
+    assert_eq!(g.header("cdn-cache-control"), "max-age=10000");
+    assert_eq!(g.header("cache-control"), "max-age=1");
+}
+
+// ---------------------------------------------------------------------------------------
+// Partial content from a stored full response (RFC 9110 §14, RFC 9111 §3.3-3.4)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9110_14_ranges_from_stored_responses() {
+    let lab = Lab::start("").await;
+    // Last-Modified well before Date, so it is a strong validator (RFC 9110 §8.8.2.2).
+    let lm = date(-3600);
+    let lm_later = date(-3599);
+    let lm2 = lm.clone();
+    let s = lab.scenario("pc-ranges", move |_, _| {
+        Some(resp(
+            200,
+            &[
+                ("cache-control", "max-age=3600"),
+                ("etag", "\"r1\""),
+                ("last-modified", lm2.as_str()),
+                ("content-type", "text/plain"),
+            ],
+            "0123456789A",
+        ))
+    });
+    // A Range on a miss: the origin is asked for the whole object, the client gets its range.
+    let g = s.get(&[("range", "bytes=0-1")]).await;
+    assert_eq!((g.status.as_u16(), &g.body[..]), (206, &b"01"[..]));
+    assert_eq!(s.seen(1).header("range"), "", "a fill fetches the whole object");
+    // Range never splits the key: every range is served from the one stored object.
+    for (range, body, content_range) in [
+        ("bytes=0-1", &b"01"[..], "bytes 0-1/11"),
+        ("bytes=1-", &b"123456789A"[..], "bytes 1-10/11"),
+        ("bytes=-1", &b"A"[..], "bytes 10-10/11"),
+        ("bytes=5-100", &b"56789A"[..], "bytes 5-10/11"),
+    ] {
+        let g = s.get(&[("range", range)]).await;
+        assert_eq!((g.status.as_u16(), &g.body[..]), (206, body), "{range}");
+        assert_eq!(g.header("content-range"), content_range, "{range}");
+        assert!(!g.header("age").is_empty(), "{range}: from the cache");
+    }
+    let full = s.get(&[]).await;
+    assert_eq!((full.status.as_u16(), &full.body[..]), (200, &b"0123456789A"[..]));
+    assert_eq!(s.hits(), 1, "one origin request for all of them");
+    // Several ranges: multipart/byteranges.
+    let g = s.get(&[("range", "bytes=0-1, 5-6")]).await;
+    assert_eq!(g.status, 206);
+    assert!(g.header("content-type").starts_with("multipart/byteranges; boundary="));
+    let text = String::from_utf8_lossy(&g.body).into_owned();
+    assert!(text.contains("Content-Range: bytes 0-1/11\r\n\r\n01"), "{text}");
+    assert!(text.contains("Content-Range: bytes 5-6/11\r\n\r\n56"), "{text}");
+    assert_eq!(g.header("content-length"), g.body.len().to_string());
+    // Unsatisfiable.
+    let g = s.get(&[("range", "bytes=50-")]).await;
+    assert_eq!((g.status.as_u16(), g.header("content-range")), (416, "bytes */11".to_string()));
+    // If-Range: a matching strong validator gives the range, anything else the whole object.
+    for (if_range, status) in [
+        ("\"r1\"", 206),
+        ("\"r0\"", 200),
+        ("W/\"r1\"", 200),
+        (lm.as_str(), 206),
+        (lm_later.as_str(), 200),
+    ] {
+        let g = s.get(&[("range", "bytes=0-1"), ("if-range", if_range)]).await;
+        assert_eq!(g.status.as_u16(), status, "If-Range {if_range}");
+    }
+    // HEAD with a Range: headers only.
+    let g = s.send("HEAD", &s.path(), &[], "").await;
+    assert_eq!((g.status.as_u16(), g.body.len(), g.header("content-length")), (200, 0, "11".into()));
+    assert_eq!(s.hits(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Cache key normalisation (RFC 3986 §6.2.2, RFC 9110 §4.2.3)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc3986_cache_key_normalisation() {
+    let lab = Lab::start("").await;
+    let s = lab.scenario("key-norm", |seen, n| answer(200, &[("cache-control", "max-age=3600")], seen, n));
+    s.send("GET", "/key-norm/~user/a.txt", &[], "").await;
+    for same in [
+        "/key-norm/%7Euser/a.txt",
+        "/key-norm/%7euser/%61.txt",
+        "/key-norm/./~user/b/../a.txt",
+        "/key-norm/x/../~user/a.txt",
+    ] {
+        let g = s.send("GET", same, &[], "").await;
+        assert_cached(&s, &g, 1, 1, same);
+    }
+    let g = s.send_host("GET", "CONFORMANCE.Test", "/key-norm/~user/a.txt", &[], "").await;
+    assert_cached(&s, &g, 1, 1, "host case");
+    // Reserved characters keep their escapes: %2F is not a path separator.
+    let g = s.send("GET", "/key-norm/~user%2Fa.txt", &[], "").await;
+    assert_eq!(n_of(&g), 2, "an escaped slash is another resource");
+    // The query is part of the key by default.
+    let q = lab.scenario("key-query", |seen, n| answer(200, &[("cache-control", "max-age=3600")], seen, n));
+    q.send("GET", "/key-query?test=1", &[], "").await;
+    assert_cached(&q, &q.send("GET", "/key-query?test=1", &[], "").await, 1, 1, "same query");
+    assert_eq!(n_of(&q.send("GET", "/key-query?test=2", &[], "").await), 2, "other query");
+    assert_eq!(n_of(&q.send("GET", "/key-query", &[], "").await), 3, "no query");
+    assert_eq!(n_of(&q.send("GET", "/KEY-QUERY?test=1", &[], "").await), 4, "case sensitive by default");
+}
+
+// ---------------------------------------------------------------------------------------
+// STON options, when written
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ston_options_when_written() {
+    let lab = Lab::start(
+        "<Options><TTL><Res2xx>1</Res2xx><Res3xx>300</Res3xx><Res4xx>30</Res4xx><Res5xx>30</Res5xx></TTL>\
+         <ApplyQueryString>OFF</ApplyQueryString><CaseSensitive>OFF</CaseSensitive><VaryHeader/></Options>",
+    )
+    .await;
+    let mut tasks = Vec::new();
+    // Fixed TTLs for answers without explicit freshness (Res2xx 1 s here).
+    let s = lab.scenario("ston-res2xx", |seen, n| answer(200, &[], seen, n));
+    tasks.push(task(async move {
+        s.get(&[]).await;
+        assert_cached(&s, &s.get(&[]).await, 1, 1, "Res2xx");
+        sleep_ms(1_500).await;
+        assert_eq!(n_of(&s.get(&[]).await), 2, "Res2xx expired");
+    }));
+    // Explicit freshness still wins over the fixed TTL.
+    let s = lab.scenario("ston-explicit", |seen, n| answer(200, &[("cache-control", "max-age=0")], seen, n));
+    tasks.push(task(async move {
+        s.get(&[]).await;
+        assert_eq!(n_of(&s.get(&[]).await), 2, "max-age=0 beats Res2xx");
+    }));
+    // Negative caching: 404 and 503 are cached for their class TTL; 302 for Res3xx.
+    for (id, status) in [("ston-res4xx", 404u16), ("ston-res5xx", 503), ("ston-res3xx", 302)] {
+        let s = lab.scenario(id, move |seen, n| answer(status, &[], seen, n));
+        tasks.push(task(async move {
+            assert_eq!(s.get(&[]).await.status.as_u16(), status);
+            let g = s.get(&[]).await;
+            assert_cached(&s, &g, 1, 1, id);
+        }));
+    }
+    // private and Set-Cookie rules hold even with STON TTLs.
+    let s = lab.scenario("ston-private", |seen, n| answer(200, &[("cache-control", "private")], seen, n));
+    tasks.push(task(async move {
+        s.get(&[]).await;
+        assert_eq!(n_of(&s.get(&[]).await), 2, "private is never shared");
+    }));
+    let s = lab.scenario("ston-cookie", |seen, n| answer(200, &[("set-cookie", "a=b")], seen, n));
+    tasks.push(task(async move {
+        assert_eq!(s.get(&[]).await.header("set-cookie"), "a=b");
+        let g = s.get(&[]).await;
+        assert_cached(&s, &g, 1, 1, "Set-Cookie answer under Res2xx");
+        assert_eq!(g.header("set-cookie"), "");
+    }));
+    // <VaryHeader/> (empty): Vary is ignored.
+    let s = lab.scenario("ston-vary", varying("Foo"));
+    tasks.push(task(async move {
+        s.get(&[("foo", "1")]).await;
+        assert_cached(&s, &s.get(&[("foo", "2")]).await, 1, 1, "Vary ignored");
+    }));
+    // <ApplyQueryString>OFF</ApplyQueryString> and <CaseSensitive>OFF</CaseSensitive>.
+    let s = lab.scenario("ston-key", |seen, n| answer(200, &[("cache-control", "max-age=3600")], seen, n));
+    tasks.push(task(async move {
+        s.send("GET", "/ston-key/A.txt?x=1", &[], "").await;
+        for same in ["/ston-key/A.txt?x=2", "/ston-key/a.TXT", "/STON-KEY/a.txt?Y=3"] {
+            let g = s.send("GET", same, &[], "").await;
+            assert_cached(&s, &g, 1, 1, same);
+        }
+    }));
+    all(tasks).await;
+}
+
+/// RFC 5861 §4: an explicit `stale-if-error` window bounds serving stale for a 5xx, even
+/// with STON's `TTLExtensionBy5xx` (ON by default); within it the stale copy answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc5861_4_stale_if_error_window_bounds_ttl_extension_by_5xx() {
+    let lab = Lab::start("").await;
+    let mut tasks = Vec::new();
+    // (id, stored Cache-Control, request Cache-Control, stale copy served for the 500?)
+    for (id, cc, req, stale) in [
+        ("sie-resp-within", "max-age=0, stale-if-error=3600", "", true),
+        ("sie-resp-expired", "max-age=0, stale-if-error=1", "", false),
+        ("sie-req-within", "max-age=0", "stale-if-error=3600", true),
+        ("sie-req-expired", "max-age=0", "stale-if-error=1", false),
+    ] {
+        let s = lab.scenario(id, move |seen, n| {
+            if n == 1 {
+                answer(200, &[("cache-control", cc)], seen, n)
+            } else {
+                answer(500, &[], seen, n)
+            }
+        });
+        tasks.push(task(async move {
+            s.get(&[]).await;
+            sleep_ms(2_100).await;
+            let hs: Vec<(&str, &str)> = if req.is_empty() { vec![] } else { vec![("cache-control", req)] };
+            let g = s.get(&hs).await;
+            assert_eq!(s.hits(), 2, "[{id}] revalidated");
+            if stale {
+                assert_eq!((g.status.as_u16(), n_of(&g)), (200, 1), "[{id}] stale copy");
+            } else {
+                assert_eq!((g.status.as_u16(), n_of(&g)), (500, 2), "[{id}] the 500 stands");
+            }
+        }));
+    }
+    all(tasks).await;
 }

@@ -1,7 +1,7 @@
 -- wrk script that sends every path of a list file exactly once, in order, then ends the run
 -- (run it with one thread: wrk -t1 ... -s urls.lua URL -- LISTFILE). Used to fill caches and
 -- for the Zipf workload, so every server gets the same request sequence.
-local reqs, n, sent, got, bad = {}, 0, 0, 0, 0
+local reqs, n, sent, granted, got, bad = {}, 0, 0, 0, 0, 0
 
 local function wrk_pid()
   local f = io.open("/proc/self/stat")
@@ -17,13 +17,17 @@ init = function(args)
   end
 end
 
--- Once every request is out, the connections just wait for the end of the run.
+-- wrk calls delay() before each request(); once n requests have been granted the
+-- connections just wait for the end of the run.
 delay = function()
-  if sent >= n then return 3600000 end
+  if granted >= n then return 3600000 end
+  granted = granted + 1
   return 0
 end
 
 request = function()
+  -- wrk calls request() once before the run to check it (no delay() before that call).
+  if granted == 0 then return reqs[1] end
   sent = sent + 1
   return reqs[sent] or reqs[n]
 end
@@ -34,8 +38,9 @@ response = function(status, headers, body)
   if got == n then
     io.write(string.format('URLSJSON {"sent":%d,"got":%d,"bad":%d}\n', sent, got, bad))
     io.flush()
-    -- wrk's main thread sleeps for -d; SIGINT ends the run now.
-    os.execute("kill -INT " .. wrk_pid())
+    -- wrk's main thread sleeps for -d; SIGINT ends the run now. (Not os.execute: system()
+    -- ignores SIGINT in the caller while the command runs.)
+    io.popen("kill -INT " .. wrk_pid()):close()
   end
 end
 done = function(summary, latency, requests)

@@ -242,7 +242,18 @@ impl Proxy {
         };
         if let Some(meta) = &stored {
             let facts = respond::facts(meta);
-            match policy::decide_reuse(&ctx.method, &ctx.headers, &facts, now, &ctx.vh.policy) {
+            // The purge family's expire/expireafter override the response's own freshness.
+            let reuse = match meta.expires_override_ms {
+                Some(at) if ms(now) >= at => Reuse::MustRevalidate,
+                Some(_) => Reuse::Fresh,
+                None => policy::decide_reuse(&ctx.method, &ctx.headers, &facts, now, &ctx.vh.policy),
+            };
+            match reuse {
+                // A newer answer is on its way (a client forced a reload): the most recent
+                // response is the one to use (RFC 9111 §4), so read that fill instead.
+                Reuse::Fresh if !only_if_cached && self.fills.is_filling(&key) => {
+                    return self.fill(ctx, &primary, &key, Some(meta.clone())).await;
+                }
                 Reuse::Fresh => {
                     let result = if meta.status >= 400 {
                         CacheResult::NegativeHit
@@ -308,12 +319,18 @@ impl Proxy {
         if !respond::is_vary_marker(&meta) {
             return (Some(primary.to_string()), Some(meta));
         }
-        let headers = respond::header_map(&meta.headers);
-        let spec = policy::effective_vary(&headers, &ctx.vh.policy.vary_mode);
+        let facts = respond::facts(&meta);
+        let spec = policy::effective_vary(&facts.headers, &ctx.vh.policy.vary_mode);
         match policy::variant_key(&spec, &ctx.headers) {
             Some(v) => {
                 let k = key::variant_key(primary, &v);
                 let m = self.store.lookup(&k).await;
+                // The first answer for a URL is fetched under its primary key (its variant is
+                // not known yet): while it streams in, join that fill; the waiter checks that
+                // it is this request's variant (`respond::selects`).
+                if m.is_none() && !self.fills.is_filling(&k) && self.fills.is_filling(primary) {
+                    return (Some(primary.to_string()), None);
+                }
                 (Some(k), m)
             }
             None => (None, None),
@@ -339,7 +356,10 @@ impl Proxy {
                 self.pass_through(ctx, None).await
             }
             Join::Waiter(fill) => match fill.head(wait).await {
-                Some(FillState::Streaming { meta, .. }) => respond::from_fill(
+                Some(FillState::Streaming { meta, .. })
+                    if respond::selects(&meta, ctx.vh, &ctx.headers) =>
+                {
+                    respond::from_fill(
                     &self.store,
                     ctx.vh,
                     &ctx.method,
@@ -347,8 +367,9 @@ impl Proxy {
                     meta,
                     fill,
                     CacheResult::RtHit,
-                ),
-                Some(FillState::Done(meta)) => {
+                    )
+                }
+                Some(FillState::Done(meta)) if respond::selects(&meta, ctx.vh, &ctx.headers) => {
                     match respond::from_store(
                         &self.store,
                         ctx.vh,
@@ -380,7 +401,8 @@ impl Proxy {
                     forward::upstream_headers(&ctx.headers, ctx.peer.addr.ip(), &ctx.rt.hop, true);
                 let conditional = stale
                     .as_ref()
-                    .map(|m| policy::conditional_request_headers(&respond::header_map(&m.headers)));
+                    .filter(|m| m.expires_override_ms != Some(crate::manage::PURGED))
+                    .map(|m| policy::conditional_request_headers(&respond::facts(m).headers));
                 if let Some(c) = &conditional {
                     headers.extend(c.clone());
                 }
@@ -414,6 +436,7 @@ impl Proxy {
                     let extend_5xx = status.is_server_error()
                         && policy::may_serve_stale_on_5xx(
                             &respond::facts(old),
+                            &ctx.headers,
                             response_time,
                             status.as_u16(),
                             &ctx.vh.policy,

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::VhostRuntime;
 use crate::body::{self, Body, BoxError};
 use crate::cache::fill::{self, Source};
+use crate::cache::key;
 use crate::cache::policy::{self, Conditional, ResponseFacts};
 use crate::cache::range::{self, RangeRequest};
 use crate::cache::store::{ObjectMeta, Store};
@@ -88,15 +89,18 @@ pub fn content_length(h: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// The policy's view of a stored object.
-pub fn facts(meta: &ObjectMeta) -> ResponseFacts {
-    let t = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
-    ResponseFacts {
-        status: meta.status,
-        headers: header_map(&meta.headers),
-        request_time: t(meta.request_time_ms),
-        response_time: t(meta.response_time_ms),
-    }
+/// The policy's view of a stored object, parsed once per stored snapshot (hits reuse it).
+pub fn facts(meta: &ObjectMeta) -> Arc<ResponseFacts> {
+    let make = || {
+        let t = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        ResponseFacts {
+            status: meta.status,
+            headers: header_map(&meta.headers),
+            request_time: t(meta.request_time_ms),
+            response_time: t(meta.response_time_ms),
+        }
+    };
+    meta.derived.get_or_init(make).unwrap_or_else(|| Arc::new(make()))
 }
 
 /// Answers from a committed object. None when its bytes cannot be read (missing or corrupt
@@ -168,10 +172,24 @@ pub fn may_join(fill: &fill::Fill, vh: &VhostRuntime, method: &Method, req: &Hea
     match state {
         fill::FillState::Streaming { meta, .. } | fill::FillState::Done(meta) => {
             let facts = facts(&meta);
-            policy::decide_reuse(method, req, &facts, SystemTime::now(), &vh.policy)
-                == policy::Reuse::Fresh
+            selects(&meta, vh, req)
+                && policy::decide_reuse(method, req, &facts, SystemTime::now(), &vh.policy)
+                    == policy::Reuse::Fresh
         }
         _ => true,
+    }
+}
+
+/// Whether `meta` (stored or filling) is the variant `req` selects (RFC 9111 §4.1). A request
+/// that joined a fill before the answer's `Vary` was known may need another variant.
+pub fn selects(meta: &ObjectMeta, vh: &VhostRuntime, req: &HeaderMap) -> bool {
+    let headers = header_map(&meta.headers);
+    let spec = policy::effective_vary(&headers, &vh.policy.vary_mode);
+    let primary = key::primary_of(&meta.key);
+    match policy::variant_key(&spec, req) {
+        None => false,
+        Some(v) if v.is_empty() => primary == meta.key,
+        Some(v) => key::variant_key(primary, &v) == meta.key,
     }
 }
 
@@ -189,11 +207,12 @@ fn build(
     now: SystemTime,
 ) -> Reply {
     let status = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
-    let mut headers = header_map(&meta.headers);
+    let facts = facts(&meta);
+    let mut headers = facts.headers.clone();
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::TRANSFER_ENCODING);
     if vh.cfg.options.age_header != Some(false) {
-        let age = policy::age_header_value(&facts(&meta), now);
+        let age = policy::age_header_value(&facts, now);
         headers.insert(header::AGE, HeaderValue::from(age));
     }
     if !headers.contains_key(header::DATE) {

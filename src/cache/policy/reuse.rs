@@ -178,19 +178,35 @@ pub fn may_serve_stale_on_error(
 /// May a stored response be served in place of the 5xx `status` the origin answered while
 /// revalidating it? Same prohibitions as [`may_serve_stale_on_error`]; allowed when fresh,
 /// within `stale-if-error=N` for 500, 502, 503 and 504 (the errors RFC 5861 §4 names), and
-/// for any 5xx when `ttl_extension_by_5xx` is on (the default).
+/// for any 5xx when `ttl_extension_by_5xx` is on (the default) — unless a `stale-if-error`
+/// of the stored response or of the request (`req_headers`) bounds it: a 5xx is an answer,
+/// not a disconnection, so an explicit window from the origin or the client is honoured
+/// over the operator's default (RFC 5861 §4).
 ///
 /// STON treats such a 5xx like a 304: when this returns true the caller may re-arm the entry
 /// (for instance `freshen_with_304` with an empty header map and new exchange times) so the
 /// failing origin is not asked again on every request. Returns false for non-5xx statuses.
 pub fn may_serve_stale_on_5xx(
     stored: &ResponseFacts,
+    req_headers: &HeaderMap,
     now: SystemTime,
     status: u16,
     opts: &PolicyOptions,
 ) -> bool {
-    (500..=599).contains(&status)
-        && may_serve_stale(stored, now, OriginFailure::ServerError(status), opts)
+    if !(500..=599).contains(&status) {
+        return false;
+    }
+    let requested = RequestDirectives::parse(req_headers).stale_if_error;
+    if let Some(window) = requested
+        && matches!(status, 500 | 502 | 503 | 504)
+    {
+        let fresh = freshness(stored, opts).lifetime;
+        let staleness = current_age(stored, now).saturating_sub(fresh);
+        if staleness > Duration::from_secs(window) {
+            return false;
+        }
+    }
+    may_serve_stale(stored, now, OriginFailure::ServerError(status), opts)
 }
 
 /// The shared rules of [`may_serve_stale_on_error`] and [`may_serve_stale_on_5xx`].
@@ -217,11 +233,13 @@ fn may_serve_stale(
         OriginFailure::Unreachable => true,
         OriginFailure::ServerError(status) => matches!(status, 500 | 502 | 503 | 504),
     };
-    if rfc5861_error
-        && d.stale_if_error
-            .is_some_and(|window| staleness <= Duration::from_secs(window))
-    {
-        return true;
+    if rfc5861_error && let Some(window) = d.stale_if_error {
+        let within = staleness <= Duration::from_secs(window);
+        // Past the origin's window a 5xx stands (see `may_serve_stale_on_5xx`); only a
+        // disconnection still falls back on `ttl_extension_by_fail`.
+        if within || failure != OriginFailure::Unreachable {
+            return within;
+        }
     }
     match failure {
         OriginFailure::Unreachable => opts.ttl_extension_by_fail,
@@ -540,10 +558,18 @@ mod tests {
                 true,
                 true,
             ),
+            // Past the origin's stale-if-error window its 5xx stands, even under STON.
             (
                 "max-age=60, stale-if-error=60",
                 121,
                 ServerError(500),
+                false,
+                false,
+            ),
+            (
+                "max-age=60, stale-if-error=60",
+                121,
+                Unreachable,
                 false,
                 true,
             ),
@@ -592,7 +618,9 @@ mod tests {
             // The public entry point for each kind of failure.
             let check = |opts: &PolicyOptions| match failure {
                 Unreachable => may_serve_stale_on_error(&s, now, opts),
-                ServerError(status) => may_serve_stale_on_5xx(&s, now, *status, opts),
+                ServerError(status) => {
+                    may_serve_stale_on_5xx(&s, &HeaderMap::new(), now, *status, opts)
+                }
             };
             assert_eq!(
                 check(&strict),
@@ -600,6 +628,24 @@ mod tests {
                 "strict {cc:?} +{after} {failure:?}"
             );
             assert_eq!(check(&ston), *want_ston, "ston {cc:?} +{after} {failure:?}");
+        }
+    }
+
+    #[test]
+    fn rfc5861_4_request_stale_if_error_bounds_ston_ttl_extension() {
+        let ston = PolicyOptions::default();
+        let s = stored("max-age=60");
+        let req = |v: &str| hm(&[("cache-control", v)]);
+        // (request Cache-Control, seconds after T0, allowed)
+        let cases: &[(&str, u64, bool)] = &[
+            ("", 100, true),
+            ("stale-if-error=60", 100, true),
+            ("stale-if-error=10", 100, false),
+            ("stale-if-error=10", 50, true),
+        ];
+        for (cc, after, want) in cases {
+            let got = may_serve_stale_on_5xx(&s, &req(cc), at(T0 + after), 500, &ston);
+            assert_eq!(got, *want, "request {cc:?} +{after}");
         }
     }
 }

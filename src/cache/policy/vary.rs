@@ -101,6 +101,8 @@ pub fn variant_key(spec: &VarySpec, req_headers: &HeaderMap) -> Option<String> {
         key.push(':');
         if name == "accept-encoding" {
             key.push_str(&normalize_accept_encoding(&joined));
+        } else if name == "accept-language" {
+            key.push_str(&normalize_accept_language(&joined));
         } else {
             key.push_str(&normalize_field_value(&joined));
         }
@@ -113,6 +115,53 @@ pub fn variant_key(spec: &VarySpec, req_headers: &HeaderMap) -> Option<String> {
 /// Case is kept, since most field values are case-sensitive.
 pub fn normalize_field_value(value: &str) -> String {
     split_list(value).join(",")
+}
+
+/// Normalises an `Accept-Language` value (RFC 9110 §12.5.4): language ranges compared
+/// case-insensitively, whitespace dropped, refused ranges (`q=0`) and unreadable weights
+/// dropped, and ranges of equal weight sorted, so `en, de`, `De,EN` and ` de ;q=1 , en`
+/// share a variant. Different weights stay distinct (`en;q=0.5, de` ≠ `en, de`).
+pub fn normalize_accept_language(value: &str) -> String {
+    let mut ranges: Vec<(u16, String)> = Vec::new();
+    for member in split_list(value) {
+        let mut parts = member.split(';');
+        let range = trim_ows(parts.next().unwrap_or("")).to_ascii_lowercase();
+        if range.is_empty() {
+            continue;
+        }
+        let mut weight = Some(1000);
+        for param in parts {
+            let param = trim_ows(param);
+            if let Some(q) = param.strip_prefix("q=").or_else(|| param.strip_prefix("Q=")) {
+                weight = qvalue_millis(q);
+            }
+        }
+        match weight {
+            Some(w) if w > 0 => ranges.push((w, range)),
+            _ => {}
+        }
+    }
+    ranges.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    ranges.dedup_by(|a, b| a.1 == b.1);
+    ranges
+        .iter()
+        .map(|(w, r)| if *w == 1000 { r.clone() } else { format!("{r};q={w}") })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A qvalue (RFC 9110 §12.4.2) in thousandths, `None` if unreadable.
+fn qvalue_millis(text: &str) -> Option<u16> {
+    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let frac_millis = format!("{frac:0<3}").parse::<u16>().ok()?;
+    match int {
+        "0" => Some(frac_millis),
+        "1" if frac_millis == 0 => Some(1000),
+        _ => None,
+    }
 }
 
 /// Reduces an `Accept-Encoding` value to the sorted, comma-joined subset of
@@ -273,8 +322,19 @@ mod tests {
                 &[("accept-language", "en, fr")],
                 true,
             ),
-            // Values are case-sensitive outside Accept-Encoding.
+            // Values are case-sensitive outside Accept-Encoding and Accept-Language.
             (&[("x-device", "Mobile")], &[("x-device", "mobile")], false),
+            // Accept-Language: order among equal weights, case and whitespace do not matter.
+            (
+                &[("accept-language", "en, de")],
+                &[("accept-language", " DE ,en;q=1.0, fr;q=0")],
+                true,
+            ),
+            (
+                &[("accept-language", "en, de")],
+                &[("accept-language", "en;q=0.5, de")],
+                false,
+            ),
         ];
         for (a, b, same) in cases {
             let ka = variant_key(&spec, &hm(a));

@@ -5,6 +5,7 @@
 //! each, so a partially stored object (a Range fill) knows exactly which bytes it can serve.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use super::error::StoreError;
 
@@ -53,6 +54,46 @@ pub struct ObjectMeta {
     /// Disk holding this version's files (`None`: memory only). Not encoded: it is where the
     /// file was found.
     pub(super) disk: Option<u8>,
+    /// What the caller derives from this snapshot (parsed headers, say), computed once.
+    pub derived: Derived,
+}
+
+/// A once-per-snapshot slot for data the caller derives from a meta, so a hit does not parse
+/// the stored headers again. Never encoded; a clone starts empty because a copied meta is
+/// usually about to be changed.
+#[derive(Default)]
+pub struct Derived(std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>);
+
+impl Derived {
+    /// The derived value, computed by `make` on first use. None if a value of another type
+    /// was stored first.
+    pub fn get_or_init<T: std::any::Any + Send + Sync>(&self, make: impl FnOnce() -> T) -> Option<Arc<T>> {
+        self.0
+            .get_or_init(|| Arc::new(make()))
+            .clone()
+            .downcast::<T>()
+            .ok()
+    }
+}
+
+impl Clone for Derived {
+    fn clone(&self) -> Self {
+        Derived::default()
+    }
+}
+
+impl PartialEq for Derived {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Derived {}
+
+impl std::fmt::Debug for Derived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "Derived(set)" } else { "Derived(empty)" })
+    }
 }
 
 /// What a caller knows about a response when it starts storing it.
@@ -88,6 +129,7 @@ impl ObjectMeta {
             complete: false,
             chunks: Vec::new(),
             disk,
+            derived: Derived::default(),
         };
         if let Some(n) = meta.chunk_count() {
             meta.chunks = vec![ChunkSlot::Absent; n as usize];
@@ -359,6 +401,7 @@ pub(super) fn decode_meta_section(
         complete: flags & FLAG_COMPLETE != 0,
         chunks,
         disk: None,
+        derived: Derived::default(),
     };
     // A committed meta always knows its length and has a slot per chunk; `complete` is a
     // promise that every chunk is there. Anything else was not written by us.
