@@ -1,0 +1,107 @@
+//! End-to-end tests of the management listener: the purge family STON-style, the
+//! allow-list and the token.
+
+mod common;
+
+use common::*;
+
+async fn setup(extra_host: &str) -> (Origin, ConfDir, strata::server::Running) {
+    let o = Origin::start(handler(|req, n| {
+        resp(200, &[("cache-control", "max-age=600"), ("etag", &format!("\"v{n}\""))], format!("{} #{n}", req.uri().path()))
+    }))
+    .await;
+    let conf = ConfDir::new(
+        &server_xml(extra_host, ""),
+        &format!(r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost></Vhosts>"#, o.addr),
+    );
+    let s = start(&conf).await;
+    (o, conf, s)
+}
+
+fn json_count(body: &[u8]) -> u64 {
+    let t = String::from_utf8_lossy(body);
+    let i = t.find("\"Count\":").expect("Count in result") + 8;
+    t[i..].chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().expect("number")
+}
+
+#[tokio::test]
+async fn purge_expire_and_hardpurge_by_url_and_pattern() {
+    let (o, _conf, s) = setup("").await;
+    let a = s.http[0];
+    let m = s.manager.unwrap();
+    for p in ["/img/1.jpg", "/img/2.jpg", "/img/3.png", "/css/s.css"] {
+        get(a, "a.com", p, &[]).await;
+    }
+    assert_eq!(o.count(), 4);
+
+    // Pattern purge: both jpgs; counted once, not again on a second purge.
+    let r = get(m, "127.0.0.1", "/command/purge?url=a.com/img/*.jpg", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(json_count(&r.body), 2, "{:?}", r.body);
+    let r = get(m, "127.0.0.1", "/command/purge?url=http://a.com/img/*.jpg", &[]).await;
+    assert_eq!(json_count(&r.body), 0, "already purged objects are not counted again");
+    // The purged objects are refetched, the others stay hits.
+    assert_eq!(get(a, "a.com", "/img/1.jpg", &[]).await.body.as_ref(), b"/img/1.jpg #5");
+    assert_eq!(get(a, "a.com", "/img/3.png", &[]).await.body.as_ref(), b"/img/3.png #3");
+    assert_eq!(o.count(), 5);
+
+    // Expire: the next request revalidates (conditional), `|` separates targets and a target
+    // without a host reuses the last one.
+    let r = get(m, "127.0.0.1", "/command/expire?url=a.com/css/s.css|/img/3.png", &[]).await;
+    assert_eq!(json_count(&r.body), 2);
+    get(a, "a.com", "/css/s.css", &[]).await;
+    assert_eq!(o.count(), 6);
+
+    // Hard purge deletes.
+    let r = get(m, "127.0.0.1", "/command/hardpurge?url=a.com/*", &[]).await;
+    assert!(json_count(&r.body) >= 4, "{:?}", r.body);
+    get(a, "a.com", "/img/2.jpg", &[]).await;
+    assert_eq!(o.count(), 7);
+
+    // No url: a clear error.
+    let r = get(m, "127.0.0.1", "/command/purge", &[]).await;
+    assert_eq!(r.status, 400);
+    s.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_purged_object_is_served_when_the_origin_is_down() {
+    let (o, _conf, s) = setup("").await;
+    let a = s.http[0];
+    let first = get(a, "a.com", "/x", &[]).await;
+    get(s.manager.unwrap(), "127.0.0.1", "/command/purge?url=a.com/x", &[]).await;
+    o.stop();
+    drop(o);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let g = get(a, "a.com", "/x", &[]).await;
+    assert_eq!((g.status, g.body), (first.status, first.body), "STON restores a purged object while the origin is down");
+    s.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn the_token_is_required_when_configured() {
+    let o = Origin::start(handler(|_, _| resp(200, &[], "x"))).await;
+    let conf = ConfDir::new(
+        &server_xml("", "").replace("<Manager Port=\"0\" Listen=\"127.0.0.1\">", "<Manager Port=\"0\" Listen=\"127.0.0.1\" Token=\"s3cret\">"),
+        &format!(r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost></Vhosts>"#, o.addr),
+    );
+    let s = start(&conf).await;
+    let m = s.manager.unwrap();
+    assert_eq!(get(m, "127.0.0.1", "/version", &[]).await.status, 401);
+    assert_eq!(get(m, "127.0.0.1", "/version", &[("authorization", "Bearer s3cret")]).await.status, 200);
+    s.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn callers_outside_the_allow_list_have_their_connection_closed() {
+    let o = Origin::start(handler(|_, _| resp(200, &[], "x"))).await;
+    // Only 10.9.9.9 may talk to the manager: loopback is refused.
+    let conf = ConfDir::new(
+        &server_xml("", "").replace("<Allow>127.0.0.1</Allow>", "<Allow>10.9.9.9</Allow>"),
+        &format!(r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost></Vhosts>"#, o.addr),
+    );
+    let s = start(&conf).await;
+    let r = request("GET", s.manager.unwrap(), "127.0.0.1", "/version", &[], bytes::Bytes::new()).await;
+    assert!(r.is_err(), "the connection is closed without an answer: {r:?}");
+    s.shutdown.cancel();
+}
