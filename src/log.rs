@@ -241,8 +241,11 @@ pub struct LoggedBody {
     log: AccessLog,
     bytes: u64,
     done: bool,
-    on_end: Option<Arc<dyn Fn(&AccessEntry, u64) + Send + Sync>>,
+    on_end: Option<OnEnd>,
 }
+
+/// Called once when a logged response ends: the entry and the body bytes sent.
+pub type OnEnd = Arc<dyn Fn(&AccessEntry, u64) + Send + Sync>;
 
 impl LoggedBody {
     /// Wraps `inner`; `on_end` (stats) runs with the entry and bytes when the body ends.
@@ -250,7 +253,7 @@ impl LoggedBody {
         inner: Body,
         entry: AccessEntry,
         log: AccessLog,
-        on_end: Option<Arc<dyn Fn(&AccessEntry, u64) + Send + Sync>>,
+        on_end: Option<OnEnd>,
     ) -> LoggedBody {
         LoggedBody {
             inner,

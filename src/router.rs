@@ -38,7 +38,7 @@ impl Router {
                 }
             }
         }
-        patterns.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        patterns.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         let default = cfg
             .default_vhost
             .as_ref()

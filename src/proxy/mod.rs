@@ -217,7 +217,7 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
         let stats = self.stats.clone();
-        let on_end: Arc<dyn Fn(&AccessEntry, u64) + Send + Sync> = Arc::new(move |e, bytes| {
+        let on_end: crate::log::OnEnd = Arc::new(move |e, bytes| {
             stats.record(vhost, e, bytes);
         });
         let log = self.log.clone();
@@ -352,7 +352,12 @@ impl Proxy {
         let wait = ctx.rt.cfg.server.cache.fill_wait;
         match self.fills.join(key) {
             Join::Bypass => self.pass_through(ctx, None).await,
+            // The answer streaming in may not be reused as it is (it must be revalidated, or it
+            // is another variant): let it land, then look up again.
             Join::Waiter(fill) if !respond::may_join(&fill, ctx.vh, &ctx.method, &ctx.headers) => {
+                if respond::landed(&fill, wait).await {
+                    return Box::pin(self.cached(ctx)).await;
+                }
                 self.pass_through(ctx, None).await
             }
             Join::Waiter(fill) => match fill.head(wait).await {
@@ -593,7 +598,10 @@ impl Proxy {
                     }
                     Err(not_stored) => {
                         // Too large for the store (or it is closing): pass the answer through.
-                        tracing::debug!(error = %not_stored, "cannot store object; answering without caching");
+                        tracing::debug!(
+                            error = %not_stored,
+                            "cannot store object; answering without caching"
+                        );
                         let resp = Response::from_parts(parts, not_stored.body);
                         respond::passed(resp, ctx.vh, &ctx.method, CacheResult::ClientRefreshMiss)
                     }

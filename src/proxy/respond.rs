@@ -180,6 +180,21 @@ pub fn may_join(fill: &fill::Fill, vh: &VhostRuntime, method: &Method, req: &Hea
     }
 }
 
+/// Waits (up to `timeout`) for `fill` to end; true when its object was committed.
+pub async fn landed(fill: &fill::Fill, timeout: Duration) -> bool {
+    let mut rx = fill.subscribe();
+    let end = rx.wait_for(|s| {
+        !matches!(
+            s,
+            fill::FillState::Pending | fill::FillState::Streaming { .. }
+        )
+    });
+    matches!(
+        tokio::time::timeout(timeout, end).await,
+        Ok(Ok(s)) if matches!(*s, fill::FillState::Done(_))
+    )
+}
+
 /// Whether `meta` (stored or filling) is the variant `req` selects (RFC 9111 §4.1). A request
 /// that joined a fill before the answer's `Vary` was known may need another variant.
 pub fn selects(meta: &ObjectMeta, vh: &VhostRuntime, req: &HeaderMap) -> bool {
@@ -215,10 +230,10 @@ fn build(
         let age = policy::age_header_value(&facts, now);
         headers.insert(header::AGE, HeaderValue::from(age));
     }
-    if !headers.contains_key(header::DATE) {
-        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())) {
-            headers.insert(header::DATE, v);
-        }
+    if !headers.contains_key(header::DATE)
+        && let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now()))
+    {
+        headers.insert(header::DATE, v);
     }
     if let Some(via) = &vh.via {
         append_via(&mut headers, via);

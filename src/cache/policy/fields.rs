@@ -147,7 +147,7 @@ fn civil(year: u64, month: u64, day: u64, h: u64, m: u64, s: u64) -> Option<Syst
     if !(1900..=9999).contains(&year) {
         return None;
     }
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let leap = year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400));
     let days_in_month = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
     if day == 0 || day > days_in_month[(month - 1) as usize] {
         return None;

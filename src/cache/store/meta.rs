@@ -67,7 +67,10 @@ pub struct Derived(std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>);
 impl Derived {
     /// The derived value, computed by `make` on first use. None if a value of another type
     /// was stored first.
-    pub fn get_or_init<T: std::any::Any + Send + Sync>(&self, make: impl FnOnce() -> T) -> Option<Arc<T>> {
+    pub fn get_or_init<T: std::any::Any + Send + Sync>(
+        &self,
+        make: impl FnOnce() -> T,
+    ) -> Option<Arc<T>> {
         self.0
             .get_or_init(|| Arc::new(make()))
             .clone()
@@ -92,7 +95,11 @@ impl Eq for Derived {}
 
 impl std::fmt::Debug for Derived {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() { "Derived(set)" } else { "Derived(empty)" })
+        f.write_str(if self.0.get().is_some() {
+            "Derived(set)"
+        } else {
+            "Derived(empty)"
+        })
     }
 }
 
