@@ -218,7 +218,8 @@ impl fmt::Debug for NotStored {
     }
 }
 
-/// The leader's handle: resolve it exactly once. Dropping it unresolved aborts the fill.
+/// The leader's handle: resolve it exactly once. Dropping it unresolved abandons the fill:
+/// its waiters join again rather than fail.
 pub struct FillGuard {
     fills: Arc<Fills>,
     fill: Option<Arc<Fill>>,
