@@ -1077,6 +1077,12 @@ async fn corrupted_chunk_and_inline_body_are_detected_and_refetched() {
     // memory copy is gone and the read goes to disk.
     assert!(get(addr, "a.com", "/small", &[]).await.body == small_body);
     assert_eq!(origin.count(), 3);
+    // The client has every byte before the fill commits: wait for the commit before stopping.
+    let t0 = std::time::Instant::now();
+    while s.proxy.store.lookup("a.com/small").await.is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "/small never committed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     s.shutdown.cancel();
     let _ = s.done.await;
     let meta = cache_files(&cache)

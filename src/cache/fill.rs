@@ -504,6 +504,16 @@ pub enum Source {
 /// store, the part not yet written from the fill's tail; the channel is bounded, so a slow
 /// client holds at most a couple of chunks. Any failure ends the body with an error.
 pub fn stream_range(store: Store, source: Source, start: u64, end: u64) -> Body {
+    if let Source::Stored(meta) = source {
+        return StoredBody {
+            store,
+            meta,
+            pos: start,
+            end,
+            pending: None,
+        }
+        .boxed_unsync();
+    }
     let (tx, rx) = mpsc::channel::<Result<Bytes, BoxError>>(2);
     tokio::spawn(async move {
         if let Err(e) = pump(&store, source, start, end, &tx).await {
@@ -655,4 +665,64 @@ async fn send_from_store(
         at = next;
     }
     Ok(sent)
+}
+
+/// A committed object's bytes `[pos, end]`, read chunk by chunk as hyper asks for them: no
+/// task and no channel on the hit path, one chunk in flight per client (back-pressure is
+/// hyper not polling while the socket is full).
+struct StoredBody {
+    store: Store,
+    meta: Arc<ObjectMeta>,
+    pos: u64,
+    end: u64,
+    pending: Option<BoxFuture<'static, Result<Bytes, StoreError>>>,
+}
+
+impl hyper::body::Body for StoredBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.pos > this.end {
+            return Poll::Ready(None);
+        }
+        let cs = u64::from(this.meta.chunk_size.max(1));
+        let index = (this.pos / cs) as u32;
+        let fut = this.pending.get_or_insert_with(|| {
+            let (store, meta) = (this.store.clone(), this.meta.clone());
+            Box::pin(async move { store.read_chunk(&meta, index).await })
+        });
+        let chunk = match fut.as_mut().poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => {
+                this.pending = None;
+                match r {
+                    Ok(c) => c,
+                    Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+                }
+            }
+        };
+        let chunk_start = u64::from(index) * cs;
+        let from = (this.pos - chunk_start) as usize;
+        let to = ((this.end + 1 - chunk_start) as usize).min(chunk.len());
+        if from >= to {
+            this.pos = this.end + 1;
+            return Poll::Ready(Some(Err("stored chunk shorter than its object".into())));
+        }
+        this.pos = chunk_start + to as u64;
+        Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk.slice(from..to)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pos > self.end
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.end.saturating_add(1).saturating_sub(self.pos))
+    }
 }
