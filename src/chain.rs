@@ -119,24 +119,48 @@ mod tests {
         let names = ["foo.com", "bar.com", "baz.com"];
         let lookup = |n: &str| names.iter().position(|x| *x == n);
         let l = link("bar.com", &[LinkCondition::Status(404)]);
-        assert_eq!(next_hop(Some(&l), Outcome::Status(404), &[0], lookup), Ok(1));
-        assert_eq!(next_hop(Some(&l), Outcome::Status(200), &[0], lookup), Err(Stop::NoMatch));
-        assert_eq!(next_hop(None, Outcome::Status(404), &[0], lookup), Err(Stop::NoMatch));
+        assert_eq!(
+            next_hop(Some(&l), Outcome::Status(404), &[0], lookup),
+            Ok(1)
+        );
+        assert_eq!(
+            next_hop(Some(&l), Outcome::Status(200), &[0], lookup),
+            Err(Stop::NoMatch)
+        );
+        assert_eq!(
+            next_hop(None, Outcome::Status(404), &[0], lookup),
+            Err(Stop::NoMatch)
+        );
         let unknown = link("nope.com", &[LinkCondition::Status(404)]);
-        assert_eq!(next_hop(Some(&unknown), Outcome::Status(404), &[0], lookup), Err(Stop::UnknownTarget));
+        assert_eq!(
+            next_hop(Some(&unknown), Outcome::Status(404), &[0], lookup),
+            Err(Stop::UnknownTarget)
+        );
         let selfl = link("foo.com", &[LinkCondition::Status(404)]);
-        assert_eq!(next_hop(Some(&selfl), Outcome::Status(404), &[0], lookup), Err(Stop::SelfLink));
+        assert_eq!(
+            next_hop(Some(&selfl), Outcome::Status(404), &[0], lookup),
+            Err(Stop::SelfLink)
+        );
         let back = link("foo.com", &[LinkCondition::Status(404)]);
-        assert_eq!(next_hop(Some(&back), Outcome::Status(404), &[0, 1], lookup), Err(Stop::Loop));
+        assert_eq!(
+            next_hop(Some(&back), Outcome::Status(404), &[0, 1], lookup),
+            Err(Stop::Loop)
+        );
         let third = link("baz.com", &[LinkCondition::Status(404)]);
-        assert_eq!(next_hop(Some(&third), Outcome::Status(404), &[0, 1], lookup), Ok(2));
+        assert_eq!(
+            next_hop(Some(&third), Outcome::Status(404), &[0, 1], lookup),
+            Ok(2)
+        );
     }
 
     #[test]
     fn trigger_classes_follow_the_condition() {
         use LinkCondition::*;
         assert_eq!(trigger_classes(&link("b", &[Status(404)])), (true, false));
-        assert_eq!(trigger_classes(&link("b", &[Class(5), Fail])), (false, true));
+        assert_eq!(
+            trigger_classes(&link("b", &[Class(5), Fail])),
+            (false, true)
+        );
         assert_eq!(trigger_classes(&link("b", &[Fail])), (false, false));
     }
 }

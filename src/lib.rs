@@ -10,6 +10,7 @@ pub mod log;
 pub mod manage;
 pub mod origin;
 pub mod proxy;
+pub mod purge;
 pub mod router;
 pub mod server;
 pub mod stats;

@@ -210,7 +210,10 @@ impl AccessLog {
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC, the W3C extended log format's `date time`.
 pub fn w3c_time(t: SystemTime) -> String {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Civil-from-days (H. Hinnant's algorithm), valid for the whole Unix era.
     let z = days + 719_468;

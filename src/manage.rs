@@ -6,16 +6,16 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{self, Body};
-use crate::cache::key;
-use crate::config::{self, IpMatcher, Role};
-use crate::proxy::{Proxy, ms};
+use crate::config::{self, Role};
+use crate::proxy::Proxy;
+use crate::purge::{self, PurgeKind};
 use crate::server::runtime::RuntimeBuilder;
 use crate::server::tls::{CertTable, SniResolver};
 
@@ -27,19 +27,6 @@ pub struct Manager {
     tls: Arc<SniResolver>,
     /// Stops the background tasks (health probes) of the runtime in service.
     rt_stop: Mutex<CancellationToken>,
-}
-
-/// What a purge-family command does to each target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PurgeKind {
-    /// Invalidate: the next request refetches.
-    Purge,
-    /// Mark stale: the next request revalidates.
-    Expire,
-    /// Delete for good.
-    HardPurge,
-    /// Expire `sec` seconds from now.
-    ExpireAfter(u64),
 }
 
 impl Manager {
@@ -67,16 +54,7 @@ impl Manager {
 
     /// The role `ip` has: the best `<Allow>` it matches; loopback is Admin when the list is empty.
     fn role_of(&self, ip: IpAddr) -> Option<Role> {
-        let rt = self.proxy.runtime.load();
-        let m = &rt.cfg.server.manager;
-        if m.allow.is_empty() {
-            return ip.is_loopback().then_some(Role::Admin);
-        }
-        m.allow
-            .iter()
-            .filter(|a| ip_matches(&a.matcher, ip))
-            .map(|a| a.role)
-            .max()
+        self.proxy.runtime.load().cfg.server.manager.role_of(ip)
     }
 
     /// Re-reads the configuration and swaps it in; in-flight requests finish on the old one.
@@ -293,13 +271,11 @@ impl Manager {
                 };
                 let method = path.trim_start_matches("/command/");
                 let started = Instant::now();
-                let (count, size) = self.purge(&targets, kind).await;
+                let rt = self.proxy.runtime.load_full();
+                let (count, size) = purge::apply(&rt, &self.proxy.store, &targets, kind).await;
                 json(
                     StatusCode::OK,
-                    &format!(
-                        "{{\"version\":\"2.0.0\",\"method\":\"{method}\",\"status\":\"OK\",\"result\":{{\"Count\":{count},\"Size\":{size},\"Time\":{}}}}}",
-                        started.elapsed().as_millis()
-                    ),
+                    &purge::result_json(method, count, size, started.elapsed().as_millis()),
                 )
             }
             _ => json(
@@ -308,132 +284,8 @@ impl Manager {
             ),
         }
     }
-
-    /// Applies `kind` to every target of a `|`-separated list (STON's purge target forms:
-    /// `http://host/path`, `host/path`, `host/dir/`, `host/*.jpg`, `/path` reusing the last host).
-    pub async fn purge(&self, targets: &str, kind: PurgeKind) -> (u64, u64) {
-        let rt = self.proxy.runtime.load_full();
-        let mut last_host = String::new();
-        let mut count = 0;
-        let mut size = 0;
-        let keys = self.proxy.store.keys();
-        for raw in targets.split('|').map(str::trim).filter(|t| !t.is_empty()) {
-            let t = raw
-                .trim_start_matches("http://")
-                .trim_start_matches("https://");
-            let (host, path) = match t.find('/') {
-                Some(0) => (last_host.clone(), t.to_string()),
-                Some(i) => (t[..i].to_ascii_lowercase(), t[i..].to_string()),
-                None => (t.to_ascii_lowercase(), "/".to_string()),
-            };
-            last_host = host.clone();
-            let Some(vi) = rt.router.route(Some(&host)) else {
-                continue;
-            };
-            let vh = &rt.vhosts[vi];
-            let pattern = if path.contains('*') {
-                format!("{}{}", vh.cfg.name, path)
-            } else {
-                key::cache_key(&vh.cfg.name, &path, vh.key_rules)
-            };
-            for (k, bytes) in &keys {
-                let primary = key::primary_of(k);
-                if !glob(&pattern, primary) {
-                    continue;
-                }
-                let done = match kind {
-                    // STON's purge keeps the copy as a fallback: the next request refetches it
-                    // unconditionally, but if the origin is down the purged copy is served.
-                    PurgeKind::Purge => self.expire_at(k, PURGED).await,
-                    PurgeKind::HardPurge => self.proxy.store.remove(k).await.is_some(),
-                    PurgeKind::Expire => self.expire_at(k, ms(SystemTime::now())).await,
-                    PurgeKind::ExpireAfter(sec) => {
-                        self.expire_at(k, ms(SystemTime::now()) + sec * 1000).await
-                    }
-                };
-                if done {
-                    count += 1;
-                    size += bytes;
-                }
-            }
-        }
-        (count, size)
-    }
-
-    /// Sets the expiry override; false when the key is gone or was already purged (STON
-    /// does not count an already-purged object again).
-    async fn expire_at(&self, key: &str, at_ms: u64) -> bool {
-        let mut already = false;
-        let found = self
-            .proxy
-            .store
-            .update_meta(key, |m| {
-                already = m.expires_override_ms == Some(PURGED);
-                if !already {
-                    m.expires_override_ms = Some(at_ms);
-                }
-            })
-            .await
-            .is_some();
-        found && !already
-    }
 }
 
-/// The expiry override that marks a purged object: refetch it, serve it only if the origin fails.
-pub const PURGED: u64 = 0;
-
-/// `*` matches any run of characters; everything else literally.
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            pi += 1;
-            mark = ti;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
-    }
-    pi == p.len()
-}
-
-fn ip_matches(m: &IpMatcher, ip: IpAddr) -> bool {
-    match (m, ip) {
-        (IpMatcher::Exact(a), ip) => *a == ip,
-        (IpMatcher::Range(IpAddr::V4(a), IpAddr::V4(b)), IpAddr::V4(ip)) => {
-            (u32::from(*a)..=u32::from(*b)).contains(&u32::from(ip))
-        }
-        (IpMatcher::Prefix(IpAddr::V4(net), bits), IpAddr::V4(ip)) => {
-            let mask = if *bits == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from((*bits).min(32)))
-            };
-            u32::from(*net) & mask == u32::from(ip) & mask
-        }
-        (IpMatcher::Prefix(IpAddr::V6(net), bits), IpAddr::V6(ip)) => {
-            let mask = if *bits == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from((*bits).min(128)))
-            };
-            u128::from(*net) & mask == u128::from(ip) & mask
-        }
-        _ => false,
-    }
-}
 
 fn param(query: &str, name: &str) -> Option<String> {
     query
@@ -470,33 +322,4 @@ fn json(status: StatusCode, body: &str) -> Response<Body> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn globs() {
-        assert!(glob("h/img/*.jpg", "h/img/a.jpg"));
-        assert!(glob("h/*", "h/x/y?z"));
-        assert!(!glob("h/img/*.jpg", "h/img/a.png"));
-        assert!(glob("h/a", "h/a"));
-        assert!(!glob("h/a", "h/ab"));
-    }
-
-    #[test]
-    fn allow_matchers() {
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert!(ip_matches(
-            &IpMatcher::Prefix(ip("192.168.3.0"), 24),
-            ip("192.168.3.77")
-        ));
-        assert!(!ip_matches(
-            &IpMatcher::Prefix(ip("192.168.3.0"), 24),
-            ip("192.168.4.1")
-        ));
-        assert!(ip_matches(
-            &IpMatcher::Range(ip("192.168.2.1"), ip("192.168.2.255")),
-            ip("192.168.2.9")
-        ));
-        assert!(ip_matches(
-            &IpMatcher::Exact(ip("127.0.0.1")),
-            ip("127.0.0.1")
-        ));
-    }
 }

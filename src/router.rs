@@ -67,6 +67,18 @@ impl Router {
         self.default
     }
 
+    /// The vhost a Host names (name or alias), without falling back to `<Default>`.
+    pub fn route_exact(&self, host: &str) -> Option<usize> {
+        let host = normalize_host(host);
+        if let Some(&i) = self.exact.get(host.as_str()) {
+            return Some(i);
+        }
+        self.patterns
+            .iter()
+            .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+            .map(|(_, i)| *i)
+    }
+
     /// The vhost with this exact name (used by VhostLink, which names vhosts, not hosts).
     pub fn by_name(&self, name: &str) -> Option<usize> {
         self.names.iter().position(|n| n == name)

@@ -29,7 +29,11 @@ async fn storage(name: &'static str, have: &'static [&'static str]) -> Origin {
     Origin::start(handler(move |req, _| {
         let p = req.uri().path().to_string();
         if have.contains(&p.as_str()) {
-            resp(200, &[("cache-control", "max-age=60"), ("x-from", name)], format!("{name}:{p}"))
+            resp(
+                200,
+                &[("cache-control", "max-age=60"), ("x-from", name)],
+                format!("{name}:{p}"),
+            )
         } else {
             resp(404, &[("x-from", name)], format!("{name}: no {p}"))
         }
@@ -41,7 +45,9 @@ fn vhost(name: &str, origin: &str, link: Option<(&str, &str)>, extra: &str) -> S
     let link = link
         .map(|(cond, target)| format!(r#"<VhostLink Condition="{cond}">{target}</VhostLink>"#))
         .unwrap_or_default();
-    format!(r#"<Vhost Name="{name}"><Listen>127.0.0.1:0</Listen><Origin><Address>{origin}</Address></Origin>{link}{extra}</Vhost>"#)
+    format!(
+        r#"<Vhost Name="{name}"><Listen>127.0.0.1:0</Listen><Origin><Address>{origin}</Address></Origin>{link}{extra}</Vhost>"#
+    )
 }
 
 #[tokio::test]
@@ -50,17 +56,31 @@ async fn a_404_on_foo_is_served_from_bar_and_both_answers_are_cached() {
     let bar = storage("bar", &["/only-bar", "/only-foo"]).await;
     let vhosts = format!(
         "<Vhosts>{}{}</Vhosts>",
-        vhost("foo.com", &foo.addr.to_string(), Some(("404", "bar.com")), ""),
+        vhost(
+            "foo.com",
+            &foo.addr.to_string(),
+            Some(("404", "bar.com")),
+            ""
+        ),
         vhost("bar.com", &bar.addr.to_string(), None, "")
     );
-    let conf = ConfDir::new(&server_xml(&format!("<LogDir>{}/log</LogDir>", "{DIR}"), ""), &vhosts);
+    let conf = ConfDir::new(
+        &server_xml(&format!("<LogDir>{}/log</LogDir>", "{DIR}"), ""),
+        &vhosts,
+    );
     let s = start(&conf).await;
     let a = s.http[0];
 
     let g = get(a, "foo.com", "/only-foo", &[]).await;
-    assert_eq!((g.status.as_u16(), g.body.as_ref()), (200, &b"foo:/only-foo"[..]));
+    assert_eq!(
+        (g.status.as_u16(), g.body.as_ref()),
+        (200, &b"foo:/only-foo"[..])
+    );
     let g = get(a, "foo.com", "/only-bar", &[]).await;
-    assert_eq!((g.status.as_u16(), g.body.as_ref()), (200, &b"bar:/only-bar"[..]));
+    assert_eq!(
+        (g.status.as_u16(), g.body.as_ref()),
+        (200, &b"bar:/only-bar"[..])
+    );
     assert_eq!((foo.count(), bar.count()), (2, 1));
 
     // Again: foo's 404 is negatively cached (30 s by default for link triggers) and bar's
@@ -79,7 +99,16 @@ async fn a_404_on_foo_is_served_from_bar_and_both_answers_are_cached() {
     assert_eq!(g.body.as_ref(), b"bar: no /nowhere");
 
     // A POST does not link.
-    let r = request("POST", a, "foo.com", "/only-bar", &[], bytes::Bytes::from_static(b"x")).await.unwrap();
+    let r = request(
+        "POST",
+        a,
+        "foo.com",
+        "/only-bar",
+        &[],
+        bytes::Bytes::from_static(b"x"),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 404);
     assert_eq!(r.header("x-from"), "foo");
 
@@ -87,9 +116,15 @@ async fn a_404_on_foo_is_served_from_bar_and_both_answers_are_cached() {
     s.shutdown.cancel();
     let _ = s.done.await;
     let log = std::fs::read_to_string(conf.path().join("log/access.log")).unwrap();
-    let linked: Vec<&str> = log.lines().filter(|l| l.contains("/only-bar") && l.contains(" foo.com+bar.com ")).collect();
+    let linked: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("/only-bar") && l.contains(" foo.com+bar.com "))
+        .collect();
     assert_eq!(linked.len(), 2, "{log}");
-    assert!(linked.iter().all(|l| l.ends_with(" foo.com")), "stats and logs belong to foo.com: {log}");
+    assert!(
+        linked.iter().all(|l| l.ends_with(" foo.com")),
+        "stats and logs belong to foo.com: {log}"
+    );
     let direct = log.lines().find(|l| l.contains("GET /only-foo")).unwrap();
     assert!(direct.contains(" - foo.com"), "{direct}");
 }
@@ -112,22 +147,46 @@ async fn fail_and_5xx_conditions_link_when_the_origin_is_down_slow_or_broken() {
     let opts = "<OriginOptions><ReceiveTimeout>1</ReceiveTimeout><ConnectTimeout>1</ConnectTimeout><Exclusion>0</Exclusion></OriginOptions>";
     let vhosts = format!(
         "<Vhosts>{}{}{}{}</Vhosts>",
-        vhost("down.com", &dead.to_string(), Some(("5xx,fail", "bar.com")), opts),
-        vhost("slow.com", &slow.addr.to_string(), Some(("5xx,fail", "bar.com")), opts),
-        vhost("broken.com", &broken.addr.to_string(), Some(("5xx,fail", "bar.com")), opts),
+        vhost(
+            "down.com",
+            &dead.to_string(),
+            Some(("5xx,fail", "bar.com")),
+            opts
+        ),
+        vhost(
+            "slow.com",
+            &slow.addr.to_string(),
+            Some(("5xx,fail", "bar.com")),
+            opts
+        ),
+        vhost(
+            "broken.com",
+            &broken.addr.to_string(),
+            Some(("5xx,fail", "bar.com")),
+            opts
+        ),
         vhost("bar.com", &bar.addr.to_string(), None, "")
     );
     let conf = ConfDir::new(&server_xml("", ""), &vhosts);
     let s = start(&conf).await;
     for host in ["down.com", "slow.com", "broken.com"] {
         let g = get(s.http[0], host, "/x", &[]).await;
-        assert_eq!((g.status.as_u16(), g.body.as_ref()), (200, &b"bar:/x"[..]), "{host}");
+        assert_eq!(
+            (g.status.as_u16(), g.body.as_ref()),
+            (200, &b"bar:/x"[..]),
+            "{host}"
+        );
     }
     // `404` alone does not cover an unreachable origin.
     s.shutdown.cancel();
     let vhosts = format!(
         "<Vhosts>{}{}</Vhosts>",
-        vhost("down.com", &dead.to_string(), Some(("404", "bar.com")), opts),
+        vhost(
+            "down.com",
+            &dead.to_string(),
+            Some(("404", "bar.com")),
+            opts
+        ),
         vhost("bar.com", &bar.addr.to_string(), None, "")
     );
     let conf = ConfDir::new(&server_xml("", ""), &vhosts);
@@ -144,38 +203,89 @@ async fn a_three_hop_chain_and_harmless_stop_rules_at_run_time() {
     let baz = storage("baz", &["/deep"]).await;
     let vhosts = format!(
         "<Vhosts>{}{}{}{}{}{}</Vhosts>",
-        vhost("foo.com", &foo.addr.to_string(), Some(("404", "bar.com")), ""),
-        vhost("bar.com", &bar.addr.to_string(), Some(("4xx", "baz.com")), ""),
+        vhost(
+            "foo.com",
+            &foo.addr.to_string(),
+            Some(("404", "bar.com")),
+            ""
+        ),
+        vhost(
+            "bar.com",
+            &bar.addr.to_string(),
+            Some(("4xx", "baz.com")),
+            ""
+        ),
         vhost("baz.com", &baz.addr.to_string(), None, ""),
         // Stop rules: self link, unknown target, a cycle.
-        vhost("self.com", &foo.addr.to_string(), Some(("404", "self.com")), ""),
-        vhost("lost.com", &foo.addr.to_string(), Some(("404", "nowhere.com")), ""),
-        vhost("ping.com", &foo.addr.to_string(), Some(("404", "pong.com")), "")
-            + &vhost("pong.com", &bar.addr.to_string(), Some(("404", "ping.com")), ""),
+        vhost(
+            "self.com",
+            &foo.addr.to_string(),
+            Some(("404", "self.com")),
+            ""
+        ),
+        vhost(
+            "lost.com",
+            &foo.addr.to_string(),
+            Some(("404", "nowhere.com")),
+            ""
+        ),
+        vhost(
+            "ping.com",
+            &foo.addr.to_string(),
+            Some(("404", "pong.com")),
+            ""
+        ) + &vhost(
+            "pong.com",
+            &bar.addr.to_string(),
+            Some(("404", "ping.com")),
+            ""
+        ),
     );
     let conf = ConfDir::new(&server_xml("", ""), &vhosts);
     let s = start(&conf).await;
     let a = s.http[0];
     let g = get(a, "foo.com", "/deep", &[]).await;
-    assert_eq!((g.status.as_u16(), g.body.as_ref()), (200, &b"baz:/deep"[..]));
+    assert_eq!(
+        (g.status.as_u16(), g.body.as_ref()),
+        (200, &b"baz:/deep"[..])
+    );
     assert_eq!((foo.count(), bar.count(), baz.count()), (1, 1, 1));
 
     let g = get(a, "self.com", "/y", &[]).await;
-    assert_eq!((g.status.as_u16(), g.body.as_ref()), (404, &b"foo: no /y"[..]));
+    assert_eq!(
+        (g.status.as_u16(), g.body.as_ref()),
+        (404, &b"foo: no /y"[..])
+    );
     let g = get(a, "lost.com", "/y2", &[]).await;
-    assert_eq!((g.status.as_u16(), g.body.as_ref()), (404, &b"foo: no /y2"[..]));
+    assert_eq!(
+        (g.status.as_u16(), g.body.as_ref()),
+        (404, &b"foo: no /y2"[..])
+    );
     // ping → pong → (ping again: stop) = pong's own answer.
     let g = get(a, "ping.com", "/y3", &[]).await;
-    assert_eq!((g.status.as_u16(), g.body.as_ref()), (404, &b"bar: no /y3"[..]));
+    assert_eq!(
+        (g.status.as_u16(), g.body.as_ref()),
+        (404, &b"bar: no /y3"[..])
+    );
     s.shutdown.cancel();
 
     // `strata check` reports each stop rule with file:line (warnings: the config still loads).
-    let out = std::process::Command::new(strata_bin()).args(["check", "--conf"]).arg(conf.path()).output().unwrap();
+    let out = std::process::Command::new(strata_bin())
+        .args(["check", "--conf"])
+        .arg(conf.path())
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("self.com") && text.contains("itself"), "{text}");
+    assert!(
+        text.contains("self.com") && text.contains("itself"),
+        "{text}"
+    );
     assert!(text.contains("nowhere.com"), "{text}");
-    assert!(text.contains("ping.com") && text.contains("pong.com"), "{text}");
+    assert!(
+        text.contains("ping.com") && text.contains("pong.com"),
+        "{text}"
+    );
     assert!(text.contains("vhosts.xml:1"), "{text}");
 }
 
@@ -198,26 +308,41 @@ async fn collapsing_works_across_the_link() {
     .await;
     let vhosts = format!(
         "<Vhosts>{}{}</Vhosts>",
-        vhost("foo.com", &foo.addr.to_string(), Some(("404", "bar.com")), ""),
+        vhost(
+            "foo.com",
+            &foo.addr.to_string(),
+            Some(("404", "bar.com")),
+            ""
+        ),
         vhost("bar.com", &bar.addr.to_string(), None, "")
     );
     let conf = ConfDir::new(&server_xml("", ""), &vhosts);
     let s = start(&conf).await;
     let a = s.http[0];
-    let futs: Vec<_> = (0..200).map(|_| async move { get(a, "foo.com", "/big", &[]).await }).collect();
+    let futs: Vec<_> = (0..200)
+        .map(|_| async move { get(a, "foo.com", "/big", &[]).await })
+        .collect();
     let all = join_all(futs).await;
     let want = pattern(100_000, 7);
     for g in &all {
         assert_eq!(g.status, 200);
         assert_eq!(g.body, want);
     }
-    assert_eq!((foo.count(), bar.count()), (1, 1), "one origin request per vhost");
+    assert_eq!(
+        (foo.count(), bar.count()),
+        (1, 1),
+        "one origin request per vhost"
+    );
     s.shutdown.cancel();
 }
 
 /// A port that is free now (for two servers that must know each other's port up front).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test]
@@ -225,11 +350,15 @@ async fn two_instances_linked_into_a_cycle_stop_within_one_round() {
     let (pa, pb) = (free_port(), free_port());
     let conf_a = ConfDir::new(
         &server_xml("<CdnLoop>strata-a</CdnLoop>", ""),
-        &format!(r#"<Vhosts><Vhost Name="x.com"><Listen>127.0.0.1:{pa}</Listen><Origin><Address>127.0.0.1:{pb}</Address></Origin><OriginOptions><Host>*</Host></OriginOptions></Vhost></Vhosts>"#),
+        &format!(
+            r#"<Vhosts><Vhost Name="x.com"><Listen>127.0.0.1:{pa}</Listen><Origin><Address>127.0.0.1:{pb}</Address></Origin><OriginOptions><Host>*</Host></OriginOptions></Vhost></Vhosts>"#
+        ),
     );
     let conf_b = ConfDir::new(
         &server_xml("<CdnLoop>strata-b</CdnLoop>", ""),
-        &format!(r#"<Vhosts><Vhost Name="x.com"><Listen>127.0.0.1:{pb}</Listen><Origin><Address>127.0.0.1:{pa}</Address></Origin><OriginOptions><Host>*</Host></OriginOptions></Vhost></Vhosts>"#),
+        &format!(
+            r#"<Vhosts><Vhost Name="x.com"><Listen>127.0.0.1:{pb}</Listen><Origin><Address>127.0.0.1:{pa}</Address></Origin><OriginOptions><Host>*</Host></OriginOptions></Vhost></Vhosts>"#
+        ),
     );
     let a = start(&conf_a).await;
     let b = start(&conf_b).await;
@@ -250,7 +379,12 @@ async fn a_child_to_parent_hop_is_not_a_loop() {
         &server_xml("<CdnLoop>strata-parent</CdnLoop>", ""),
         &format!(
             "<Vhosts>{}{}</Vhosts>",
-            vhost("foo.com", &foo.addr.to_string(), Some(("404", "bar.com")), ""),
+            vhost(
+                "foo.com",
+                &foo.addr.to_string(),
+                Some(("404", "bar.com")),
+                ""
+            ),
             vhost("bar.com", &bar.addr.to_string(), None, "")
         ),
     );

@@ -599,14 +599,20 @@ fn check_accepts_the_seed_configurations_and_the_default() {
 /// An HTTPS origin presenting the `origin.test` certificate (signed by the test CA).
 async fn tls_origin() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(tls_fixture("origin.test.pem")).unwrap().map(|c| c.unwrap()).collect();
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(tls_fixture("origin.test.pem"))
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
     let key = PrivateKeyDer::from_pem_file(tls_fixture("origin.test.key")).unwrap();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -615,22 +621,36 @@ async fn tls_origin() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     let h2 = hits.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let acceptor = acceptor.clone();
             let hits = h2.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let v = format!("{:?}", req.version());
-                    async move { Ok::<_, std::convert::Infallible>(resp(200, &[("cache-control", "max-age=60"), ("x-version", &v)], "secure")) }
+                    async move {
+                        Ok::<_, std::convert::Infallible>(resp(
+                            200,
+                            &[("cache-control", "max-age=60"), ("x-version", &v)],
+                            "secure",
+                        ))
+                    }
                 });
                 let io = TokioIo::new(tls);
                 if h2 {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, svc).await;
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, svc)
+                        .await;
                 } else {
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
                 }
             });
         }
@@ -645,7 +665,13 @@ async fn https_origins_are_verified_and_spoken_to_over_h2() {
     let resolve = format!(r#"<Resolve Name="origin.test">127.0.0.1:{port}</Resolve>"#);
     let vh = r#"<Vhosts><Vhost Name="s.com"><Listen>127.0.0.1:0</Listen><Origin><Address>https://origin.test</Address></Origin></Vhost></Vhosts>"#;
     // Trusted through <OriginCa>: served, over h2 (ALPN).
-    let trusted = ConfDir::new(&server_xml(&format!("{resolve}<OriginCa>{}</OriginCa>", tls_fixture("ca.pem")), ""), vh);
+    let trusted = ConfDir::new(
+        &server_xml(
+            &format!("{resolve}<OriginCa>{}</OriginCa>", tls_fixture("ca.pem")),
+            "",
+        ),
+        vh,
+    );
     let s = start(&trusted).await;
     let g = get(s.http[0], "s.com", "/a", &[]).await;
     assert_eq!((g.status.as_u16(), g.body.as_ref()), (200, &b"secure"[..]));
@@ -671,24 +697,48 @@ async fn certificates_are_reloaded_without_restart() {
     std::fs::copy(tls_fixture("a.test.key"), &key).unwrap();
     let server = server_xml("", "").replace(
         "</Server>",
-        &format!(r#"<Https Listen="127.0.0.1:0"><Cert Cert="{}" Key="{}"/></Https></Server>"#, cert.display(), key.display()),
+        &format!(
+            r#"<Https Listen="127.0.0.1:0"><Cert Cert="{}" Key="{}"/></Https></Server>"#,
+            cert.display(),
+            key.display()
+        ),
     );
-    std::fs::write(conf.path().join("server.xml"), server.replace("{DIR}", &conf.path().display().to_string())).unwrap();
-    std::fs::write(conf.path().join("vhosts.xml"), format!("<Vhosts>{}</Vhosts>", vhost("a.test", "<Alias>b.test</Alias>", &o.addr.to_string()))).unwrap();
+    std::fs::write(
+        conf.path().join("server.xml"),
+        server.replace("{DIR}", &conf.path().display().to_string()),
+    )
+    .unwrap();
+    std::fs::write(
+        conf.path().join("vhosts.xml"),
+        format!(
+            "<Vhosts>{}</Vhosts>",
+            vhost("a.test", "<Alias>b.test</Alias>", &o.addr.to_string())
+        ),
+    )
+    .unwrap();
     let s = start(&conf).await;
     let https = s.https[0];
     let handshake = |sni: &'static str| async move {
         let tcp = TcpStream::connect(https).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from(sni).unwrap();
-        tls_connector(&[b"http/1.1"]).connect(name, tcp).await.is_ok()
+        tls_connector(&[b"http/1.1"])
+            .connect(name, tcp)
+            .await
+            .is_ok()
     };
     assert!(handshake("a.test").await);
-    assert!(!handshake("b.test").await, "a.test's certificate is not valid for b.test");
+    assert!(
+        !handshake("b.test").await,
+        "a.test's certificate is not valid for b.test"
+    );
     std::fs::copy(tls_fixture("b.test.pem"), &cert).unwrap();
     std::fs::copy(tls_fixture("b.test.key"), &key).unwrap();
     let r = get(s.manager.unwrap(), "127.0.0.1", "/conf/reload", &[]).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    assert!(handshake("b.test").await, "the new certificate is served after reload");
+    assert!(
+        handshake("b.test").await,
+        "the new certificate is served after reload"
+    );
     assert!(!handshake("a.test").await);
     s.shutdown.cancel();
 }
@@ -705,26 +755,46 @@ async fn a_standby_address_replaces_a_failed_active_one() {
     let conf = ConfDir::new(&server_xml("", ""), &vhosts);
     let s = start(&conf).await;
     let a = s.http[0];
-    assert_eq!(get(a, "a.com", "/1", &[("cache-control", "no-cache")]).await.header("x-origin"), "active");
-    assert_eq!(standby.count(), 0, "the standby is not used while the active one is healthy");
+    assert_eq!(
+        get(a, "a.com", "/1", &[("cache-control", "no-cache")])
+            .await
+            .header("x-origin"),
+        "active"
+    );
+    assert_eq!(
+        standby.count(),
+        0,
+        "the standby is not used while the active one is healthy"
+    );
     let port = active.addr.port();
     active.stop();
     drop(active);
     // The failed connect falls through to the standby at once, and the active one is excluded.
     for i in 0..5 {
         let g = get(a, "a.com", &format!("/s{i}"), &[]).await;
-        assert_eq!((g.status.as_u16(), g.header("x-origin").as_str()), (200, "standby"));
+        assert_eq!(
+            (g.status.as_u16(), g.header("x-origin").as_str()),
+            (200, "standby")
+        );
     }
     // The active one comes back: traffic returns to it after recovery.
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let _back = Origin::serve(listener, handler(|_, _| resp(200, &[("x-origin", "active-again")], "x")));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let _back = Origin::serve(
+        listener,
+        handler(|_, _| resp(200, &[("x-origin", "active-again")], "x")),
+    );
     let t0 = Instant::now();
     loop {
         let g = get(a, "a.com", &format!("/t{}", t0.elapsed().as_millis()), &[]).await;
         if g.header("x-origin") == "active-again" {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "the active address never came back");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the active address never came back"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     s.shutdown.cancel();
@@ -751,19 +821,32 @@ async fn a_health_checker_excludes_and_readmits_independently_of_traffic() {
     let conf = ConfDir::new(&server_xml("", ""), &vhosts);
     let s = start(&conf).await;
     let m = s.manager.unwrap();
-    let state = || async move { String::from_utf8_lossy(&get(m, "127.0.0.1", "/monitoring/origin", &[]).await.body).to_string() };
+    let state = || async move {
+        String::from_utf8_lossy(&get(m, "127.0.0.1", "/monitoring/origin", &[]).await.body)
+            .to_string()
+    };
     assert!(state().await.contains("\"Active\""));
     healthy.store(false, std::sync::atomic::Ordering::SeqCst);
     let t0 = Instant::now();
     while !state().await.contains("Inactive") {
-        assert!(t0.elapsed() < Duration::from_secs(8), "not excluded by the checker");
+        assert!(
+            t0.elapsed() < Duration::from_secs(8),
+            "not excluded by the checker"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(get(s.http[0], "a.com", "/c", &[]).await.status, 502, "an excluded origin is not used");
+    assert_eq!(
+        get(s.http[0], "a.com", "/c", &[]).await.status,
+        502,
+        "an excluded origin is not used"
+    );
     healthy.store(true, std::sync::atomic::Ordering::SeqCst);
     let t0 = Instant::now();
     while !state().await.contains("\"Active\"") {
-        assert!(t0.elapsed() < Duration::from_secs(8), "not re-admitted by the checker");
+        assert!(
+            t0.elapsed() < Duration::from_secs(8),
+            "not re-admitted by the checker"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(get(s.http[0], "a.com", "/c", &[]).await.status, 200);

@@ -1080,7 +1080,10 @@ async fn corrupted_chunk_and_inline_body_are_detected_and_refetched() {
     // The client has every byte before the fill commits: wait for the commit before stopping.
     let t0 = std::time::Instant::now();
     while s.proxy.store.lookup("a.com/small").await.is_none() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "/small never committed");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "/small never committed"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     s.shutdown.cancel();

@@ -66,24 +66,49 @@ const SEED_SERVER: &str = include_str!("fixtures/seed/server.xml");
 #[test]
 fn broken_configurations_never_panic_and_always_name_file_and_line() {
     let frags = [
-        "<", ">", "</Vhost>", "<Vhost Name=\"x\">", "\"", "&amp;", "&bogus;", "<!--", "-->", "<![CDATA[", "]]>",
-        "<BalanceMode>Hsah</BalanceMode>", "<Listen>99999</Listen>", "<Address>:::</Address>", "Quota=\"-1\"",
-        "<VhostLink Condition=\"9xx\">foo.com</VhostLink>", "\u{0}", "é", "<TTL><Res2xx>abc</Res2xx></TTL>",
+        "<",
+        ">",
+        "</Vhost>",
+        "<Vhost Name=\"x\">",
+        "\"",
+        "&amp;",
+        "&bogus;",
+        "<!--",
+        "-->",
+        "<![CDATA[",
+        "]]>",
+        "<BalanceMode>Hsah</BalanceMode>",
+        "<Listen>99999</Listen>",
+        "<Address>:::</Address>",
+        "Quota=\"-1\"",
+        "<VhostLink Condition=\"9xx\">foo.com</VhostLink>",
+        "\u{0}",
+        "é",
+        "<TTL><Res2xx>abc</Res2xx></TTL>",
     ];
     let mut rng = Rng(0x5eed_c0ff_ee00_0001);
     let dir = tempfile::tempdir().unwrap();
     for i in 0..1500 {
         let (server, vhosts) = if i % 3 == 0 {
-            (mutate(&mut rng, SEED_SERVER, &frags), SEED_VHOSTS.to_string())
+            (
+                mutate(&mut rng, SEED_SERVER, &frags),
+                SEED_VHOSTS.to_string(),
+            )
         } else {
-            (SEED_SERVER.to_string(), mutate(&mut rng, SEED_VHOSTS, &frags))
+            (
+                SEED_SERVER.to_string(),
+                mutate(&mut rng, SEED_VHOSTS, &frags),
+            )
         };
         std::fs::write(dir.path().join("server.xml"), &server).unwrap();
         std::fs::write(dir.path().join("vhosts.xml"), &vhosts).unwrap();
         let (_cfg, diags) = strata::config::load_for_check(dir.path());
         for d in &diags {
             let text = d.to_string();
-            assert!(text.contains(".xml:"), "diagnostic without file:line: {text}");
+            assert!(
+                text.contains(".xml:"),
+                "diagnostic without file:line: {text}"
+            );
             assert!(d.line >= 1, "{text}");
         }
         if let Err(e) = strata::config::load(dir.path()) {
@@ -94,7 +119,18 @@ fn broken_configurations_never_panic_and_always_name_file_and_line() {
 
 #[test]
 fn range_headers_never_panic_and_stay_in_bounds() {
-    let frags = ["bytes=", "-", ",", "0", "1", "999999999999999999999", "-0", " ", "items=", "5-1"];
+    let frags = [
+        "bytes=",
+        "-",
+        ",",
+        "0",
+        "1",
+        "999999999999999999999",
+        "-0",
+        " ",
+        "items=",
+        "5-1",
+    ];
     let mut rng = Rng(42);
     for _ in 0..20_000 {
         let mut h = String::new();
@@ -113,7 +149,9 @@ fn range_headers_never_panic_and_stay_in_bounds() {
 
 #[test]
 fn cache_keys_never_panic_and_are_idempotent() {
-    let frags = ["/", "..", ".", "%", "%2", "%2e", "%2F", "%41", "?", "a", "Ä", "%zz", "//", "~", "%7E"];
+    let frags = [
+        "/", "..", ".", "%", "%2", "%2e", "%2F", "%41", "?", "a", "Ä", "%zz", "//", "~", "%7E",
+    ];
     let mut rng = Rng(7);
     let rules = key::KeyRules {
         case_sensitive: true,
@@ -135,10 +173,37 @@ fn cache_keys_never_panic_and_are_idempotent() {
 #[test]
 fn hostile_caching_headers_never_panic() {
     let frags = [
-        "max-age=", "s-maxage=", "no-cache", "private", "=", "\"", ",", "-1", "99999999999999999999", "no-store",
-        "stale-while-revalidate=", "must-revalidate", "public", ";", "\u{7f}", " ", "Mon, 01 Jan 1990 00:00:00 GMT", "0",
+        "max-age=",
+        "s-maxage=",
+        "no-cache",
+        "private",
+        "=",
+        "\"",
+        ",",
+        "-1",
+        "99999999999999999999",
+        "no-store",
+        "stale-while-revalidate=",
+        "must-revalidate",
+        "public",
+        ";",
+        "\u{7f}",
+        " ",
+        "Mon, 01 Jan 1990 00:00:00 GMT",
+        "0",
     ];
-    let names = ["cache-control", "cdn-cache-control", "strata-cache-control", "expires", "age", "date", "last-modified", "vary", "etag", "pragma"];
+    let names = [
+        "cache-control",
+        "cdn-cache-control",
+        "strata-cache-control",
+        "expires",
+        "age",
+        "date",
+        "last-modified",
+        "vary",
+        "etag",
+        "pragma",
+    ];
     let mut rng = Rng(99);
     let now = SystemTime::now();
     let opts = policy::PolicyOptions::default();
@@ -151,7 +216,11 @@ fn hostile_caching_headers_never_panic() {
                 v.push_str(rng.pick(&frags));
             }
             if let Ok(v) = HeaderValue::from_str(&v) {
-                let target = if rng.below(2) == 0 { &mut resp } else { &mut req };
+                let target = if rng.below(2) == 0 {
+                    &mut resp
+                } else {
+                    &mut req
+                };
                 target.append(rng.pick(&names), v);
             }
         }
@@ -176,26 +245,51 @@ fn hostile_caching_headers_never_panic() {
 
 #[tokio::test]
 async fn random_bytes_on_the_wire_never_stop_the_server() {
-    let o = Origin::start(handler(|_, _| resp(200, &[("cache-control", "max-age=60")], "ok"))).await;
+    let o = Origin::start(handler(|_, _| {
+        resp(200, &[("cache-control", "max-age=60")], "ok")
+    }))
+    .await;
     let conf = ConfDir::new(
         &server_xml("", ""),
-        &format!(r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost><Default>a.com</Default></Vhosts>"#, o.addr),
+        &format!(
+            r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost><Default>a.com</Default></Vhosts>"#,
+            o.addr
+        ),
     );
     let s = start(&conf).await;
     let addr = s.http[0];
     let good = "GET /p HTTP/1.1\r\nHost: a.com\r\nRange: bytes=0-1\r\nIf-None-Match: \"x\"\r\n\r\n";
-    let frags = ["\r\n", ": ", "GET ", "HTTP/1.1", "Host", "Content-Length: 99999999999", "Transfer-Encoding: chunked", "\0", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "%00", "Range: bytes=-", "Expect: 100-continue"];
+    let frags = [
+        "\r\n",
+        ": ",
+        "GET ",
+        "HTTP/1.1",
+        "Host",
+        "Content-Length: 99999999999",
+        "Transfer-Encoding: chunked",
+        "\0",
+        "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        "%00",
+        "Range: bytes=-",
+        "Expect: 100-continue",
+    ];
     let mut rng = Rng(2024);
     for i in 0..300 {
         let bytes = mutate(&mut rng, good, &frags);
-        let Ok(mut c) = tokio::net::TcpStream::connect(addr).await else { panic!("server stopped accepting at case {i}") };
+        let Ok(mut c) = tokio::net::TcpStream::connect(addr).await else {
+            panic!("server stopped accepting at case {i}")
+        };
         let _ = c.write_all(bytes.as_bytes()).await;
         let _ = c.shutdown().await;
         let mut sink = Vec::new();
         let _ = tokio::time::timeout(Duration::from_millis(500), c.read_to_end(&mut sink)).await;
         if i % 50 == 0 {
             let g = get(addr, "a.com", "/p", &[]).await;
-            assert_eq!((g.status.as_u16(), g.body.as_ref()), (200, &b"ok"[..]), "after case {i}");
+            assert_eq!(
+                (g.status.as_u16(), g.body.as_ref()),
+                (200, &b"ok"[..]),
+                "after case {i}"
+            );
         }
     }
     let g = get(addr, "a.com", "/p", &[]).await;

@@ -7,21 +7,45 @@ use common::*;
 
 async fn setup(extra_host: &str) -> (Origin, ConfDir, strata::server::Running) {
     let o = Origin::start(handler(|req, n| {
-        resp(200, &[("cache-control", "max-age=600"), ("etag", &format!("\"v{n}\""))], format!("{} #{n}", req.uri().path()))
+        resp(
+            200,
+            &[
+                ("cache-control", "max-age=600"),
+                ("etag", &format!("\"v{n}\"")),
+            ],
+            format!("{} #{n}", req.uri().path()),
+        )
     }))
     .await;
     let conf = ConfDir::new(
         &server_xml(extra_host, ""),
-        &format!(r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost></Vhosts>"#, o.addr),
+        &format!(
+            r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost></Vhosts>"#,
+            o.addr
+        ),
     );
     let s = start(&conf).await;
     (o, conf, s)
 }
 
+/// The client has every byte before the fill commits: wait for the commit.
+async fn wait_stored(s: &strata::server::Running, key: &str) {
+    let t0 = std::time::Instant::now();
+    while s.proxy.store.lookup(key).await.is_none() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "{key} never stored");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 fn json_count(body: &[u8]) -> u64 {
     let t = String::from_utf8_lossy(body);
     let i = t.find("\"Count\":").expect("Count in result") + 8;
-    t[i..].chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().expect("number")
+    t[i..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .expect("number")
 }
 
 #[tokio::test]
@@ -31,6 +55,7 @@ async fn purge_expire_and_hardpurge_by_url_and_pattern() {
     let m = s.manager.unwrap();
     for p in ["/img/1.jpg", "/img/2.jpg", "/img/3.png", "/css/s.css"] {
         get(a, "a.com", p, &[]).await;
+        wait_stored(&s, &format!("a.com{p}")).await;
     }
     assert_eq!(o.count(), 4);
 
@@ -38,16 +63,38 @@ async fn purge_expire_and_hardpurge_by_url_and_pattern() {
     let r = get(m, "127.0.0.1", "/command/purge?url=a.com/img/*.jpg", &[]).await;
     assert_eq!(r.status, 200);
     assert_eq!(json_count(&r.body), 2, "{:?}", r.body);
-    let r = get(m, "127.0.0.1", "/command/purge?url=http://a.com/img/*.jpg", &[]).await;
-    assert_eq!(json_count(&r.body), 0, "already purged objects are not counted again");
+    let r = get(
+        m,
+        "127.0.0.1",
+        "/command/purge?url=http://a.com/img/*.jpg",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        json_count(&r.body),
+        0,
+        "already purged objects are not counted again"
+    );
     // The purged objects are refetched, the others stay hits.
-    assert_eq!(get(a, "a.com", "/img/1.jpg", &[]).await.body.as_ref(), b"/img/1.jpg #5");
-    assert_eq!(get(a, "a.com", "/img/3.png", &[]).await.body.as_ref(), b"/img/3.png #3");
+    assert_eq!(
+        get(a, "a.com", "/img/1.jpg", &[]).await.body.as_ref(),
+        b"/img/1.jpg #5"
+    );
+    assert_eq!(
+        get(a, "a.com", "/img/3.png", &[]).await.body.as_ref(),
+        b"/img/3.png #3"
+    );
     assert_eq!(o.count(), 5);
 
     // Expire: the next request revalidates (conditional), `|` separates targets and a target
     // without a host reuses the last one.
-    let r = get(m, "127.0.0.1", "/command/expire?url=a.com/css/s.css|/img/3.png", &[]).await;
+    let r = get(
+        m,
+        "127.0.0.1",
+        "/command/expire?url=a.com/css/s.css|/img/3.png",
+        &[],
+    )
+    .await;
     assert_eq!(json_count(&r.body), 2);
     get(a, "a.com", "/css/s.css", &[]).await;
     assert_eq!(o.count(), 6);
@@ -69,12 +116,23 @@ async fn a_purged_object_is_served_when_the_origin_is_down() {
     let (o, _conf, s) = setup("").await;
     let a = s.http[0];
     let first = get(a, "a.com", "/x", &[]).await;
-    get(s.manager.unwrap(), "127.0.0.1", "/command/purge?url=a.com/x", &[]).await;
+    wait_stored(&s, "a.com/x").await;
+    get(
+        s.manager.unwrap(),
+        "127.0.0.1",
+        "/command/purge?url=a.com/x",
+        &[],
+    )
+    .await;
     o.stop();
     drop(o);
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     let g = get(a, "a.com", "/x", &[]).await;
-    assert_eq!((g.status, g.body), (first.status, first.body), "STON restores a purged object while the origin is down");
+    assert_eq!(
+        (g.status, g.body),
+        (first.status, first.body),
+        "STON restores a purged object while the origin is down"
+    );
     s.shutdown.cancel();
 }
 
@@ -82,13 +140,29 @@ async fn a_purged_object_is_served_when_the_origin_is_down() {
 async fn the_token_is_required_when_configured() {
     let o = Origin::start(handler(|_, _| resp(200, &[], "x"))).await;
     let conf = ConfDir::new(
-        &server_xml("", "").replace("<Manager Port=\"0\" Listen=\"127.0.0.1\">", "<Manager Port=\"0\" Listen=\"127.0.0.1\" Token=\"s3cret\">"),
-        &format!(r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost></Vhosts>"#, o.addr),
+        &server_xml("", "").replace(
+            "<Manager Port=\"0\" Listen=\"127.0.0.1\">",
+            "<Manager Port=\"0\" Listen=\"127.0.0.1\" Token=\"s3cret\">",
+        ),
+        &format!(
+            r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost></Vhosts>"#,
+            o.addr
+        ),
     );
     let s = start(&conf).await;
     let m = s.manager.unwrap();
     assert_eq!(get(m, "127.0.0.1", "/version", &[]).await.status, 401);
-    assert_eq!(get(m, "127.0.0.1", "/version", &[("authorization", "Bearer s3cret")]).await.status, 200);
+    assert_eq!(
+        get(
+            m,
+            "127.0.0.1",
+            "/version",
+            &[("authorization", "Bearer s3cret")]
+        )
+        .await
+        .status,
+        200
+    );
     s.shutdown.cancel();
 }
 
@@ -98,10 +172,52 @@ async fn callers_outside_the_allow_list_have_their_connection_closed() {
     // Only 10.9.9.9 may talk to the manager: loopback is refused.
     let conf = ConfDir::new(
         &server_xml("", "").replace("<Allow>127.0.0.1</Allow>", "<Allow>10.9.9.9</Allow>"),
+        &format!(
+            r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost></Vhosts>"#,
+            o.addr
+        ),
+    );
+    let s = start(&conf).await;
+    let r = request(
+        "GET",
+        s.manager.unwrap(),
+        "127.0.0.1",
+        "/version",
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert!(
+        r.is_err(),
+        "the connection is closed without an answer: {r:?}"
+    );
+    s.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn the_purge_method_on_a_service_port_is_guarded_by_the_allow_list() {
+    let (o, _conf, s) = setup("").await;
+    let a = s.http[0];
+    get(a, "a.com", "/m", &[]).await;
+    wait_stored(&s, "a.com/m").await;
+    let r = request("PURGE", a, "a.com", "/m", &[], bytes::Bytes::new()).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(json_count(&r.body), 1);
+    get(a, "a.com", "/m", &[]).await;
+    assert_eq!(o.count(), 2, "purged by the method, refetched");
+    s.shutdown.cancel();
+
+    // From an address outside the allow-list the method is refused.
+    let o = Origin::start(handler(|_, _| resp(200, &[("cache-control", "max-age=60")], "x"))).await;
+    let conf = ConfDir::new(
+        &server_xml("", "").replace("<Allow>127.0.0.1</Allow>", "<Allow>10.9.9.9</Allow>"),
         &format!(r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost></Vhosts>"#, o.addr),
     );
     let s = start(&conf).await;
-    let r = request("GET", s.manager.unwrap(), "127.0.0.1", "/version", &[], bytes::Bytes::new()).await;
-    assert!(r.is_err(), "the connection is closed without an answer: {r:?}");
+    get(s.http[0], "a.com", "/m", &[]).await;
+    let r = request("PURGE", s.http[0], "a.com", "/m", &[], bytes::Bytes::new()).await.unwrap();
+    assert_eq!(r.status, 401);
+    get(s.http[0], "a.com", "/m", &[]).await;
+    assert_eq!(o.count(), 1, "nothing was purged");
     s.shutdown.cancel();
 }

@@ -9,6 +9,12 @@
 //! gets (`x-n` tells which origin answer it is) and on what the origin saw.
 //!
 //! Scenarios inside one test run concurrently, so their pauses (short `max-age`s) overlap.
+//!
+//! Not covered, because Strata does not do it (yet): storing an origin's `206` (a miss with
+//! `Range` fetches the whole object, so ranges of partial responses are not reused),
+//! forwarding 1xx interim responses (hyper's server cannot send them), reusing a `POST`
+//! answer whose `Content-Location` names its own URL, and choosing an `Accept-Language`
+//! variant by the stored `Content-Language`.
 
 mod common;
 
@@ -126,7 +132,11 @@ impl Drop for Lab {
 }
 
 /// The scripted origin: HTTP/1.1 on `listener`, routing by `x-scenario`.
-fn serve_origin(listener: TcpListener, scripts: Scripts, stop: tokio_util::sync::CancellationToken) {
+fn serve_origin(
+    listener: TcpListener,
+    scripts: Scripts,
+    stop: tokio_util::sync::CancellationToken,
+) {
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
@@ -135,43 +145,48 @@ fn serve_origin(listener: TcpListener, scripts: Scripts, stop: tokio_util::sync:
             };
             let (scripts, stop) = (scripts.clone(), stop.clone());
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let scripts = scripts.clone();
-                    async move {
-                        let (parts, body) = req.into_parts();
-                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                        let seen = Seen {
-                            method: parts.method.to_string(),
-                            path: parts
-                                .uri
-                                .path_and_query()
-                                .map(|p| p.as_str().to_string())
-                                .unwrap_or_default(),
-                            headers: parts.headers,
-                            body,
-                        };
-                        let id = seen.header(SCENARIO);
-                        let state = scripts.lock().unwrap().get(&id).cloned();
-                        let Some(state) = state else {
-                            return Ok(resp(404, &[], format!("no scenario {id:?}")));
-                        };
-                        let n = {
-                            let mut s = state.seen.lock().unwrap();
-                            s.push(seen.clone());
-                            s.len()
-                        };
-                        match (state.script)(&seen, n) {
-                            Some(mut r) => {
-                                // Not on a 304: it would update the stored x-n.
-                                if r.status() != 304 {
-                                    r.headers_mut().insert("x-n", n.into());
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let scripts = scripts.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let seen = Seen {
+                                method: parts.method.to_string(),
+                                path: parts
+                                    .uri
+                                    .path_and_query()
+                                    .map(|p| p.as_str().to_string())
+                                    .unwrap_or_default(),
+                                headers: parts.headers,
+                                body,
+                            };
+                            let id = seen.header(SCENARIO);
+                            let state = scripts.lock().unwrap().get(&id).cloned();
+                            let Some(state) = state else {
+                                return Ok(resp(404, &[], format!("no scenario {id:?}")));
+                            };
+                            let n = {
+                                let mut s = state.seen.lock().unwrap();
+                                s.push(seen.clone());
+                                s.len()
+                            };
+                            match (state.script)(&seen, n) {
+                                Some(mut r) => {
+                                    // Not on a 304: it would update the stored x-n.
+                                    if r.status() != 304 {
+                                        r.headers_mut().insert("x-n", n.into());
+                                    }
+                                    Ok(r)
                                 }
-                                Ok(r)
+                                None => Err(std::io::Error::other("scripted disconnect")),
                             }
-                            None => Err(std::io::Error::other("scripted disconnect")),
                         }
-                    }
-                });
+                    });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc);
                 tokio::select! {
@@ -233,7 +248,12 @@ impl Scn {
     /// request looks it up rather than joining its fill (`only-if-cached` reads the store only).
     async fn settle(&self) {
         for _ in 0..100 {
-            if self.get(&[("cache-control", "only-if-cached")]).await.status != 504 {
+            if self
+                .get(&[("cache-control", "only-if-cached")])
+                .await
+                .status
+                != 504
+            {
                 return;
             }
             sleep_ms(20).await;
@@ -362,9 +382,17 @@ fn resolve(spec: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 /// An origin answer from a header spec (see [`resolve`]).
-fn answer_spec(status: u16, spec: &[(&str, &str)], seen: &Seen, n: usize) -> Option<Response<Body>> {
+fn answer_spec(
+    status: u16,
+    spec: &[(&str, &str)],
+    seen: &Seen,
+    n: usize,
+) -> Option<Response<Body>> {
     let owned = resolve(spec);
-    let refs: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let refs: Vec<(&str, &str)> = owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     answer(status, &refs, seen, n)
 }
 
@@ -413,7 +441,14 @@ async fn reuse_table(lab: &Arc<Lab>, table: Vec<(&str, u16, Spec, u64, bool)>) {
     let tasks: Vec<_> = table
         .into_iter()
         .map(|(id, status, spec, pause, cached)| {
-            task(reuse_case(lab.clone(), id.to_string(), status, spec, pause, cached))
+            task(reuse_case(
+                lab.clone(),
+                id.to_string(),
+                status,
+                spec,
+                pause,
+                cached,
+            ))
         })
         .collect();
     all(tasks).await;
@@ -460,39 +495,63 @@ async fn rfc9111_4_2_freshness_from_cache_control() {
             ),
             ("fr-stale", 200, cc("max-age=1"), 1_500, false),
             ("fr-s-maxage", 200, cc("s-maxage=3600"), 0, true),
-            ("fr-s-maxage-short", 200, cc("max-age=3600, s-maxage=0"), 0, false),
+            (
+                "fr-s-maxage-short",
+                200,
+                cc("max-age=3600, s-maxage=0"),
+                0,
+                false,
+            ),
             (
                 "fr-s-maxage-lines",
                 200,
-                vec![("cache-control", "max-age=3600"), ("cache-control", "s-maxage=0")],
+                vec![
+                    ("cache-control", "max-age=3600"),
+                    ("cache-control", "s-maxage=0"),
+                ],
                 0,
                 false,
             ),
             (
                 "fr-s-maxage-long",
                 200,
-                vec![("expires", "@-10"), ("cache-control", "max-age=0, s-maxage=3600")],
+                vec![
+                    ("expires", "@-10"),
+                    ("cache-control", "max-age=0, s-maxage=3600"),
+                ],
                 0,
                 true,
             ),
             (
                 "fr-max-age-past-expires",
                 200,
-                vec![("cache-control", "max-age=3600"), ("expires", "@-7200"), ("date", "@0")],
+                vec![
+                    ("cache-control", "max-age=3600"),
+                    ("expires", "@-7200"),
+                    ("date", "@0"),
+                ],
                 0,
                 true,
             ),
             (
                 "fr-max-age-bad-expires",
                 200,
-                vec![("cache-control", "max-age=3600"), ("expires", "0"), ("date", "@0")],
+                vec![
+                    ("cache-control", "max-age=3600"),
+                    ("expires", "0"),
+                    ("date", "@0"),
+                ],
                 0,
                 true,
             ),
             (
                 "fr-max-age-0-future-expires",
                 200,
-                vec![("expires", "@3600"), ("cache-control", "max-age=0"), ("date", "@0")],
+                vec![
+                    ("expires", "@3600"),
+                    ("cache-control", "max-age=0"),
+                    ("date", "@0"),
+                ],
                 0,
                 false,
             ),
@@ -540,21 +599,105 @@ async fn rfc9111_5_3_expires_and_its_parsing() {
                 0,
                 false,
             ),
-            ("ex-32bit", 200, exp("Tue, 19 Jan 2038 14:14:08 GMT"), 0, true),
-            ("ex-far-future", 200, exp("Sun, 21 Nov 2286 04:46:39 GMT"), 0, true),
-            ("ex-rfc850", 200, exp("Thursday, 18-Aug-50 02:01:18 GMT"), 0, true),
+            (
+                "ex-32bit",
+                200,
+                exp("Tue, 19 Jan 2038 14:14:08 GMT"),
+                0,
+                true,
+            ),
+            (
+                "ex-far-future",
+                200,
+                exp("Sun, 21 Nov 2286 04:46:39 GMT"),
+                0,
+                true,
+            ),
+            (
+                "ex-rfc850",
+                200,
+                exp("Thursday, 18-Aug-50 02:01:18 GMT"),
+                0,
+                true,
+            ),
             ("ex-asctime", 200, exp("Thu Aug  8 02:01:18 2050"), 0, true),
-            ("ex-case-weekday", 200, exp("THU, 18 Aug 2050 02:01:18 GMT"), 0, true),
-            ("ex-case-month", 200, exp("Thu, 18 AUG 2050 02:01:18 GMT"), 0, true),
-            ("ex-case-tz", 200, exp("Thu, 18 Aug 2050 02:01:18 gMT"), 0, true),
-            ("ex-utc", 200, exp("Thu, 18 Aug 2050 02:01:18 UTC"), 0, false),
-            ("ex-aest", 200, exp("Thu, 18 Aug 2050 02:01:18 AEST"), 0, false),
-            ("ex-2-digit-year", 200, exp("Thu, 18 Aug 50 02:01:18 GMT"), 0, false),
-            ("ex-no-comma", 200, exp("Thu 18 Aug 2050 02:01:18 GMT"), 0, false),
-            ("ex-spaces", 200, exp("Thu, 18  Aug  2050 02:01:18 GMT"), 0, false),
-            ("ex-dashes", 200, exp("Thu, 18-Aug-2050 02:01:18 GMT"), 0, false),
-            ("ex-periods", 200, exp("Thu, 18 Aug 2050 02.01.18 GMT"), 0, false),
-            ("ex-1-digit-hour", 200, exp("Thu, 18 Aug 2050 2:01:18 GMT"), 0, false),
+            (
+                "ex-case-weekday",
+                200,
+                exp("THU, 18 Aug 2050 02:01:18 GMT"),
+                0,
+                true,
+            ),
+            (
+                "ex-case-month",
+                200,
+                exp("Thu, 18 AUG 2050 02:01:18 GMT"),
+                0,
+                true,
+            ),
+            (
+                "ex-case-tz",
+                200,
+                exp("Thu, 18 Aug 2050 02:01:18 gMT"),
+                0,
+                true,
+            ),
+            (
+                "ex-utc",
+                200,
+                exp("Thu, 18 Aug 2050 02:01:18 UTC"),
+                0,
+                false,
+            ),
+            (
+                "ex-aest",
+                200,
+                exp("Thu, 18 Aug 2050 02:01:18 AEST"),
+                0,
+                false,
+            ),
+            (
+                "ex-2-digit-year",
+                200,
+                exp("Thu, 18 Aug 50 02:01:18 GMT"),
+                0,
+                false,
+            ),
+            (
+                "ex-no-comma",
+                200,
+                exp("Thu 18 Aug 2050 02:01:18 GMT"),
+                0,
+                false,
+            ),
+            (
+                "ex-spaces",
+                200,
+                exp("Thu, 18  Aug  2050 02:01:18 GMT"),
+                0,
+                false,
+            ),
+            (
+                "ex-dashes",
+                200,
+                exp("Thu, 18-Aug-2050 02:01:18 GMT"),
+                0,
+                false,
+            ),
+            (
+                "ex-periods",
+                200,
+                exp("Thu, 18 Aug 2050 02.01.18 GMT"),
+                0,
+                false,
+            ),
+            (
+                "ex-1-digit-hour",
+                200,
+                exp("Thu, 18 Aug 2050 2:01:18 GMT"),
+                0,
+                false,
+            ),
             (
                 "ex-two-lines",
                 200,
@@ -575,7 +718,11 @@ async fn rfc9111_5_3_expires_and_its_parsing() {
 async fn rfc9111_5_1_age_from_upstream_counts() {
     let lab = Lab::start("").await;
     let age = |v: &'static str| {
-        vec![("date", "@0"), ("cache-control", "max-age=3600"), ("age", v)]
+        vec![
+            ("date", "@0"),
+            ("cache-control", "max-age=3600"),
+            ("age", v),
+        ]
     };
     reuse_table(
         &lab,
@@ -631,14 +778,30 @@ async fn rfc9111_5_1_age_from_upstream_counts() {
 
     // The upstream Age is passed on with the answer that carried it, and grows in the cache.
     let s = lab.scenario("age-passed-on", |seen, n| {
-        answer_spec(200, &[("cache-control", "max-age=3600"), ("age", "30"), ("date", "@0")], seen, n)
+        answer_spec(
+            200,
+            &[
+                ("cache-control", "max-age=3600"),
+                ("age", "30"),
+                ("date", "@0"),
+            ],
+            seen,
+            n,
+        )
     });
     let first = s.get(&[]).await;
-    assert_eq!(first.header("age"), "30", "Age of the answer that filled the cache");
+    assert_eq!(
+        first.header("age"),
+        "30",
+        "Age of the answer that filled the cache"
+    );
     sleep_ms(1_100).await;
     let second = s.get(&[]).await;
     assert_cached(&s, &second, 1, 1, "fresh with Age 30");
-    let age: u64 = second.header("age").parse().expect("Age on a cached answer");
+    let age: u64 = second
+        .header("age")
+        .parse()
+        .expect("Age on a cached answer");
     assert!(age >= 31, "Age grows while stored: {age}");
 }
 
@@ -675,7 +838,11 @@ async fn rfc9111_4_2_2_heuristic_only_with_last_modified_and_cacheable_status() 
     table.push((
         "heur-599-public",
         599,
-        vec![("last-modified", "@-86400"), ("date", "@0"), ("cache-control", "public")],
+        vec![
+            ("last-modified", "@-86400"),
+            ("date", "@0"),
+            ("cache-control", "public"),
+        ],
         0,
         true,
     ));
@@ -704,13 +871,23 @@ async fn rfc9111_3_any_status_with_explicit_freshness_is_reused() {
         table.push((
             stale,
             status,
-            vec![("expires", "@-5000"), ("last-modified", "@-100000"), ("date", "@0")],
+            vec![
+                ("expires", "@-5000"),
+                ("last-modified", "@-100000"),
+                ("date", "@0"),
+            ],
             0,
             false,
         ));
     }
     // Without freshness, only heuristically cacheable codes are reused: 302 and 500 are not.
-    table.push(("st-302-bare", 302, vec![("location", "/elsewhere")], 0, false));
+    table.push((
+        "st-302-bare",
+        302,
+        vec![("location", "/elsewhere")],
+        0,
+        false,
+    ));
     table.push(("st-500-bare", 500, vec![], 0, false));
     table.push((
         "st-599-must-understand",
@@ -746,18 +923,35 @@ async fn rfc9111_5_2_2_response_directives() {
             (
                 "rd-no-store-fresh",
                 200,
-                vec![("cache-control", "max-age=10000, no-store"), ("expires", "@10000"), ("date", "@0")],
+                vec![
+                    ("cache-control", "max-age=10000, no-store"),
+                    ("expires", "@10000"),
+                    ("date", "@0"),
+                ],
                 0,
                 false,
             ),
             (
                 "rd-no-cache-no-validator",
                 200,
-                vec![("cache-control", "max-age=10000, No-CaChE"), ("expires", "@10000"), ("date", "@0")],
+                vec![
+                    ("cache-control", "max-age=10000, No-CaChE"),
+                    ("expires", "@10000"),
+                    ("date", "@0"),
+                ],
                 0,
                 false,
             ),
-            ("rd-must-revalidate-fresh", 200, vec![("cache-control", "max-age=10000, must-revalidate"), ("etag", "\"abcd\"")], 0, true),
+            (
+                "rd-must-revalidate-fresh",
+                200,
+                vec![
+                    ("cache-control", "max-age=10000, must-revalidate"),
+                    ("etag", "\"abcd\""),
+                ],
+                0,
+                true,
+            ),
         ],
     )
     .await;
@@ -769,7 +963,15 @@ async fn rfc9111_5_2_2_response_directives() {
         if seen.header("if-none-match") == "\"abcd\"" {
             answer(304, &[("etag", "\"abcd\"")], seen, n)
         } else {
-            answer(200, &[("cache-control", "max-age=10000, no-cache"), ("etag", "\"abcd\"")], seen, n)
+            answer(
+                200,
+                &[
+                    ("cache-control", "max-age=10000, no-cache"),
+                    ("etag", "\"abcd\""),
+                ],
+                seen,
+                n,
+            )
         }
     });
     tasks.push(task(async move {
@@ -787,9 +989,25 @@ async fn rfc9111_5_2_2_response_directives() {
     // must-revalidate: once stale, revalidated (with If-None-Match) before use.
     let s = lab.scenario("rd-must-revalidate-stale", |seen, n| {
         if seen.header("if-none-match") == "\"abcd\"" {
-            answer(304, &[("etag", "\"abcd\""), ("cache-control", "max-age=1, must-revalidate")], seen, n)
+            answer(
+                304,
+                &[
+                    ("etag", "\"abcd\""),
+                    ("cache-control", "max-age=1, must-revalidate"),
+                ],
+                seen,
+                n,
+            )
         } else {
-            answer(200, &[("cache-control", "max-age=1, must-revalidate"), ("etag", "\"abcd\"")], seen, n)
+            answer(
+                200,
+                &[
+                    ("cache-control", "max-age=1, must-revalidate"),
+                    ("etag", "\"abcd\""),
+                ],
+                seen,
+                n,
+            )
         }
     });
     tasks.push(task(async move {
@@ -803,14 +1021,31 @@ async fn rfc9111_5_2_2_response_directives() {
 
     // Set-Cookie: the client that caused the fill gets it; nobody gets it from the cache.
     let s = lab.scenario("rd-set-cookie", |seen, n| {
-        answer(200, &[("cache-control", "max-age=3600"), ("set-cookie", "a=b"), ("x-kept", "1")], seen, n)
+        answer(
+            200,
+            &[
+                ("cache-control", "max-age=3600"),
+                ("set-cookie", "a=b"),
+                ("x-kept", "1"),
+            ],
+            seen,
+            n,
+        )
     });
     tasks.push(task(async move {
         let first = s.get(&[]).await;
-        assert_eq!(first.header("set-cookie"), "a=b", "the filling client gets its cookie");
+        assert_eq!(
+            first.header("set-cookie"),
+            "a=b",
+            "the filling client gets its cookie"
+        );
         let second = s.get(&[("cookie", "a=b")]).await;
         assert_cached(&s, &second, 1, 1, "Set-Cookie answer (and Cookie request)");
-        assert_eq!(second.header("set-cookie"), "", "never served to another client");
+        assert_eq!(
+            second.header("set-cookie"),
+            "",
+            "never served to another client"
+        );
         assert_eq!(second.header("x-kept"), "1");
     }));
 
@@ -820,14 +1055,33 @@ async fn rfc9111_5_2_2_response_directives() {
         ("rd-no-cache-field", "max-age=3600, no-cache=\"x-user\""),
     ] {
         let s = lab.scenario(id, move |seen, n| {
-            answer(200, &[("cache-control", cc), ("x-user", "alice"), ("x-public", "1")], seen, n)
+            answer(
+                200,
+                &[
+                    ("cache-control", cc),
+                    ("x-user", "alice"),
+                    ("x-public", "1"),
+                ],
+                seen,
+                n,
+            )
         });
         tasks.push(task(async move {
             let first = s.get(&[]).await;
-            assert_eq!(first.header("x-user"), "alice", "the filling client sees it");
+            assert_eq!(
+                first.header("x-user"),
+                "alice",
+                "the filling client sees it"
+            );
             let second = s.get(&[]).await;
             assert_cached(&s, &second, 1, 1, cc);
-            assert_eq!((second.header("x-user").as_str(), second.header("x-public").as_str()), ("", "1"));
+            assert_eq!(
+                (
+                    second.header("x-user").as_str(),
+                    second.header("x-public").as_str()
+                ),
+                ("", "1")
+            );
         }));
     }
 
@@ -862,7 +1116,13 @@ async fn rfc9111_5_2_2_response_directives() {
         s.get(&[]).await;
         let g = s.get(&[]).await;
         assert_cached(&s, &g, 1, 1, "stored fields");
-        for gone in ["x-a", "x-b", "keep-alive", "proxy-authenticate", "proxy-authentication-info"] {
+        for gone in [
+            "x-a",
+            "x-b",
+            "keep-alive",
+            "proxy-authenticate",
+            "proxy-authentication-info",
+        ] {
             assert_eq!(g.header(gone), "", "{gone} must not be stored");
         }
         for (name, value) in [
@@ -885,9 +1145,15 @@ async fn rfc9111_5_2_2_response_directives() {
         ("rd-auth", "max-age=3600", false),
         ("rd-auth-public", "max-age=3600, public", true),
         ("rd-auth-s-maxage", "s-maxage=3600", true),
-        ("rd-auth-must-revalidate", "max-age=3600, must-revalidate", true),
+        (
+            "rd-auth-must-revalidate",
+            "max-age=3600, must-revalidate",
+            true,
+        ),
     ] {
-        let s = lab.scenario(id, move |seen, n| answer(200, &[("cache-control", cc)], seen, n));
+        let s = lab.scenario(id, move |seen, n| {
+            answer(200, &[("cache-control", cc)], seen, n)
+        });
         tasks.push(task(async move {
             let first = s.get(&[("authorization", "FOO")]).await;
             assert_eq!(s.seen(1).header("authorization"), "FOO", "forwarded");
@@ -896,7 +1162,11 @@ async fn rfc9111_5_2_2_response_directives() {
             if shared {
                 assert_cached(&s, &second, 1, 1, cc);
             } else {
-                assert_eq!(n_of(&second), 2, "[{id}] an Authorization answer is not shared");
+                assert_eq!(
+                    n_of(&second),
+                    2,
+                    "[{id}] an Authorization answer is not shared"
+                );
             }
         }));
     }
@@ -904,7 +1174,12 @@ async fn rfc9111_5_2_2_response_directives() {
     // A newer no-store answer does not replace the stored one.
     let s = lab.scenario("rd-no-store-old-new", |seen, n| {
         if n == 1 {
-            answer(200, &[("cache-control", "max-age=10000"), ("a", "1")], seen, n)
+            answer(
+                200,
+                &[("cache-control", "max-age=10000"), ("a", "1")],
+                seen,
+                n,
+            )
         } else {
             answer(200, &[("cache-control", "no-store"), ("a", "2")], seen, n)
         }
@@ -940,7 +1215,12 @@ async fn rfc9111_5_2_1_request_directives() {
             if seen.header("if-none-match") == "\"e1\"" {
                 answer(304, &[("etag", "\"e1\"")], seen, n)
             } else {
-                answer(200, &[("cache-control", "max-age=3600"), ("etag", "\"e1\"")], seen, n)
+                answer(
+                    200,
+                    &[("cache-control", "max-age=3600"), ("etag", "\"e1\"")],
+                    seen,
+                    n,
+                )
             }
         });
         tasks.push(task(async move {
@@ -948,9 +1228,21 @@ async fn rfc9111_5_2_1_request_directives() {
             s.settle().await;
             assert_cached(&s, &s.get(&[]).await, 1, 1, "fresh");
             let g = s.get(&[req]).await;
-            assert_eq!((g.status.as_u16(), s.hits()), (200, 2), "[{id}] revalidated");
-            assert_eq!(s.seen(2).header("if-none-match"), "\"e1\"", "[{id}] conditional");
-            assert_eq!(s.seen(2).header("cache-control"), "", "[{id}] the client's directives stay here");
+            assert_eq!(
+                (g.status.as_u16(), s.hits()),
+                (200, 2),
+                "[{id}] revalidated"
+            );
+            assert_eq!(
+                s.seen(2).header("if-none-match"),
+                "\"e1\"",
+                "[{id}] conditional"
+            );
+            assert_eq!(
+                s.seen(2).header("cache-control"),
+                "",
+                "[{id}] the client's directives stay here"
+            );
         }));
         let no_validator: &'static str = Box::leak(format!("{id}-plain").into_boxed_str());
         let s = lab.scenario(no_validator, |seen, n| {
@@ -960,17 +1252,34 @@ async fn rfc9111_5_2_1_request_directives() {
             s.get(&[]).await;
             let g = s.get(&[req]).await;
             assert_eq!((n_of(&g), s.hits()), (2, 2), "[{no_validator}] refetched");
-            assert_cached(&s, &s.get(&[]).await, 2, 2, "the refetched answer is stored");
+            assert_cached(
+                &s,
+                &s.get(&[]).await,
+                2,
+                2,
+                "the refetched answer is stored",
+            );
         }));
     }
 
     // max-age=N smaller than the stored answer's age, min-fresh, max-stale.
     let s = lab.scenario("rq-max-age-aged", |seen, n| {
-        answer(200, &[("cache-control", "max-age=3600"), ("age", "1800")], seen, n)
+        answer(
+            200,
+            &[("cache-control", "max-age=3600"), ("age", "1800")],
+            seen,
+            n,
+        )
     });
     tasks.push(task(async move {
         s.get(&[]).await;
-        assert_cached(&s, &s.get(&[("cache-control", "max-age=2000")]).await, 1, 1, "young enough");
+        assert_cached(
+            &s,
+            &s.get(&[("cache-control", "max-age=2000")]).await,
+            1,
+            1,
+            "young enough",
+        );
         assert_eq!(n_of(&s.get(&[("cache-control", "max-age=600")]).await), 2);
     }));
     let s = lab.scenario("rq-min-fresh", |seen, n| {
@@ -978,15 +1287,35 @@ async fn rfc9111_5_2_1_request_directives() {
     });
     tasks.push(task(async move {
         s.get(&[]).await;
-        assert_cached(&s, &s.get(&[("cache-control", "min-fresh=1000")]).await, 1, 1, "fresh enough");
-        assert_eq!(n_of(&s.get(&[("cache-control", "min-fresh=2000")]).await), 2);
+        assert_cached(
+            &s,
+            &s.get(&[("cache-control", "min-fresh=1000")]).await,
+            1,
+            1,
+            "fresh enough",
+        );
+        assert_eq!(
+            n_of(&s.get(&[("cache-control", "min-fresh=2000")]).await),
+            2
+        );
     }));
     let s = lab.scenario("rq-max-stale", |seen, n| {
-        answer(200, &[("cache-control", "max-age=1500"), ("age", "2000")], seen, n)
+        answer(
+            200,
+            &[("cache-control", "max-age=1500"), ("age", "2000")],
+            seen,
+            n,
+        )
     });
     tasks.push(task(async move {
         s.get(&[]).await;
-        assert_cached(&s, &s.get(&[("cache-control", "max-stale=1000")]).await, 1, 1, "max-stale");
+        assert_cached(
+            &s,
+            &s.get(&[("cache-control", "max-stale=1000")]).await,
+            1,
+            1,
+            "max-stale",
+        );
         assert_eq!(n_of(&s.get(&[("cache-control", "max-stale=100")]).await), 2);
     }));
 
@@ -1000,18 +1329,33 @@ async fn rfc9111_5_2_1_request_directives() {
         assert_eq!((g.status.as_u16(), s.hits()), (504, 0), "nothing stored");
         s.get(&[]).await;
         s.settle().await;
-        assert_cached(&s, &s.get(&oic).await, 1, 1, "only-if-cached with a fresh answer");
+        assert_cached(
+            &s,
+            &s.get(&oic).await,
+            1,
+            1,
+            "only-if-cached with a fresh answer",
+        );
         sleep_ms(1_500).await;
         let g = s.get(&oic).await;
-        assert_eq!((g.status.as_u16(), s.hits()), (504, 1), "stale is not offered");
+        assert_eq!(
+            (g.status.as_u16(), s.hits()),
+            (504, 1),
+            "stale is not offered"
+        );
     }));
 
     // Pragma is ignored when Cache-Control is present; unknown request directives are ignored.
-    let s = lab.scenario("rq-noise", |seen, n| answer(200, &[("cache-control", "max-age=3600")], seen, n));
+    let s = lab.scenario("rq-noise", |seen, n| {
+        answer(200, &[("cache-control", "max-age=3600")], seen, n)
+    });
     tasks.push(task(async move {
         s.get(&[]).await;
         let g = s
-            .get(&[("pragma", "no-cache"), ("cache-control", "nothing-to-see-here")])
+            .get(&[
+                ("pragma", "no-cache"),
+                ("cache-control", "nothing-to-see-here"),
+            ])
             .await;
         assert_cached(&s, &g, 1, 1, "Pragma with Cache-Control present");
         let g = s.get(&[("pragma", "unrecognised-extension")]).await;
@@ -1035,16 +1379,35 @@ async fn rfc9110_13_conditional_requests_from_cache() {
         ("cd-strong", "\"abcdef\"", "\"abcdef\"", true),
         ("cd-weak", "W/\"abcdef\"", "W/\"abcdef\"", true),
         ("cd-weak-vs-strong", "W/\"abcdef\"", "\"abcdef\"", true),
-        ("cd-multi-first", "\"abcdef\"", "\"abcdef\", \"1234\", \"5678\"", true),
-        ("cd-multi-middle", "\"abcdef\"", "\"1234\", \"abcdef\", \"5678\"", true),
-        ("cd-multi-last", "\"abcdef\"", "\"1234\", \"5678\", \"abcdef\"", true),
+        (
+            "cd-multi-first",
+            "\"abcdef\"",
+            "\"abcdef\", \"1234\", \"5678\"",
+            true,
+        ),
+        (
+            "cd-multi-middle",
+            "\"abcdef\"",
+            "\"1234\", \"abcdef\", \"5678\"",
+            true,
+        ),
+        (
+            "cd-multi-last",
+            "\"abcdef\"",
+            "\"1234\", \"5678\", \"abcdef\"",
+            true,
+        ),
         ("cd-star", "\"abcdef\"", "*", true),
         ("cd-mismatch", "\"abcdef\"", "\"other\"", false),
     ] {
         let s = lab.scenario(id, move |seen, n| {
             answer_spec(
                 200,
-                &[("cache-control", "max-age=100000"), ("date", "@0"), ("etag", etag)],
+                &[
+                    ("cache-control", "max-age=100000"),
+                    ("date", "@0"),
+                    ("etag", etag),
+                ],
                 seen,
                 n,
             )
@@ -1057,9 +1420,17 @@ async fn rfc9110_13_conditional_requests_from_cache() {
                 assert_eq!(g.status, 304, "[{id}]");
                 assert_eq!(g.header("etag"), etag, "[{id}] a 304 carries the ETag");
                 assert!(g.body.is_empty());
-                assert_eq!(g.header("date"), first.header("date"), "[{id}] Date of the stored answer");
+                assert_eq!(
+                    g.header("date"),
+                    first.header("date"),
+                    "[{id}] Date of the stored answer"
+                );
             } else {
-                assert_eq!((g.status.as_u16(), g.body.clone()), (200, first.body.clone()), "[{id}]");
+                assert_eq!(
+                    (g.status.as_u16(), g.body.clone()),
+                    (200, first.body.clone()),
+                    "[{id}]"
+                );
             }
         }));
     }
@@ -1073,7 +1444,11 @@ async fn rfc9110_13_conditional_requests_from_cache() {
         let s = lab.scenario(id, move |seen, n| {
             answer_spec(
                 200,
-                &[("cache-control", "max-age=100000"), ("last-modified", lm), ("date", "@0")],
+                &[
+                    ("cache-control", "max-age=100000"),
+                    ("last-modified", lm),
+                    ("date", "@0"),
+                ],
                 seen,
                 n,
             )
@@ -1088,14 +1463,19 @@ async fn rfc9110_13_conditional_requests_from_cache() {
     let s = lab.scenario("cd-ims-rfc850", |seen, n| {
         answer(
             200,
-            &[("cache-control", "max-age=100000"), ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")],
+            &[
+                ("cache-control", "max-age=100000"),
+                ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ],
             seen,
             n,
         )
     });
     tasks.push(task(async move {
         s.get(&[]).await;
-        let g = s.get(&[("if-modified-since", "Sunday, 06-Nov-94 08:49:37 GMT")]).await;
+        let g = s
+            .get(&[("if-modified-since", "Sunday, 06-Nov-94 08:49:37 GMT")])
+            .await;
         assert_eq!((g.status.as_u16(), s.hits()), (304, 1), "RFC 850 date");
     }));
     let s = lab.scenario("cd-precedence", |seen, n| {
@@ -1115,26 +1495,44 @@ async fn rfc9110_13_conditional_requests_from_cache() {
         s.get(&[]).await;
         let ims = resolve(&[("if-modified-since", "@-1")]);
         let g = s
-            .get(&[("if-none-match", "\"abcdef\""), ("if-modified-since", ims[0].1.as_str())])
+            .get(&[
+                ("if-none-match", "\"abcdef\""),
+                ("if-modified-since", ims[0].1.as_str()),
+            ])
             .await;
         assert_eq!(g.status, 304, "INM matches");
         let ims = resolve(&[("if-modified-since", "@0")]);
         let g = s
-            .get(&[("if-none-match", "\"other\""), ("if-modified-since", ims[0].1.as_str())])
+            .get(&[
+                ("if-none-match", "\"other\""),
+                ("if-modified-since", ims[0].1.as_str()),
+            ])
             .await;
-        assert_eq!(g.status, 200, "a failing If-None-Match wins over a matching If-Modified-Since");
+        assert_eq!(
+            g.status, 200,
+            "a failing If-None-Match wins over a matching If-Modified-Since"
+        );
         assert_eq!(s.hits(), 1);
     }));
 
     // If-Match / If-Unmodified-Since on the stored response: 412 when they fail.
     let s = lab.scenario("cd-if-match", |seen, n| {
-        answer(200, &[("cache-control", "max-age=100000"), ("etag", "\"abc\"")], seen, n)
+        answer(
+            200,
+            &[("cache-control", "max-age=100000"), ("etag", "\"abc\"")],
+            seen,
+            n,
+        )
     });
     tasks.push(task(async move {
         s.get(&[]).await;
         assert_eq!(s.get(&[("if-match", "\"abc\"")]).await.status, 200);
         assert_eq!(s.get(&[("if-match", "\"zzz\"")]).await.status, 412);
-        assert_eq!(s.get(&[("if-match", "W/\"abc\"")]).await.status, 412, "strong comparison");
+        assert_eq!(
+            s.get(&[("if-match", "W/\"abc\"")]).await.status,
+            412,
+            "strong comparison"
+        );
         assert_eq!(s.hits(), 1);
     }));
 
@@ -1142,22 +1540,46 @@ async fn rfc9110_13_conditional_requests_from_cache() {
     let s = lab.scenario("cd-stale-ims", |seen, n| {
         let lm = "Sun, 06 Nov 1994 08:49:37 GMT";
         if seen.header("if-modified-since") == lm {
-            answer(304, &[("cache-control", "max-age=1"), ("last-modified", lm)], seen, n)
+            answer(
+                304,
+                &[("cache-control", "max-age=1"), ("last-modified", lm)],
+                seen,
+                n,
+            )
         } else {
-            answer(200, &[("cache-control", "max-age=1"), ("last-modified", lm)], seen, n)
+            answer(
+                200,
+                &[("cache-control", "max-age=1"), ("last-modified", lm)],
+                seen,
+                n,
+            )
         }
     });
     tasks.push(task(async move {
         s.get(&[]).await;
         sleep_ms(1_500).await;
-        let g = s.get(&[("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT")]).await;
-        assert_eq!((g.status.as_u16(), s.hits()), (304, 2), "validated, then 304");
-        assert_eq!(s.seen(2).header("if-modified-since"), "Sun, 06 Nov 1994 08:49:37 GMT");
+        let g = s
+            .get(&[("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT")])
+            .await;
+        assert_eq!(
+            (g.status.as_u16(), s.hits()),
+            (304, 2),
+            "validated, then 304"
+        );
+        assert_eq!(
+            s.seen(2).header("if-modified-since"),
+            "Sun, 06 Nov 1994 08:49:37 GMT"
+        );
     }));
 
     // HEAD is served from a stored GET, with the GET's headers and no body.
     let s = lab.scenario("cd-head", |seen, n| {
-        answer(200, &[("cache-control", "max-age=3600"), ("x-a", "1")], seen, n)
+        answer(
+            200,
+            &[("cache-control", "max-age=3600"), ("x-a", "1")],
+            seen,
+            n,
+        )
     });
     tasks.push(task(async move {
         let get = s.get(&[]).await;
@@ -1208,7 +1630,11 @@ async fn rfc9111_4_3_revalidation_and_304_updates() {
         } else if seen.header("if-none-match") == "\"v1\"" {
             answer(
                 304,
-                &[("cache-control", "max-age=3600"), ("etag", "\"v1\""), ("test-header", "B")],
+                &[
+                    ("cache-control", "max-age=3600"),
+                    ("etag", "\"v1\""),
+                    ("test-header", "B"),
+                ],
                 seen,
                 n,
             )
@@ -1222,9 +1648,20 @@ async fn rfc9111_4_3_revalidation_and_304_updates() {
         let second = s.get(&[]).await;
         assert_eq!(s.hits(), 2);
         assert_eq!(s.seen(2).header("if-none-match"), "\"v1\"");
-        assert_eq!((second.status.as_u16(), second.body.clone()), (200, first.body.clone()));
-        assert_eq!(second.header("test-header"), "B", "the 304's value is served");
-        assert_eq!(second.header("content-type"), "text/plain", "stored fields the 304 omits stay");
+        assert_eq!(
+            (second.status.as_u16(), second.body.clone()),
+            (200, first.body.clone())
+        );
+        assert_eq!(
+            second.header("test-header"),
+            "B",
+            "the 304's value is served"
+        );
+        assert_eq!(
+            second.header("content-type"),
+            "text/plain",
+            "stored fields the 304 omits stay"
+        );
         let third = s.get(&[]).await;
         assert_cached(&s, &third, 1, 2, "freshened by the 304's max-age");
         assert_eq!(third.header("test-header"), "B", "and kept");
@@ -1237,31 +1674,65 @@ async fn rfc9111_4_3_revalidation_and_304_updates() {
         if seen.header("if-modified-since") == lm {
             answer(304, &[("last-modified", lm), ("x-b", "2")], seen, n)
         } else {
-            answer(200, &[("cache-control", "max-age=1"), ("last-modified", lm), ("x-b", "1")], seen, n)
+            answer(
+                200,
+                &[
+                    ("cache-control", "max-age=1"),
+                    ("last-modified", lm),
+                    ("x-b", "1"),
+                ],
+                seen,
+                n,
+            )
         }
     });
     tasks.push(task(async move {
         let first = s.get(&[]).await;
         sleep_ms(1_500).await;
         let second = s.get(&[]).await;
-        assert_eq!(s.seen(2).header("if-modified-since"), "Wed, 01 Jan 2020 00:00:00 GMT");
-        assert_eq!((second.body.clone(), second.header("x-b")), (first.body.clone(), "2".into()));
+        assert_eq!(
+            s.seen(2).header("if-modified-since"),
+            "Wed, 01 Jan 2020 00:00:00 GMT"
+        );
+        assert_eq!(
+            (second.body.clone(), second.header("x-b")),
+            (first.body.clone(), "2".into())
+        );
     }));
 
     // The 304 cannot change Content-Length; a changed representation (200) replaces the copy.
     let s = lab.scenario("rv-replaced", |seen, n| {
         if n == 1 {
-            answer(200, &[("cache-control", "max-age=1"), ("etag", "\"v1\"")], seen, n)
+            answer(
+                200,
+                &[("cache-control", "max-age=1"), ("etag", "\"v1\"")],
+                seen,
+                n,
+            )
         } else {
-            answer(200, &[("cache-control", "max-age=3600"), ("etag", "\"v2\"")], seen, n)
+            answer(
+                200,
+                &[("cache-control", "max-age=3600"), ("etag", "\"v2\"")],
+                seen,
+                n,
+            )
         }
     });
     tasks.push(task(async move {
         s.get(&[]).await;
         sleep_ms(1_500).await;
         let second = s.get(&[]).await;
-        assert_eq!((n_of(&second), second.header("etag")), (2, "\"v2\"".to_string()));
-        assert_cached(&s, &s.get(&[]).await, 2, 2, "the new representation is stored");
+        assert_eq!(
+            (n_of(&second), second.header("etag")),
+            (2, "\"v2\"".to_string())
+        );
+        assert_cached(
+            &s,
+            &s.get(&[]).await,
+            2,
+            2,
+            "the new representation is stored",
+        );
     }));
 
     // Vary: the conditional request carries the request fields the variant was chosen by.
@@ -1269,7 +1740,16 @@ async fn rfc9111_4_3_revalidation_and_304_updates() {
         if seen.header("if-none-match") == "\"abcdef\"" {
             answer(304, &[("etag", "\"abcdef\""), ("vary", "Abc")], seen, n)
         } else {
-            answer(200, &[("cache-control", "max-age=1"), ("etag", "\"abcdef\""), ("vary", "Abc")], seen, n)
+            answer(
+                200,
+                &[
+                    ("cache-control", "max-age=1"),
+                    ("etag", "\"abcdef\""),
+                    ("vary", "Abc"),
+                ],
+                seen,
+                n,
+            )
         }
     });
     tasks.push(task(async move {
@@ -1292,20 +1772,44 @@ async fn rfc9111_4_3_revalidation_and_304_updates() {
 async fn rfc9111_5_1_age_and_date_on_every_cached_answer() {
     let lab = Lab::start("").await;
     let s = lab.scenario("ad-basic", |seen, n| {
-        answer_spec(200, &[("cache-control", "max-age=100000"), ("date", "@0"), ("expires", "@100000")], seen, n)
+        answer_spec(
+            200,
+            &[
+                ("cache-control", "max-age=100000"),
+                ("date", "@0"),
+                ("expires", "@100000"),
+            ],
+            seen,
+            n,
+        )
     });
     let first = s.get(&[]).await;
-    assert!(first.header("age").parse::<u64>().is_ok(), "Age on the filling answer too");
+    assert!(
+        first.header("age").parse::<u64>().is_ok(),
+        "Age on the filling answer too"
+    );
     sleep_ms(2_100).await;
     let g = s.get(&[]).await;
     assert_cached(&s, &g, 1, 1, "fresh");
     let age: u64 = g.header("age").parse().expect("Age");
     assert!(age >= 2, "Age counts the time in the cache: {age}");
-    assert_eq!(g.header("date"), first.header("date"), "Date is not updated");
-    assert_eq!(g.header("expires"), first.header("expires"), "Expires is left alone");
+    assert_eq!(
+        g.header("date"),
+        first.header("date"),
+        "Date is not updated"
+    );
+    assert_eq!(
+        g.header("expires"),
+        first.header("expires"),
+        "Expires is left alone"
+    );
     for h in [[("if-none-match", "*")], [("range", "bytes=0-0")]] {
         let g = s.get(&h).await;
-        assert!(!g.header("age").is_empty() && !g.header("date").is_empty(), "{h:?}: {:?}", g.headers);
+        assert!(
+            !g.header("age").is_empty() && !g.header("date").is_empty(),
+            "{h:?}: {:?}",
+            g.headers
+        );
     }
 }
 
@@ -1338,13 +1842,43 @@ async fn rfc9111_4_1_vary_selects_stored_variants() {
     // (id, Vary, first request's fields, second request's fields, second is a hit?)
     let cases: Vec<(&'static str, &'static str, Hs, Hs, bool)> = vec![
         ("vy-match", "Foo", &[("foo", "1")], &[("foo", "1")], true),
-        ("vy-no-match", "Foo", &[("foo", "1")], &[("foo", "2")], false),
+        (
+            "vy-no-match",
+            "Foo",
+            &[("foo", "1")],
+            &[("foo", "2")],
+            false,
+        ),
         ("vy-omit-stored", "Foo", &[], &[("foo", "1")], false),
         ("vy-omit-presented", "Foo", &[("foo", "1")], &[], false),
-        ("vy-other-fields", "Foo", &[("foo", "1"), ("other", "2")], &[("foo", "1"), ("other", "3")], true),
-        ("vy-2-match", "Foo, Bar", &[("foo", "1"), ("bar", "abc")], &[("foo", "1"), ("bar", "abc")], true),
-        ("vy-2-no-match", "Foo, Bar", &[("foo", "1"), ("bar", "abc")], &[("foo", "2"), ("bar", "abc")], false),
-        ("vy-2-omit", "Foo, Bar", &[("foo", "1"), ("bar", "abc")], &[("foo", "1")], false),
+        (
+            "vy-other-fields",
+            "Foo",
+            &[("foo", "1"), ("other", "2")],
+            &[("foo", "1"), ("other", "3")],
+            true,
+        ),
+        (
+            "vy-2-match",
+            "Foo, Bar",
+            &[("foo", "1"), ("bar", "abc")],
+            &[("foo", "1"), ("bar", "abc")],
+            true,
+        ),
+        (
+            "vy-2-no-match",
+            "Foo, Bar",
+            &[("foo", "1"), ("bar", "abc")],
+            &[("foo", "2"), ("bar", "abc")],
+            false,
+        ),
+        (
+            "vy-2-omit",
+            "Foo, Bar",
+            &[("foo", "1"), ("bar", "abc")],
+            &[("foo", "1")],
+            false,
+        ),
         (
             "vy-3-order",
             "Foo, Bar, Baz",
@@ -1352,25 +1886,115 @@ async fn rfc9111_4_1_vary_selects_stored_variants() {
             &[("foo", "1"), ("baz", "789"), ("bar", "abcde")],
             false,
         ),
-        ("vy-3-both-omit", "Foo, Bar, Baz", &[("foo", "1"), ("baz", "789")], &[("foo", "1"), ("baz", "789")], true),
+        (
+            "vy-3-both-omit",
+            "Foo, Bar, Baz",
+            &[("foo", "1"), ("baz", "789")],
+            &[("foo", "1"), ("baz", "789")],
+            true,
+        ),
         ("vy-case", "FOO", &[("foo", "1")], &[("Foo", "1")], true),
         ("vy-star", "*", &[("foo", "1")], &[("foo", "1")], false),
-        ("vy-star-star", "*, *", &[("foo", "1")], &[("foo", "1")], false),
-        ("vy-empty-star", ", *", &[("foo", "1")], &[("foo", "1")], false),
-        ("vy-foo-star", "Foo, *", &[("foo", "1")], &[("foo", "1")], false),
-        ("vy-combine", "Foo", &[("foo", "1, 2")], &[("foo", "1"), ("foo", "2")], true),
-        ("vy-space", "Foo", &[("foo", "1,2")], &[("foo", " 1, 2 ")], true),
+        (
+            "vy-star-star",
+            "*, *",
+            &[("foo", "1")],
+            &[("foo", "1")],
+            false,
+        ),
+        (
+            "vy-empty-star",
+            ", *",
+            &[("foo", "1")],
+            &[("foo", "1")],
+            false,
+        ),
+        (
+            "vy-foo-star",
+            "Foo, *",
+            &[("foo", "1")],
+            &[("foo", "1")],
+            false,
+        ),
+        (
+            "vy-combine",
+            "Foo",
+            &[("foo", "1, 2")],
+            &[("foo", "1"), ("foo", "2")],
+            true,
+        ),
+        (
+            "vy-space",
+            "Foo",
+            &[("foo", "1,2")],
+            &[("foo", " 1, 2 ")],
+            true,
+        ),
         // Accept-Encoding is normalised: equivalent preferences share one variant.
-        ("vy-ae-order", "Accept-Encoding", &[("accept-encoding", "gzip, br")], &[("accept-encoding", "br,gzip")], true),
-        ("vy-ae-q", "Accept-Encoding", &[("accept-encoding", "gzip")], &[("accept-encoding", "gzip;q=1.0, identity")], true),
-        ("vy-ae-x-gzip", "Accept-Encoding", &[("accept-encoding", "gzip")], &[("accept-encoding", "x-gzip")], true),
-        ("vy-ae-differ", "Accept-Encoding", &[("accept-encoding", "gzip")], &[("accept-encoding", "br")], false),
-        ("vy-ae-refused", "Accept-Encoding", &[("accept-encoding", "gzip")], &[("accept-encoding", "gzip;q=0")], false),
+        (
+            "vy-ae-order",
+            "Accept-Encoding",
+            &[("accept-encoding", "gzip, br")],
+            &[("accept-encoding", "br,gzip")],
+            true,
+        ),
+        (
+            "vy-ae-q",
+            "Accept-Encoding",
+            &[("accept-encoding", "gzip")],
+            &[("accept-encoding", "gzip;q=1.0, identity")],
+            true,
+        ),
+        (
+            "vy-ae-x-gzip",
+            "Accept-Encoding",
+            &[("accept-encoding", "gzip")],
+            &[("accept-encoding", "x-gzip")],
+            true,
+        ),
+        (
+            "vy-ae-differ",
+            "Accept-Encoding",
+            &[("accept-encoding", "gzip")],
+            &[("accept-encoding", "br")],
+            false,
+        ),
+        (
+            "vy-ae-refused",
+            "Accept-Encoding",
+            &[("accept-encoding", "gzip")],
+            &[("accept-encoding", "gzip;q=0")],
+            false,
+        ),
         // Accept-Language: order, case and whitespace do not matter.
-        ("vy-al-order", "Accept-Language", &[("accept-language", "en, de")], &[("accept-language", "de, en")], true),
-        ("vy-al-case", "Accept-Language", &[("accept-language", "en, de")], &[("accept-language", "eN, De")], true),
-        ("vy-al-space", "Accept-Language", &[("accept-language", "en, de")], &[("accept-language", " en ,   de")], true),
-        ("vy-al-differ", "Accept-Language", &[("accept-language", "en")], &[("accept-language", "fr")], false),
+        (
+            "vy-al-order",
+            "Accept-Language",
+            &[("accept-language", "en, de")],
+            &[("accept-language", "de, en")],
+            true,
+        ),
+        (
+            "vy-al-case",
+            "Accept-Language",
+            &[("accept-language", "en, de")],
+            &[("accept-language", "eN, De")],
+            true,
+        ),
+        (
+            "vy-al-space",
+            "Accept-Language",
+            &[("accept-language", "en, de")],
+            &[("accept-language", " en ,   de")],
+            true,
+        ),
+        (
+            "vy-al-differ",
+            "Accept-Language",
+            &[("accept-language", "en")],
+            &[("accept-language", "fr")],
+            false,
+        ),
     ];
     for (id, vary, first, second, hit) in cases {
         let s = lab.scenario(id, varying(vary));
@@ -1385,6 +2009,32 @@ async fn rfc9111_4_1_vary_selects_stored_variants() {
             }
         }));
     }
+
+    // Requests that collapse onto a fill before its Vary is known get their own variant.
+    let s = lab.scenario("vy-collapsed", |seen, n| {
+        // Slow enough that the second request joins this fill while it is pending.
+        std::thread::sleep(Duration::from_millis(300));
+        answer(
+            200,
+            &[
+                ("cache-control", "max-age=5000"),
+                ("vary", "Foo"),
+                ("x-foo", &seen.header("foo")),
+            ],
+            seen,
+            n,
+        )
+    });
+    tasks.push(task(async move {
+        let (a, b) = tokio::join!(s.get(&[("foo", "1")]), async {
+            sleep_ms(100).await;
+            s.get(&[("foo", "2")]).await
+        });
+        assert_eq!(
+            (a.header("x-foo"), b.header("x-foo")),
+            ("1".to_string(), "2".to_string())
+        );
+    }));
 
     // Two variants are stored side by side.
     let s = lab.scenario("vy-two-variants", varying("Foo"));
@@ -1407,7 +2057,13 @@ async fn rfc9111_4_4_unsafe_methods_invalidate() {
     let lab = Lab::start("").await;
     let mut tasks = Vec::new();
     for method in ["POST", "PUT", "DELETE", "PATCH", "M-SEARCH"] {
-        for (status, invalidates) in [(200, true), (204, true), (303, true), (404, false), (500, false)] {
+        for (status, invalidates) in [
+            (200, true),
+            (204, true),
+            (303, true),
+            (404, false),
+            (500, false),
+        ] {
             let id: &'static str =
                 Box::leak(format!("inv-{}-{status}", method.to_lowercase()).into_boxed_str());
             let s = lab.scenario(id, move |seen, n| {
@@ -1421,7 +2077,10 @@ async fn rfc9111_4_4_unsafe_methods_invalidate() {
                 s.get(&[]).await;
                 let w = s.send(method, &s.path(), &[], "abc").await;
                 assert_eq!(w.status.as_u16(), status, "[{id}] passed through");
-                assert_eq!((s.seen(2).method.as_str(), &s.seen(2).body[..]), (method, &b"abc"[..]));
+                assert_eq!(
+                    (s.seen(2).method.as_str(), &s.seen(2).body[..]),
+                    (method, &b"abc"[..])
+                );
                 let g = s.get(&[]).await;
                 if invalidates {
                     assert_eq!((n_of(&g), s.hits()), (3, 3), "[{id}] must invalidate");
@@ -1441,7 +2100,10 @@ async fn rfc9111_4_4_unsafe_methods_invalidate() {
                 201,
                 &[
                     ("location", "/inv-locations/created"),
-                    ("content-location", "http://conformance.test/inv-locations/cl"),
+                    (
+                        "content-location",
+                        "http://conformance.test/inv-locations/cl",
+                    ),
                 ],
                 seen,
                 n,
@@ -1449,7 +2111,11 @@ async fn rfc9111_4_4_unsafe_methods_invalidate() {
         }
     });
     tasks.push(task(async move {
-        let paths = ["/inv-locations/created", "/inv-locations/cl", "/inv-locations/other"];
+        let paths = [
+            "/inv-locations/created",
+            "/inv-locations/cl",
+            "/inv-locations/other",
+        ];
         for p in paths {
             s.send("GET", p, &[], "").await;
         }
@@ -1468,7 +2134,12 @@ async fn rfc9111_4_4_unsafe_methods_invalidate() {
         if seen.method == "GET" {
             answer(200, &[("cache-control", "max-age=100000")], seen, n)
         } else {
-            answer(200, &[("location", "http://elsewhere.example/inv-other-host/t")], seen, n)
+            answer(
+                200,
+                &[("location", "http://elsewhere.example/inv-other-host/t")],
+                seen,
+                n,
+            )
         }
     });
     tasks.push(task(async move {
@@ -1479,12 +2150,22 @@ async fn rfc9111_4_4_unsafe_methods_invalidate() {
     }));
 
     // PUT is passed through to the origin with its body and fields.
-    let s = lab.scenario("inv-put-through", |seen, n| answer(201, &[("x-put", "ok")], seen, n));
+    let s = lab.scenario("inv-put-through", |seen, n| {
+        answer(201, &[("x-put", "ok")], seen, n)
+    });
     tasks.push(task(async move {
         let g = s
-            .send("PUT", "/inv-put-through/doc", &[("content-type", "application/json")], "{\"a\":1}")
+            .send(
+                "PUT",
+                "/inv-put-through/doc",
+                &[("content-type", "application/json")],
+                "{\"a\":1}",
+            )
             .await;
-        assert_eq!((g.status.as_u16(), g.header("x-put")), (201, "ok".to_string()));
+        assert_eq!(
+            (g.status.as_u16(), g.header("x-put")),
+            (201, "ok".to_string())
+        );
         let seen = s.seen(1);
         assert_eq!(
             (seen.method.as_str(), seen.path.as_str(), &seen.body[..]),
@@ -1508,16 +2189,33 @@ async fn rfc5861_stale_while_revalidate_and_stale_if_error() {
     // stale-while-revalidate: the stale copy is served at once and refreshed once, behind.
     let s = lab.scenario("st-swr", |seen, n| {
         if n == 1 {
-            answer(200, &[("cache-control", "max-age=1, stale-while-revalidate=3600"), ("etag", "\"abc\"")], seen, n)
+            answer(
+                200,
+                &[
+                    ("cache-control", "max-age=1, stale-while-revalidate=3600"),
+                    ("etag", "\"abc\""),
+                ],
+                seen,
+                n,
+            )
         } else {
-            answer(200, &[("cache-control", "max-age=3600"), ("etag", "\"def\"")], seen, n)
+            answer(
+                200,
+                &[("cache-control", "max-age=3600"), ("etag", "\"def\"")],
+                seen,
+                n,
+            )
         }
     });
     tasks.push(task(async move {
         s.get(&[]).await;
         sleep_ms(1_500).await;
         let (a, b) = tokio::join!(s.get(&[]), s.get(&[]));
-        assert_eq!((n_of(&a), n_of(&b)), (1, 1), "stale served while revalidating");
+        assert_eq!(
+            (n_of(&a), n_of(&b)),
+            (1, 1),
+            "stale served while revalidating"
+        );
         // The one background refresh lands; afterwards its answer is served fresh.
         let mut refreshed = None;
         for _ in 0..50 {
@@ -1531,24 +2229,43 @@ async fn rfc5861_stale_while_revalidate_and_stale_if_error() {
         let g = refreshed.expect("the background refresh is stored");
         assert_eq!(g.header("etag"), "\"def\"");
         assert_eq!(s.hits(), 2, "exactly one background refresh");
-        assert_eq!(s.seen(2).header("if-none-match"), "\"abc\"", "the refresh is conditional");
+        assert_eq!(
+            s.seen(2).header("if-none-match"),
+            "\"abc\"",
+            "the refresh is conditional"
+        );
     }));
 
     // Past the stale-while-revalidate window the copy is not served.
     let s = lab.scenario("st-swr-window", |seen, n| {
-        answer(200, &[("cache-control", "max-age=1, stale-while-revalidate=1")], seen, n)
+        answer(
+            200,
+            &[("cache-control", "max-age=1, stale-while-revalidate=1")],
+            seen,
+            n,
+        )
     });
     tasks.push(task(async move {
         s.get(&[]).await;
         sleep_ms(2_600).await;
         let g = s.get(&[]).await;
-        assert_eq!((n_of(&g), s.hits()), (2, 2), "outside the window: {:?}", g.headers);
+        assert_eq!(
+            (n_of(&g), s.hits()),
+            (2, 2),
+            "outside the window: {:?}",
+            g.headers
+        );
     }));
 
     // stale-if-error: a stale copy answers for a 5xx within the window.
     let s = lab.scenario("st-sie-500", |seen, n| {
         if n == 1 {
-            answer(200, &[("cache-control", "max-age=1, stale-if-error=60")], seen, n)
+            answer(
+                200,
+                &[("cache-control", "max-age=1, stale-if-error=60")],
+                seen,
+                n,
+            )
         } else {
             answer(500, &[], seen, n)
         }
@@ -1572,7 +2289,11 @@ async fn rfc5861_stale_while_revalidate_and_stale_if_error() {
         s.get(&[]).await;
         sleep_ms(1_500).await;
         let g = s.get(&[]).await;
-        assert_eq!((g.status.as_u16(), n_of(&g)), (200, 1), "stale copy for a 503");
+        assert_eq!(
+            (g.status.as_u16(), n_of(&g)),
+            (200, 1),
+            "stale copy for a 503"
+        );
     }));
 
     all(tasks).await;
@@ -1589,8 +2310,16 @@ async fn rfc9111_4_2_4_stale_when_the_origin_closes_the_connection() {
         // TTLExtensionByFail is ON by default.
         ("sc-close", "max-age=1", true),
         ("sc-close-sie", "max-age=1, stale-if-error=60", true),
-        ("sc-close-must-revalidate", "max-age=1, must-revalidate", false),
-        ("sc-close-proxy-revalidate", "max-age=1, proxy-revalidate", false),
+        (
+            "sc-close-must-revalidate",
+            "max-age=1, must-revalidate",
+            false,
+        ),
+        (
+            "sc-close-proxy-revalidate",
+            "max-age=1, proxy-revalidate",
+            false,
+        ),
         ("sc-close-no-cache", "max-age=1, no-cache", false),
         ("sc-close-s-maxage", "max-age=1, s-maxage=1", false),
     ];
@@ -1610,7 +2339,11 @@ async fn rfc9111_4_2_4_stale_when_the_origin_closes_the_connection() {
     for ((id, _, serve_stale), s) in cases.iter().zip(&scns) {
         let g = s.get(&[]).await;
         if *serve_stale {
-            assert_eq!((g.status.as_u16(), n_of(&g)), (200, 1), "[{id}] stale copy when the origin fails");
+            assert_eq!(
+                (g.status.as_u16(), n_of(&g)),
+                (200, 1),
+                "[{id}] stale copy when the origin fails"
+            );
         } else {
             assert!(
                 g.status.is_server_error() && n_of(&g) == 0,
@@ -1620,7 +2353,14 @@ async fn rfc9111_4_2_4_stale_when_the_origin_closes_the_connection() {
             );
         }
         // An answered request, so failures never pile up on the one origin address.
-        let probe = s.send("GET", &format!("{}?probe", s.path()), &[("x-probe", "1")], "").await;
+        let probe = s
+            .send(
+                "GET",
+                &format!("{}?probe", s.path()),
+                &[("x-probe", "1")],
+                "",
+            )
+            .await;
         assert_eq!(probe.status, 200);
     }
 }
@@ -1628,16 +2368,27 @@ async fn rfc9111_4_2_4_stale_when_the_origin_closes_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ston_ttl_extension_by_fail_serves_stale_when_origin_is_down() {
     let lab = Lab::start("").await;
-    let ok = lab.scenario("down-ok", |seen, n| answer(200, &[("cache-control", "max-age=1")], seen, n));
+    let ok = lab.scenario("down-ok", |seen, n| {
+        answer(200, &[("cache-control", "max-age=1")], seen, n)
+    });
     let mr = lab.scenario("down-mr", |seen, n| {
-        answer(200, &[("cache-control", "max-age=1, must-revalidate")], seen, n)
+        answer(
+            200,
+            &[("cache-control", "max-age=1, must-revalidate")],
+            seen,
+            n,
+        )
     });
     ok.get(&[]).await;
     mr.get(&[]).await;
     lab.origin_stop.cancel();
     sleep_ms(1_500).await;
     let g = ok.get(&[]).await;
-    assert_eq!((g.status.as_u16(), n_of(&g)), (200, 1), "stale copy while the origin is down");
+    assert_eq!(
+        (g.status.as_u16(), n_of(&g)),
+        (200, 1),
+        "stale copy while the origin is down"
+    );
     let g = mr.get(&[]).await;
     assert!(
         g.status == 502 || g.status == 504,
@@ -1657,84 +2408,144 @@ async fn rfc9213_targeted_fields_take_precedence() {
     reuse_table(
         &lab,
         vec![
-            ("cdn-max-age", 200, vec![("cdn-cache-control", "max-age=3600")], 0, true),
-            ("cdn-max-age-huge", 200, vec![("cdn-cache-control", "max-age=99999999999")], 0, true),
+            (
+                "cdn-max-age",
+                200,
+                vec![("cdn-cache-control", "max-age=3600")],
+                0,
+                true,
+            ),
+            (
+                "cdn-max-age-huge",
+                200,
+                vec![("cdn-cache-control", "max-age=99999999999")],
+                0,
+                true,
+            ),
             (
                 "cdn-max-age-age",
                 200,
-                vec![("date", "@0"), ("cdn-cache-control", "max-age=3600"), ("age", "7200")],
+                vec![
+                    ("date", "@0"),
+                    ("cdn-cache-control", "max-age=3600"),
+                    ("age", "7200"),
+                ],
                 0,
                 false,
             ),
-            ("cdn-max-age-0", 200, vec![("cdn-cache-control", "max-age=0")], 0, false),
-            ("cdn-extension", 200, vec![("cdn-cache-control", "foobar, max-age=3600")], 0, true),
+            (
+                "cdn-max-age-0",
+                200,
+                vec![("cdn-cache-control", "max-age=0")],
+                0,
+                false,
+            ),
+            (
+                "cdn-extension",
+                200,
+                vec![("cdn-cache-control", "foobar, max-age=3600")],
+                0,
+                true,
+            ),
             (
                 "cdn-past-expires",
                 200,
-                vec![("cdn-cache-control", "max-age=3600"), ("expires", "@-10000"), ("date", "@0")],
+                vec![
+                    ("cdn-cache-control", "max-age=3600"),
+                    ("expires", "@-10000"),
+                    ("date", "@0"),
+                ],
                 0,
                 true,
             ),
             (
                 "cdn-0-future-expires",
                 200,
-                vec![("cdn-cache-control", "max-age=0"), ("expires", "@10000"), ("date", "@0")],
+                vec![
+                    ("cdn-cache-control", "max-age=0"),
+                    ("expires", "@10000"),
+                    ("date", "@0"),
+                ],
                 0,
                 false,
             ),
             (
                 "cdn-over-short-cc",
                 200,
-                vec![("cache-control", "max-age=0"), ("cdn-cache-control", "max-age=3600")],
+                vec![
+                    ("cache-control", "max-age=0"),
+                    ("cdn-cache-control", "max-age=3600"),
+                ],
                 0,
                 true,
             ),
             (
                 "cdn-under-long-cc",
                 200,
-                vec![("cache-control", "max-age=3600"), ("cdn-cache-control", "max-age=0")],
+                vec![
+                    ("cache-control", "max-age=3600"),
+                    ("cdn-cache-control", "max-age=0"),
+                ],
                 0,
                 false,
             ),
             (
                 "cdn-private",
                 200,
-                vec![("cdn-cache-control", "private"), ("cache-control", "max-age=10000")],
+                vec![
+                    ("cdn-cache-control", "private"),
+                    ("cache-control", "max-age=10000"),
+                ],
                 0,
                 false,
             ),
             (
                 "cdn-no-cache",
                 200,
-                vec![("cdn-cache-control", "no-cache"), ("cache-control", "max-age=10000")],
+                vec![
+                    ("cdn-cache-control", "no-cache"),
+                    ("cache-control", "max-age=10000"),
+                ],
                 0,
                 false,
             ),
             (
                 "cdn-no-store",
                 200,
-                vec![("cache-control", "max-age=10000"), ("cdn-cache-control", "no-store")],
+                vec![
+                    ("cache-control", "max-age=10000"),
+                    ("cdn-cache-control", "no-store"),
+                ],
                 0,
                 false,
             ),
             (
                 "cdn-over-cc-no-store",
                 200,
-                vec![("cache-control", "no-store"), ("cdn-cache-control", "max-age=10000")],
+                vec![
+                    ("cache-control", "no-store"),
+                    ("cdn-cache-control", "max-age=10000"),
+                ],
                 0,
                 true,
             ),
             (
                 "cdn-invalid-sf",
                 200,
-                vec![("cdn-cache-control", "max-age=10000, &&&&&"), ("cache-control", "no-store")],
+                vec![
+                    ("cdn-cache-control", "max-age=10000, &&&&&"),
+                    ("cache-control", "no-store"),
+                ],
                 0,
                 false,
             ),
             (
                 "cdn-wrong-type",
                 200,
-                vec![("cdn-cache-control", "max-age=\"10000\""), ("cache-control", "no-store")],
+                vec![
+                    ("cdn-cache-control", "max-age=\"10000\""),
+                    ("cache-control", "no-store"),
+                ],
                 0,
                 false,
             ),
@@ -1752,7 +2563,10 @@ async fn rfc9213_targeted_fields_take_precedence() {
             (
                 "strata-no-store",
                 200,
-                vec![("cdn-cache-control", "max-age=3600"), ("strata-cache-control", "no-store")],
+                vec![
+                    ("cdn-cache-control", "max-age=3600"),
+                    ("strata-cache-control", "no-store"),
+                ],
                 0,
                 false,
             ),
@@ -1761,7 +2575,15 @@ async fn rfc9213_targeted_fields_take_precedence() {
     .await;
     // The targeted fields are passed on downstream unchanged.
     let s = lab.scenario("cdn-forwarded", |seen, n| {
-        answer(200, &[("cache-control", "max-age=1"), ("cdn-cache-control", "max-age=10000")], seen, n)
+        answer(
+            200,
+            &[
+                ("cache-control", "max-age=1"),
+                ("cdn-cache-control", "max-age=10000"),
+            ],
+            seen,
+            n,
+        )
     });
     s.get(&[]).await;
     let g = s.get(&[]).await;
@@ -1796,7 +2618,11 @@ async fn rfc9110_14_ranges_from_stored_responses() {
     // A Range on a miss: the origin is asked for the whole object, the client gets its range.
     let g = s.get(&[("range", "bytes=0-1")]).await;
     assert_eq!((g.status.as_u16(), &g.body[..]), (206, &b"01"[..]));
-    assert_eq!(s.seen(1).header("range"), "", "a fill fetches the whole object");
+    assert_eq!(
+        s.seen(1).header("range"),
+        "",
+        "a fill fetches the whole object"
+    );
     // Range never splits the key: every range is served from the one stored object.
     for (range, body, content_range) in [
         ("bytes=0-1", &b"01"[..], "bytes 0-1/11"),
@@ -1810,19 +2636,34 @@ async fn rfc9110_14_ranges_from_stored_responses() {
         assert!(!g.header("age").is_empty(), "{range}: from the cache");
     }
     let full = s.get(&[]).await;
-    assert_eq!((full.status.as_u16(), &full.body[..]), (200, &b"0123456789A"[..]));
+    assert_eq!(
+        (full.status.as_u16(), &full.body[..]),
+        (200, &b"0123456789A"[..])
+    );
     assert_eq!(s.hits(), 1, "one origin request for all of them");
     // Several ranges: multipart/byteranges.
     let g = s.get(&[("range", "bytes=0-1, 5-6")]).await;
     assert_eq!(g.status, 206);
-    assert!(g.header("content-type").starts_with("multipart/byteranges; boundary="));
+    assert!(
+        g.header("content-type")
+            .starts_with("multipart/byteranges; boundary=")
+    );
     let text = String::from_utf8_lossy(&g.body).into_owned();
-    assert!(text.contains("Content-Range: bytes 0-1/11\r\n\r\n01"), "{text}");
-    assert!(text.contains("Content-Range: bytes 5-6/11\r\n\r\n56"), "{text}");
+    assert!(
+        text.contains("Content-Range: bytes 0-1/11\r\n\r\n01"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Content-Range: bytes 5-6/11\r\n\r\n56"),
+        "{text}"
+    );
     assert_eq!(g.header("content-length"), g.body.len().to_string());
     // Unsatisfiable.
     let g = s.get(&[("range", "bytes=50-")]).await;
-    assert_eq!((g.status.as_u16(), g.header("content-range")), (416, "bytes */11".to_string()));
+    assert_eq!(
+        (g.status.as_u16(), g.header("content-range")),
+        (416, "bytes */11".to_string())
+    );
     // If-Range: a matching strong validator gives the range, anything else the whole object.
     for (if_range, status) in [
         ("\"r1\"", 206),
@@ -1831,12 +2672,17 @@ async fn rfc9110_14_ranges_from_stored_responses() {
         (lm.as_str(), 206),
         (lm_later.as_str(), 200),
     ] {
-        let g = s.get(&[("range", "bytes=0-1"), ("if-range", if_range)]).await;
+        let g = s
+            .get(&[("range", "bytes=0-1"), ("if-range", if_range)])
+            .await;
         assert_eq!(g.status.as_u16(), status, "If-Range {if_range}");
     }
     // HEAD with a Range: headers only.
     let g = s.send("HEAD", &s.path(), &[], "").await;
-    assert_eq!((g.status.as_u16(), g.body.len(), g.header("content-length")), (200, 0, "11".into()));
+    assert_eq!(
+        (g.status.as_u16(), g.body.len(), g.header("content-length")),
+        (200, 0, "11".into())
+    );
     assert_eq!(s.hits(), 1);
 }
 
@@ -1847,7 +2693,9 @@ async fn rfc9110_14_ranges_from_stored_responses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc3986_cache_key_normalisation() {
     let lab = Lab::start("").await;
-    let s = lab.scenario("key-norm", |seen, n| answer(200, &[("cache-control", "max-age=3600")], seen, n));
+    let s = lab.scenario("key-norm", |seen, n| {
+        answer(200, &[("cache-control", "max-age=3600")], seen, n)
+    });
     s.send("GET", "/key-norm/~user/a.txt", &[], "").await;
     for same in [
         "/key-norm/%7Euser/a.txt",
@@ -1858,18 +2706,40 @@ async fn rfc3986_cache_key_normalisation() {
         let g = s.send("GET", same, &[], "").await;
         assert_cached(&s, &g, 1, 1, same);
     }
-    let g = s.send_host("GET", "CONFORMANCE.Test", "/key-norm/~user/a.txt", &[], "").await;
+    let g = s
+        .send_host("GET", "CONFORMANCE.Test", "/key-norm/~user/a.txt", &[], "")
+        .await;
     assert_cached(&s, &g, 1, 1, "host case");
     // Reserved characters keep their escapes: %2F is not a path separator.
     let g = s.send("GET", "/key-norm/~user%2Fa.txt", &[], "").await;
     assert_eq!(n_of(&g), 2, "an escaped slash is another resource");
     // The query is part of the key by default.
-    let q = lab.scenario("key-query", |seen, n| answer(200, &[("cache-control", "max-age=3600")], seen, n));
+    let q = lab.scenario("key-query", |seen, n| {
+        answer(200, &[("cache-control", "max-age=3600")], seen, n)
+    });
     q.send("GET", "/key-query?test=1", &[], "").await;
-    assert_cached(&q, &q.send("GET", "/key-query?test=1", &[], "").await, 1, 1, "same query");
-    assert_eq!(n_of(&q.send("GET", "/key-query?test=2", &[], "").await), 2, "other query");
-    assert_eq!(n_of(&q.send("GET", "/key-query", &[], "").await), 3, "no query");
-    assert_eq!(n_of(&q.send("GET", "/KEY-QUERY?test=1", &[], "").await), 4, "case sensitive by default");
+    assert_cached(
+        &q,
+        &q.send("GET", "/key-query?test=1", &[], "").await,
+        1,
+        1,
+        "same query",
+    );
+    assert_eq!(
+        n_of(&q.send("GET", "/key-query?test=2", &[], "").await),
+        2,
+        "other query"
+    );
+    assert_eq!(
+        n_of(&q.send("GET", "/key-query", &[], "").await),
+        3,
+        "no query"
+    );
+    assert_eq!(
+        n_of(&q.send("GET", "/KEY-QUERY?test=1", &[], "").await),
+        4,
+        "case sensitive by default"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1879,7 +2749,7 @@ async fn rfc3986_cache_key_normalisation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ston_options_when_written() {
     let lab = Lab::start(
-        "<Options><TTL><Res2xx>1</Res2xx><Res3xx>300</Res3xx><Res4xx>30</Res4xx><Res5xx>30</Res5xx></TTL>\
+        "<Options><TTL><Res2xx>1</Res2xx><Res3xx>300</Res3xx><Res4xx>30</Res4xx><Res5xx>30</Res5xx><NoCache>30</NoCache></TTL>\
          <ApplyQueryString>OFF</ApplyQueryString><CaseSensitive>OFF</CaseSensitive><VaryHeader/></Options>",
     )
     .await;
@@ -1893,13 +2763,19 @@ async fn ston_options_when_written() {
         assert_eq!(n_of(&s.get(&[]).await), 2, "Res2xx expired");
     }));
     // Explicit freshness still wins over the fixed TTL.
-    let s = lab.scenario("ston-explicit", |seen, n| answer(200, &[("cache-control", "max-age=0")], seen, n));
+    let s = lab.scenario("ston-explicit", |seen, n| {
+        answer(200, &[("cache-control", "max-age=0")], seen, n)
+    });
     tasks.push(task(async move {
         s.get(&[]).await;
         assert_eq!(n_of(&s.get(&[]).await), 2, "max-age=0 beats Res2xx");
     }));
     // Negative caching: 404 and 503 are cached for their class TTL; 302 for Res3xx.
-    for (id, status) in [("ston-res4xx", 404u16), ("ston-res5xx", 503), ("ston-res3xx", 302)] {
+    for (id, status) in [
+        ("ston-res4xx", 404u16),
+        ("ston-res5xx", 503),
+        ("ston-res3xx", 302),
+    ] {
         let s = lab.scenario(id, move |seen, n| answer(status, &[], seen, n));
         tasks.push(task(async move {
             assert_eq!(s.get(&[]).await.status.as_u16(), status);
@@ -1907,13 +2783,25 @@ async fn ston_options_when_written() {
             assert_cached(&s, &g, 1, 1, id);
         }));
     }
+    // <NoCache>: a no-cache answer is served from the cache for that long.
+    let s = lab.scenario("ston-no-cache", |seen, n| {
+        answer(200, &[("cache-control", "no-cache")], seen, n)
+    });
+    tasks.push(task(async move {
+        s.get(&[]).await;
+        assert_cached(&s, &s.get(&[]).await, 1, 1, "NoCache TTL");
+    }));
     // private and Set-Cookie rules hold even with STON TTLs.
-    let s = lab.scenario("ston-private", |seen, n| answer(200, &[("cache-control", "private")], seen, n));
+    let s = lab.scenario("ston-private", |seen, n| {
+        answer(200, &[("cache-control", "private")], seen, n)
+    });
     tasks.push(task(async move {
         s.get(&[]).await;
         assert_eq!(n_of(&s.get(&[]).await), 2, "private is never shared");
     }));
-    let s = lab.scenario("ston-cookie", |seen, n| answer(200, &[("set-cookie", "a=b")], seen, n));
+    let s = lab.scenario("ston-cookie", |seen, n| {
+        answer(200, &[("set-cookie", "a=b")], seen, n)
+    });
     tasks.push(task(async move {
         assert_eq!(s.get(&[]).await.header("set-cookie"), "a=b");
         let g = s.get(&[]).await;
@@ -1927,10 +2815,16 @@ async fn ston_options_when_written() {
         assert_cached(&s, &s.get(&[("foo", "2")]).await, 1, 1, "Vary ignored");
     }));
     // <ApplyQueryString>OFF</ApplyQueryString> and <CaseSensitive>OFF</CaseSensitive>.
-    let s = lab.scenario("ston-key", |seen, n| answer(200, &[("cache-control", "max-age=3600")], seen, n));
+    let s = lab.scenario("ston-key", |seen, n| {
+        answer(200, &[("cache-control", "max-age=3600")], seen, n)
+    });
     tasks.push(task(async move {
         s.send("GET", "/ston-key/A.txt?x=1", &[], "").await;
-        for same in ["/ston-key/A.txt?x=2", "/ston-key/a.TXT", "/STON-KEY/a.txt?Y=3"] {
+        for same in [
+            "/ston-key/A.txt?x=2",
+            "/ston-key/a.TXT",
+            "/STON-KEY/a.txt?Y=3",
+        ] {
             let g = s.send("GET", same, &[], "").await;
             assert_cached(&s, &g, 1, 1, same);
         }
@@ -1946,7 +2840,12 @@ async fn rfc5861_4_stale_if_error_window_bounds_ttl_extension_by_5xx() {
     let mut tasks = Vec::new();
     // (id, stored Cache-Control, request Cache-Control, stale copy served for the 500?)
     for (id, cc, req, stale) in [
-        ("sie-resp-within", "max-age=0, stale-if-error=3600", "", true),
+        (
+            "sie-resp-within",
+            "max-age=0, stale-if-error=3600",
+            "",
+            true,
+        ),
         ("sie-resp-expired", "max-age=0, stale-if-error=1", "", false),
         ("sie-req-within", "max-age=0", "stale-if-error=3600", true),
         ("sie-req-expired", "max-age=0", "stale-if-error=1", false),
@@ -1961,13 +2860,21 @@ async fn rfc5861_4_stale_if_error_window_bounds_ttl_extension_by_5xx() {
         tasks.push(task(async move {
             s.get(&[]).await;
             sleep_ms(2_100).await;
-            let hs: Vec<(&str, &str)> = if req.is_empty() { vec![] } else { vec![("cache-control", req)] };
+            let hs: Vec<(&str, &str)> = if req.is_empty() {
+                vec![]
+            } else {
+                vec![("cache-control", req)]
+            };
             let g = s.get(&hs).await;
             assert_eq!(s.hits(), 2, "[{id}] revalidated");
             if stale {
                 assert_eq!((g.status.as_u16(), n_of(&g)), (200, 1), "[{id}] stale copy");
             } else {
-                assert_eq!((g.status.as_u16(), n_of(&g)), (500, 2), "[{id}] the 500 stands");
+                assert_eq!(
+                    (g.status.as_u16(), n_of(&g)),
+                    (500, 2),
+                    "[{id}] the 500 stands"
+                );
             }
         }));
     }

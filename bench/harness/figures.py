@@ -108,6 +108,17 @@ def warm(servers, paths, counter, results, what):
                          f"({n} requests, e.g. {seen})")
 
 
+def send_list(s, list_file, results, what):
+    """Sends a list of paths to server s (see load.wrk_list); warns about anything but a
+    complete run of 200s."""
+    r = load.wrk_list(s.url(""), list_file, conns=16)
+    if r["bad"] or r["errors"] or not r["complete"]:
+        results.warn(f"{what}: {s.label}: {r['got']:,} answers for {r['n']:,} requests, "
+                     f"{r['bad']} not 200; socket errors: connect {r['connect']}, read "
+                     f"{r['read']}, write {r['write']}, timeout {r['timeout']}")
+    return r
+
+
 def _stop(servers):
     for s in servers:
         s.stop()
@@ -334,10 +345,7 @@ def memory_figure(env, plan, results, counter):
                 load.get(s.port, "/obj/1k.bin")
             time.sleep(0.5)
             base[s.name] = _memory(s, cdir)
-            r = load.wrk_list(s.url(""), lst, conns=16)
-            if r["bad"] or r["errors"]:
-                results.warn(f"memory fill: {s.label}: {r['bad']} non-200, "
-                             f"{r['errors']} errors")
+            send_list(s, lst, results, "memory fill")
             time.sleep(1.0)
             after[s.name] = _memory(s, cdir)
             if s.name == "strata":
@@ -345,7 +353,7 @@ def memory_figure(env, plan, results, counter):
             per[s.name] = (after[s.name] - base[s.name]) / n
             over[s.name] = per[s.name] - KIB
             mark = counter.mark()
-            load.wrk_list(s.url(""), sample, conns=16)
+            send_list(s, sample, results, "memory sample")
             missed, _, _ = counter.since(mark)
             kept[s.name] = 100.0 * (1 - missed / min(1000, n))
             check_alive([s])
@@ -407,14 +415,10 @@ def zipf_figure(env, plan, results, counter, catalogue):
         for s in servers:
             mark = counter.mark()
             t0 = time.monotonic()
-            r = load.wrk_list(s.url(""), lst, conns=16)
+            send_list(s, lst, results, "zipf")
             took = time.monotonic() - t0
             n, nb, _ = counter.since(mark, settle=0.3)
             check_alive([s])
-            if r["bad"] or r["errors"]:
-                results.warn(f"zipf: {s.label}: {r['bad']} non-200, {r['errors']} errors")
-            if r["got"] != len(reqs):
-                results.warn(f"zipf: {s.label}: {r['got']} answers for {len(reqs)} requests")
             hit[s.name] = 100.0 * (1 - n / len(reqs))
             bhit[s.name] = 100.0 * (1 - nb / req_bytes)
             oreq[s.name], obytes[s.name] = n, nb / MIB
@@ -493,10 +497,7 @@ def cold_start_figure(env, plan, results, counter):
     try:
         for s, is_hit in servers:
             s.start()
-            r = load.wrk_list(s.url(""), lst, conns=16)
-            if r["bad"] or r["errors"]:
-                results.warn(f"cold start fill: {s.label}: {r['bad']} non-200, "
-                             f"{r['errors']} errors")
+            send_list(s, lst, results, "cold start fill")
             time.sleep(1.2)  # so that Age >= 1 on a stored copy
             runs = []
             for k in range(plan.cold_restarts):
@@ -507,7 +508,7 @@ def cold_start_figure(env, plan, results, counter):
                 s.start(wait=False)
                 la, fh, miss = _first_hit(s, probes[k * 7:] + probes[:k * 7], is_hit, t0)
                 mark = counter.mark()
-                load.wrk_list(s.url(""), sample, conns=16)
+                send_list(s, sample, results, "cold start sample")
                 o, _, _ = counter.since(mark)
                 runs.append((la, fh, miss, o))
                 print(f"  {s.label} restart {k + 1}: listening after {1000 * la:.0f} ms, "

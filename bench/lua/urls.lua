@@ -1,7 +1,8 @@
 -- wrk script that sends every path of a list file exactly once, in order, then ends the run
 -- (run it with one thread: wrk -t1 ... -s urls.lua URL -- LISTFILE). Used to fill caches and
 -- for the Zipf workload, so every server gets the same request sequence.
-local reqs, n, sent, granted, got, bad = {}, 0, 0, 0, 0, 0
+local reqs, n = {}, 0
+sent, granted, got, bad = 0, 0, 0, 0  -- globals, so that done() can read them (thread:get)
 
 local function wrk_pid()
   local f = io.open("/proc/self/stat")
@@ -36,14 +37,25 @@ response = function(status, headers, body)
   got = got + 1
   if status ~= 200 then bad = bad + 1 end
   if got == n then
-    io.write(string.format('URLSJSON {"sent":%d,"got":%d,"bad":%d}\n', sent, got, bad))
-    io.flush()
     -- wrk's main thread sleeps for -d; SIGINT ends the run now. (Not os.execute: system()
-    -- ignores SIGINT in the caller while the command runs.)
+    -- ignores SIGINT in the caller while the command runs.) A request lost to a socket
+    -- error never gets here: the run then lasts -d and the harness reports got < n.
     io.popen("kill -INT " .. wrk_pid()):close()
   end
 end
+
+local threads = {}
+
+setup = function(thread)
+  table.insert(threads, thread)
+end
+
 done = function(summary, latency, requests)
+  local s, g, b = 0, 0, 0
+  for _, t in ipairs(threads) do
+    s, g, b = s + t:get("sent"), g + t:get("got"), b + t:get("bad")
+  end
+  io.write(string.format('URLSJSON {"sent":%d,"got":%d,"bad":%d}\n', s, g, b))
   local e = summary.errors
   io.write(string.format(
     'WRKJSON {"requests":%d,"duration_us":%d,"bytes":%d,"connect":%d,"read":%d,' ..

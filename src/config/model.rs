@@ -72,6 +72,21 @@ pub struct Manager {
     pub token: Option<String>,
 }
 
+impl Manager {
+    /// The role `ip` has: the best `<Allow>` it matches; with no list, loopback is Admin and
+    /// everyone else is refused (the manager is never open to the world).
+    pub fn role_of(&self, ip: IpAddr) -> Option<Role> {
+        if self.allow.is_empty() {
+            return ip.is_loopback().then_some(Role::Admin);
+        }
+        self.allow
+            .iter()
+            .filter(|a| a.matcher.matches(ip))
+            .map(|a| a.role)
+            .max()
+    }
+}
+
 /// Role of a management caller, STON-style.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -81,6 +96,35 @@ pub enum Role {
     User,
     /// Every API.
     Admin,
+}
+
+impl IpMatcher {
+    /// Whether `ip` is matched (IPv4 ranges and prefixes; IPv6 exact and prefixes).
+    pub fn matches(&self, ip: IpAddr) -> bool {
+        match (self, ip) {
+            (IpMatcher::Exact(a), ip) => *a == ip,
+            (IpMatcher::Range(IpAddr::V4(a), IpAddr::V4(b)), IpAddr::V4(ip)) => {
+                (u32::from(*a)..=u32::from(*b)).contains(&u32::from(ip))
+            }
+            (IpMatcher::Prefix(IpAddr::V4(net), bits), IpAddr::V4(ip)) => {
+                let mask = if *bits == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from((*bits).min(32)))
+                };
+                u32::from(*net) & mask == u32::from(ip) & mask
+            }
+            (IpMatcher::Prefix(IpAddr::V6(net), bits), IpAddr::V6(ip)) => {
+                let mask = if *bits == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from((*bits).min(128)))
+                };
+                u128::from(*net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 /// One `<Allow Role="...">` entry.
@@ -497,5 +541,20 @@ impl Module {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_matchers() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(IpMatcher::Prefix(ip("192.168.3.0"), 24).matches(ip("192.168.3.77")));
+        assert!(!IpMatcher::Prefix(ip("192.168.3.0"), 24).matches(ip("192.168.4.1")));
+        assert!(IpMatcher::Range(ip("192.168.2.1"), ip("192.168.2.255")).matches(ip("192.168.2.9")));
+        assert!(IpMatcher::Exact(ip("127.0.0.1")).matches(ip("127.0.0.1")));
+        assert!(!IpMatcher::Exact(ip("127.0.0.1")).matches(ip("127.0.0.2")));
     }
 }

@@ -143,7 +143,9 @@ impl OriginPool {
         let slot = |a: &OriginAddress| Slot {
             addr: a.clone(),
             health: Mutex::new(AddressHealth::new()),
-            checkers: (0..checkers).map(|_| Mutex::new(CheckerState::default())).collect(),
+            checkers: (0..checkers)
+                .map(|_| Mutex::new(CheckerState::default()))
+                .collect(),
         };
         let names: Vec<String> = vhost
             .origin
@@ -495,7 +497,11 @@ mod tests {
     fn checker_counts_consecutive_results() {
         let mut c = CheckerState::default();
         assert_eq!(c.record(false, 2, 3), None);
-        assert_eq!(c.record(true, 2, 3), None, "a success resets the failure count");
+        assert_eq!(
+            c.record(true, 2, 3),
+            None,
+            "a success resets the failure count"
+        );
         assert_eq!(c.record(false, 2, 3), None);
         assert_eq!(c.record(false, 2, 3), Some(false));
         assert_eq!(c.record(true, 2, 3), None);
@@ -503,7 +509,11 @@ mod tests {
         assert_eq!(c.record(true, 2, 3), Some(true));
         let mut never = CheckerState::default();
         for _ in 0..10 {
-            assert_eq!(never.record(false, 0, 3), None, "Exclusion 0 never excludes");
+            assert_eq!(
+                never.record(false, 0, 3),
+                None,
+                "Exclusion 0 never excludes"
+            );
         }
     }
 

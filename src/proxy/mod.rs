@@ -18,10 +18,11 @@ use hyper::body::Incoming;
 
 use crate::body::{self, Body};
 use crate::cache::fill::{FillState, Fills, Join};
-use crate::chain;
 use crate::cache::key::{self, KeyRules};
 use crate::cache::policy::{self, PolicyOptions, ResponseFacts, Reuse};
 use crate::cache::store::{NewObject, ObjectMeta, Store};
+use crate::chain;
+use crate::purge;
 use crate::config::{Config, Vhost};
 use crate::log::{AccessEntry, AccessLog, CacheResult, LoggedBody};
 use crate::origin::{OriginError, OriginPool, OriginRequest};
@@ -142,6 +143,23 @@ impl Proxy {
         let vh = &rt.vhosts[vi];
         entry.vhost = vh.cfg.name.clone();
 
+        // STON's PURGE/EXPIRE/HARDPURGE methods on service ports, guarded by the manager's
+        // allow-list: they act on this vhost's object at this URL.
+        if let Some(kind) = purge::method_kind(parts.method.as_str()) {
+            entry.result = CacheResult::Denied;
+            if rt.cfg.server.manager.role_of(peer.addr.ip()) != Some(crate::config::Role::Admin) {
+                let r = respond::error(StatusCode::UNAUTHORIZED, "purge methods need an allowed management address\n");
+                return self.finish(r, entry, Some(vi));
+            }
+            let t0 = Instant::now();
+            let target = format!("{}{}", vh.cfg.name, path_and_query);
+            let (count, size) = purge::apply(&rt, &self.store, &target, kind).await;
+            let body = purge::result_json(&parts.method.as_str().to_ascii_lowercase(), count, size, t0.elapsed().as_millis());
+            let mut r = Response::new(body::full(body));
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return self.finish(r, entry, Some(vi));
+        }
+
         // RFC 8586: a request that already went through us (or through too many CDNs) is
         // answered from the cache or refused, never forwarded again, so two instances can
         // never bounce it forever.
@@ -178,7 +196,8 @@ impl Proxy {
                     chain::Outcome::Status(reply.response.status().as_u16())
                 };
                 let link = ctx.vh.cfg.link.as_ref();
-                let next = match chain::next_hop(link, outcome, &visited, |n| rt.router.by_name(n)) {
+                let next = match chain::next_hop(link, outcome, &visited, |n| rt.router.by_name(n))
+                {
                     Ok(next) => next,
                     Err(chain::Stop::NoMatch) => break,
                     Err(stop) => {
@@ -195,7 +214,10 @@ impl Proxy {
                 };
             }
             if visited.len() > 1 {
-                let names: Vec<&str> = visited.iter().map(|&i| rt.vhosts[i].cfg.name.as_str()).collect();
+                let names: Vec<&str> = visited
+                    .iter()
+                    .map(|&i| rt.vhosts[i].cfg.name.as_str())
+                    .collect();
                 entry.vhostlink = names.join("+");
             }
         }
@@ -246,7 +268,9 @@ impl Proxy {
             let reuse = match meta.expires_override_ms {
                 Some(at) if ms(now) >= at => Reuse::MustRevalidate,
                 Some(_) => Reuse::Fresh,
-                None => policy::decide_reuse(&ctx.method, &ctx.headers, &facts, now, &ctx.vh.policy),
+                None => {
+                    policy::decide_reuse(&ctx.method, &ctx.headers, &facts, now, &ctx.vh.policy)
+                }
             };
             match reuse {
                 // A newer answer is on its way (a client forced a reload): the most recent
@@ -365,13 +389,13 @@ impl Proxy {
                     if respond::selects(&meta, ctx.vh, &ctx.headers) =>
                 {
                     respond::from_fill(
-                    &self.store,
-                    ctx.vh,
-                    &ctx.method,
-                    &ctx.headers,
-                    meta,
-                    fill,
-                    CacheResult::RtHit,
+                        &self.store,
+                        ctx.vh,
+                        &ctx.method,
+                        &ctx.headers,
+                        meta,
+                        fill,
+                        CacheResult::RtHit,
                     )
                 }
                 Some(FillState::Done(meta)) if respond::selects(&meta, ctx.vh, &ctx.headers) => {
@@ -406,7 +430,7 @@ impl Proxy {
                     forward::upstream_headers(&ctx.headers, ctx.peer.addr.ip(), &ctx.rt.hop, true);
                 let conditional = stale
                     .as_ref()
-                    .filter(|m| m.expires_override_ms != Some(crate::manage::PURGED))
+                    .filter(|m| m.expires_override_ms != Some(crate::purge::PURGED))
                     .map(|m| policy::conditional_request_headers(&respond::facts(m).headers));
                 if let Some(c) = &conditional {
                     headers.extend(c.clone());

@@ -100,7 +100,9 @@ pub fn facts(meta: &ObjectMeta) -> Arc<ResponseFacts> {
             response_time: t(meta.response_time_ms),
         }
     };
-    meta.derived.get_or_init(make).unwrap_or_else(|| Arc::new(make()))
+    meta.derived
+        .get_or_init(make)
+        .unwrap_or_else(|| Arc::new(make()))
 }
 
 /// Answers from a committed object. None when its bytes cannot be read (missing or corrupt

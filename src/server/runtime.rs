@@ -7,8 +7,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::key::KeyRules;
-use crate::chain;
 use crate::cache::policy::{PolicyOptions, StonTtl, VaryMode};
+use crate::chain;
 use crate::config::{Config, Options, Vhost};
 use crate::origin::OriginPool;
 use crate::origin::client::{self, ClientError};
@@ -87,7 +87,11 @@ pub fn policy_options(v: &Vhost) -> PolicyOptions {
     let t = &o.ttl;
     // A link's trigger answers are always negatively cached (STON's 30 s unless written),
     // so the first vhost's storage is not asked again on every linked request.
-    let (c4, c5) = v.link.as_ref().map(chain::trigger_classes).unwrap_or((false, false));
+    let (c4, c5) = v
+        .link
+        .as_ref()
+        .map(chain::trigger_classes)
+        .unwrap_or((false, false));
     let res4xx = t.res4xx.or(c4.then_some(chain::TRIGGER_TTL));
     let res5xx = t.res5xx.or(c5.then_some(chain::TRIGGER_TTL));
     let any_ttl = t.res2xx.is_some()

@@ -442,7 +442,10 @@ mod tests {
             (" , ,no-store,,", &[("no-store", None, false)]),
             ("max-age = 5", &[("max-age", None, true)]),
             ("max-age= 5", &[("max-age", Some(""), true)]),
-            ("no-store , public", &[("no-store", None, false), ("public", None, false)]),
+            (
+                "no-store , public",
+                &[("no-store", None, false), ("public", None, false)],
+            ),
             (
                 "max-age=5 junk, public",
                 &[("max-age", Some("5"), true), ("public", None, false)],

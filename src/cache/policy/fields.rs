@@ -148,12 +148,29 @@ fn civil(year: u64, month: u64, day: u64, h: u64, m: u64, s: u64) -> Option<Syst
         return None;
     }
     let leap = year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400));
-    let days_in_month = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let days_in_month = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
     if day == 0 || day > days_in_month[(month - 1) as usize] {
         return None;
     }
     // Days from 1970-01-01 (H. Hinnant's days_from_civil), in signed arithmetic.
-    let (y, mo, d) = (year as i64 - i64::from(month <= 2), month as i64, day as i64);
+    let (y, mo, d) = (
+        year as i64 - i64::from(month <= 2),
+        month as i64,
+        day as i64,
+    );
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
     let doy = (153 * (mo + if mo > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;

@@ -96,9 +96,7 @@ fn to_raw_directive((name, item): (String, SfItem)) -> Option<RawDirective> {
         SfItem::Boolean(true) => (None, false),
         SfItem::Integer(n) if n >= 0 => (Some(n.to_string()), false),
         // Delta-seconds directives take an Integer: `max-age="60"` is the wrong type.
-        SfItem::String(_) | SfItem::Token(_) if takes_seconds(&name) => {
-            (Some(String::new()), true)
-        }
+        SfItem::String(_) | SfItem::Token(_) if takes_seconds(&name) => (Some(String::new()), true),
         SfItem::String(s) | SfItem::Token(s) => (Some(s), false),
         // Negative integers, decimals, byte sequences and inner lists fit no cache
         // directive; RFC 9213 §2.1 says not to coerce them, so the argument is unusable.

@@ -132,7 +132,10 @@ pub fn normalize_accept_language(value: &str) -> String {
         let mut weight = Some(1000);
         for param in parts {
             let param = trim_ows(param);
-            if let Some(q) = param.strip_prefix("q=").or_else(|| param.strip_prefix("Q=")) {
+            if let Some(q) = param
+                .strip_prefix("q=")
+                .or_else(|| param.strip_prefix("Q="))
+            {
                 weight = qvalue_millis(q);
             }
         }
@@ -145,7 +148,13 @@ pub fn normalize_accept_language(value: &str) -> String {
     ranges.dedup_by(|a, b| a.1 == b.1);
     ranges
         .iter()
-        .map(|(w, r)| if *w == 1000 { r.clone() } else { format!("{r};q={w}") })
+        .map(|(w, r)| {
+            if *w == 1000 {
+                r.clone()
+            } else {
+                format!("{r};q={w}")
+            }
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
