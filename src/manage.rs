@@ -286,7 +286,6 @@ impl Manager {
     }
 }
 
-
 fn param(query: &str, name: &str) -> Option<String> {
     query
         .split('&')
@@ -316,10 +315,4 @@ fn json(status: StatusCode, body: &str) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
 }

@@ -32,7 +32,10 @@ async fn setup(extra_host: &str) -> (Origin, ConfDir, strata::server::Running) {
 async fn wait_stored(s: &strata::server::Running, key: &str) {
     let t0 = std::time::Instant::now();
     while s.proxy.store.lookup(key).await.is_none() {
-        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "{key} never stored");
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "{key} never stored"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
@@ -200,7 +203,9 @@ async fn the_purge_method_on_a_service_port_is_guarded_by_the_allow_list() {
     let a = s.http[0];
     get(a, "a.com", "/m", &[]).await;
     wait_stored(&s, "a.com/m").await;
-    let r = request("PURGE", a, "a.com", "/m", &[], bytes::Bytes::new()).await.unwrap();
+    let r = request("PURGE", a, "a.com", "/m", &[], bytes::Bytes::new())
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(json_count(&r.body), 1);
     get(a, "a.com", "/m", &[]).await;
@@ -208,14 +213,22 @@ async fn the_purge_method_on_a_service_port_is_guarded_by_the_allow_list() {
     s.shutdown.cancel();
 
     // From an address outside the allow-list the method is refused.
-    let o = Origin::start(handler(|_, _| resp(200, &[("cache-control", "max-age=60")], "x"))).await;
+    let o = Origin::start(handler(|_, _| {
+        resp(200, &[("cache-control", "max-age=60")], "x")
+    }))
+    .await;
     let conf = ConfDir::new(
         &server_xml("", "").replace("<Allow>127.0.0.1</Allow>", "<Allow>10.9.9.9</Allow>"),
-        &format!(r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost></Vhosts>"#, o.addr),
+        &format!(
+            r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost></Vhosts>"#,
+            o.addr
+        ),
     );
     let s = start(&conf).await;
     get(s.http[0], "a.com", "/m", &[]).await;
-    let r = request("PURGE", s.http[0], "a.com", "/m", &[], bytes::Bytes::new()).await.unwrap();
+    let r = request("PURGE", s.http[0], "a.com", "/m", &[], bytes::Bytes::new())
+        .await
+        .unwrap();
     assert_eq!(r.status, 401);
     get(s.http[0], "a.com", "/m", &[]).await;
     assert_eq!(o.count(), 1, "nothing was purged");

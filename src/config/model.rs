@@ -553,7 +553,9 @@ mod tests {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert!(IpMatcher::Prefix(ip("192.168.3.0"), 24).matches(ip("192.168.3.77")));
         assert!(!IpMatcher::Prefix(ip("192.168.3.0"), 24).matches(ip("192.168.4.1")));
-        assert!(IpMatcher::Range(ip("192.168.2.1"), ip("192.168.2.255")).matches(ip("192.168.2.9")));
+        assert!(
+            IpMatcher::Range(ip("192.168.2.1"), ip("192.168.2.255")).matches(ip("192.168.2.9"))
+        );
         assert!(IpMatcher::Exact(ip("127.0.0.1")).matches(ip("127.0.0.1")));
         assert!(!IpMatcher::Exact(ip("127.0.0.1")).matches(ip("127.0.0.2")));
     }

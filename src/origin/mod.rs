@@ -242,7 +242,11 @@ impl OriginPool {
                     return Ok(resp);
                 }
                 Err(e) => {
-                    self.record(slot, false);
+                    // STON counts connect and receive timeouts toward exclusion; an origin
+                    // that answers badly (closes mid-response) is still up.
+                    if matches!(e, OriginError::Connect(_) | OriginError::Timeout(_)) {
+                        self.record(slot, false);
+                    }
                     let connect_failure = matches!(e, OriginError::Connect(_));
                     last = e;
                     if !replayable {

@@ -22,10 +22,10 @@ use crate::cache::key::{self, KeyRules};
 use crate::cache::policy::{self, PolicyOptions, ResponseFacts, Reuse};
 use crate::cache::store::{NewObject, ObjectMeta, Store};
 use crate::chain;
-use crate::purge;
 use crate::config::{Config, Vhost};
 use crate::log::{AccessEntry, AccessLog, CacheResult, LoggedBody};
 use crate::origin::{OriginError, OriginPool, OriginRequest};
+use crate::purge;
 use crate::router::{self, Router};
 use crate::stats::Stats;
 use forward::Hop;
@@ -148,15 +148,26 @@ impl Proxy {
         if let Some(kind) = purge::method_kind(parts.method.as_str()) {
             entry.result = CacheResult::Denied;
             if rt.cfg.server.manager.role_of(peer.addr.ip()) != Some(crate::config::Role::Admin) {
-                let r = respond::error(StatusCode::UNAUTHORIZED, "purge methods need an allowed management address\n");
+                let r = respond::error(
+                    StatusCode::UNAUTHORIZED,
+                    "purge methods need an allowed management address\n",
+                );
                 return self.finish(r, entry, Some(vi));
             }
             let t0 = Instant::now();
             let target = format!("{}{}", vh.cfg.name, path_and_query);
             let (count, size) = purge::apply(&rt, &self.store, &target, kind).await;
-            let body = purge::result_json(&parts.method.as_str().to_ascii_lowercase(), count, size, t0.elapsed().as_millis());
+            let body = purge::result_json(
+                &parts.method.as_str().to_ascii_lowercase(),
+                count,
+                size,
+                t0.elapsed().as_millis(),
+            );
             let mut r = Response::new(body::full(body));
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             return self.finish(r, entry, Some(vi));
         }
 
