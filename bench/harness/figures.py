@@ -290,6 +290,9 @@ def collapse_figure(env, plan, results, counter, servers):
             if bad:
                 results.warn(f"collapse: {s.label}: {bad} of {plan.burst_clients} clients got "
                              f"no complete 200")
+            if n != 1:
+                results.warn(f"collapse: {s.label} sent {n} requests to the origin for one "
+                             f"cold object fetched by {plan.burst_clients} clients at once")
             line.append(f"{s.name} origin×{n} ttfb p50 {1000 * (r['ttfb_p50'] or 0):.0f}ms "
                         f"max {1000 * (r['ttfb_max'] or 0):.0f}ms")
         print(f"  round {rnd + 1}: " + ", ".join(line), flush=True)
@@ -419,15 +422,20 @@ class MemorySampler:
     """Samples a server's memory (Pss + cache dir) every 0.2 s in a thread; keeps the peak."""
 
     def __init__(self, server, cache_dir=None):
-        self.server, self.cache_dir, self.peak = server, cache_dir, 0
+        self.server, self.cache_dir, self.peak, self.peak_dir = server, cache_dir, 0, 0
         self._stop = threading.Event()
+
+    def _sample(self):
+        self.peak = max(self.peak, _memory(self.server, self.cache_dir))
+        if self.cache_dir:
+            self.peak_dir = max(self.peak_dir, procs.dir_bytes(self.cache_dir))
 
     def _run(self):
         while not self._stop.wait(0.2):
-            self.peak = max(self.peak, _memory(self.server, self.cache_dir))
+            self._sample()
 
     def __enter__(self):
-        self.peak = _memory(self.server, self.cache_dir)
+        self._sample()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
         return self
@@ -435,7 +443,7 @@ class MemorySampler:
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
-        self.peak = max(self.peak, _memory(self.server, self.cache_dir))
+        self._sample()
 
 
 def zipf_figure(env, plan, results, counter, catalogue):
@@ -452,6 +460,7 @@ def zipf_figure(env, plan, results, counter, catalogue):
                           keys_zone="32m"),
                Varnish(env, "zipf", size=f"{mb}m")]
     hit, bhit, oreq, obytes, mem, peak, took, grow = {}, {}, {}, {}, {}, {}, {}, {}
+    nginx_dir_peak = 0
     try:
         for s in servers:
             s.start()
@@ -473,6 +482,8 @@ def zipf_figure(env, plan, results, counter, catalogue):
             mem[s.name] = _memory(s, cdir) / MIB
             peak[s.name] = sampler.peak / MIB
             grow[s.name] = (sampler.peak - base) / MIB
+            if s.name == "nginx":
+                nginx_dir_peak = sampler.peak_dir
             print(f"  {s.label}: hit ratio {hit[s.name]:.1f}%, byte hit ratio "
                   f"{bhit[s.name]:.1f}%, origin {n:,} requests / {nb / MIB:,.1f} MiB, "
                   f"peak memory {peak[s.name]:,.1f} MiB (+{grow[s.name]:,.1f}) ({took[s.name]:.1f}s)", flush=True)
@@ -480,19 +491,34 @@ def zipf_figure(env, plan, results, counter, catalogue):
         _stop(servers)
     lru = lru_hit_ratio(reqs, mb * MIB)
     fig = f"Figure 5: Zipf over a catalogue 10× the cache ({mb} MiB each)"
-    results.add(Row(fig, "hit ratio", "%", hit, "high", 1.0, fmt="{:.1f}"))
-    results.add(Row(fig, "byte hit ratio", "%", bhit, "high", fmt="{:.1f}"))
-    results.add(Row(fig, "origin requests", "count", oreq, "low"))
-    results.add(Row(fig, "origin bytes", "MiB", obytes, "low", fmt="{:,.1f}"))
+    ratio_rows = [
+        Row(fig, "hit ratio", "%", hit, "high", 1.0, fmt="{:.1f}"),
+        Row(fig, "byte hit ratio", "%", bhit, "high", fmt="{:.1f}"),
+        Row(fig, "origin requests", "count", oreq, "low"),
+        Row(fig, "origin bytes", "MiB", obytes, "low", fmt="{:,.1f}"),
+    ]
+    if nginx_dir_peak > 1.5 * mb * MIB:
+        # nginx's cache manager enforces max_size only when it wakes (up to 10 s apart), so
+        # between checks its cache outgrows the budget: not a comparison at equal memory.
+        for row in ratio_rows:
+            row.flags["nginx"] = f"over budget: cache dir peaked at {nginx_dir_peak / MIB:,.0f} MiB"
+            row.exclude.add("nginx")
+    for row in ratio_rows:
+        results.add(row)
     results.add(Row(fig, "memory after the run", "MiB", mem, "low", fmt="{:,.1f}"))
     results.add(Row(fig, "peak memory during the run", "MiB", peak, "low", fmt="{:,.1f}"))
+    results.add(Row(fig, "peak memory growth over the idle baseline", "MiB", grow, "low",
+                    fmt="{:,.1f}"))
     results.add(Row(fig, "time to send the requests", "s", took, "low", fmt="{:.1f}"))
     results.notes.append(
         f"Figure 5: {len(catalogue):,} objects of 1–64 KiB (log-uniform), {cat_bytes / MIB:,.0f} "
         f"MiB in all; {len(reqs):,} requests (Zipf s=1.0, same sequence for each server, 16 "
         f"connections, from cold). Budget: Strata <MemorySize>{mb}MB</MemorySize> with no "
         f"disk, nginx max_size={mb}m on tmpfs, Varnish -s malloc,{mb}m. Memory after = Pss "
-        f"(+ nginx cache dir), peak sampled every 0.2 s. For reference, an exact LRU over "
+        f"(+ nginx cache dir), peak sampled every 0.2 s. nginx enforces max_size only when its "
+        f"cache manager wakes (up to 10 s apart), so its cache can outgrow the budget in "
+        f"between; when its cache dir peaked above 1.5× the budget it is left out of the best "
+        f"peer for the hit-ratio rows. For reference, an exact LRU over "
         f"{mb} MiB of bodies (no overhead, simulated) gets a hit ratio of {lru:.1f}%.")
 
 

@@ -5,6 +5,7 @@ import asyncio
 import json
 import os
 import resource
+import signal
 import socket
 import subprocess
 import time
@@ -53,7 +54,29 @@ def wrk_list(base_url, list_file, conns=16, max_duration=None):
         max_duration = 15 + n // 2000
     argv = ["wrk", "-t1", f"-c{conns}", f"-d{max_duration}s", "--timeout=10s",
             "-s", os.path.join(LUA, "urls.lua"), base_url, "--", list_file]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=max_duration + 60)
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in p.stdout:
+            lines.append(line)
+            if line.startswith("URLSDONE"):
+                # wrk sleeps for -d whatever happens: SIGINT makes it print and exit now.
+                for _ in range(20):
+                    p.send_signal(signal.SIGINT)
+                    try:
+                        p.wait(0.25)
+                        break
+                    except subprocess.TimeoutExpired:
+                        pass
+        lines.extend(p.stdout)
+        p.wait(max_duration + 60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    r = subprocess.CompletedProcess(argv, p.returncode, "".join(lines), p.stderr.read())
+    p.stdout.close()
+    p.stderr.close()
     s = _parse_wrk(r.stdout, "WRKJSON")
     u = _parse_wrk(r.stdout, "URLSJSON")
     if s is None or u is None:

@@ -20,9 +20,11 @@ class Row:
         self.fmt = fmt
         self.absolute = absolute
         self.flags = {}               # server -> "3 errors", "12 origin req", ...
+        self.exclude = set()          # peers not comparable on this row (e.g. over budget)
 
     def best_peer(self):
-        vals = [(self.values.get(p), p) for p in PEERS if self.values.get(p) is not None]
+        vals = [(self.values.get(p), p) for p in PEERS
+                if self.values.get(p) is not None and p not in self.exclude]
         if not vals or self.better is None:
             return None, None
         pick = max if self.better == "high" else min

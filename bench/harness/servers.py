@@ -10,6 +10,7 @@ bench/conf/. All listen on 127.0.0.1 only, on fixed ports derived from --base-po
 """
 
 import os
+import resource
 import shutil
 import sys
 
@@ -20,9 +21,17 @@ BENCH = os.path.dirname(HERE)
 CONF = os.path.join(BENCH, "conf")
 
 
+def nofile_limit():
+    """The hard limit on open files (containers often cap it below nginx's wishes)."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
 def render(template, dest, **values):
     with open(os.path.join(CONF, template)) as f:
         text = f.read()
+    nofile = min(nofile_limit(), 65536)
+    values.setdefault("NOFILE", nofile)
+    values.setdefault("CONNECTIONS", nofile // 2)
     for k, v in values.items():
         text = text.replace("{{" + k + "}}", str(v))
     if "{{" in text:
