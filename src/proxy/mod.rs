@@ -22,7 +22,7 @@ use crate::cache::key::{self, KeyRules};
 use crate::cache::policy::{self, PolicyOptions, ResponseFacts, Reuse};
 use crate::cache::store::{NewObject, ObjectMeta, Store};
 use crate::chain;
-use crate::config::{Config, Vhost};
+use crate::config::{Config, Vhost, VhostLink};
 use crate::log::{AccessEntry, AccessLog, CacheResult, LoggedBody};
 use crate::origin::{OriginError, OriginPool, OriginRequest};
 use crate::purge;
@@ -91,6 +91,9 @@ struct Ctx<'a> {
     client_host: Option<String>,
     /// The request already carries our CDN-Loop token: answer from the cache or refuse.
     looped: bool,
+    /// This vhost's link, when following it would not stop (target exists, not visited):
+    /// a fresh stored answer that triggers it is not worth building into a response.
+    followable_link: Option<&'a VhostLink>,
 }
 
 /// Marks a response that stands for "the origin gave no answer" (link condition `fail`).
@@ -186,9 +189,11 @@ impl Proxy {
             peer,
             client_host: host,
             looped,
+            followable_link: None,
         };
 
         let cacheable_method = ctx.method == Method::GET || ctx.method == Method::HEAD;
+        ctx.followable_link = followable(&rt.router, vh, &[vi]);
         let mut reply = if cacheable_method && !vh.cfg.options.bypass.get {
             self.cached(&ctx).await
         } else {
@@ -218,6 +223,7 @@ impl Proxy {
                 };
                 visited.push(next);
                 ctx.vh = &rt.vhosts[next];
+                ctx.followable_link = followable(&rt.router, ctx.vh, &visited);
                 reply = if ctx.vh.cfg.options.bypass.get {
                     self.pass_through(&ctx, None).await
                 } else {
@@ -288,6 +294,20 @@ impl Proxy {
                 // response is the one to use (RFC 9111 §4), so read that fill instead.
                 Reuse::Fresh if !only_if_cached && self.fills.is_filling(&key) => {
                     return self.fill(ctx, &primary, &key, Some(meta.clone())).await;
+                }
+                Reuse::Fresh
+                    if ctx.followable_link.is_some_and(|l| {
+                        chain::matches(&l.conditions, chain::Outcome::Status(meta.status))
+                    }) =>
+                {
+                    // The chain moves on at once: only the status matters.
+                    let mut r = Response::new(body::empty());
+                    *r.status_mut() =
+                        StatusCode::from_u16(meta.status).unwrap_or(StatusCode::NOT_FOUND);
+                    return Reply {
+                        response: r,
+                        result: CacheResult::NegativeHit,
+                    };
                 }
                 Reuse::Fresh => {
                     let result = if meta.status >= 400 {
@@ -728,6 +748,7 @@ impl Proxy {
                 peer,
                 client_host,
                 looped: false,
+                followable_link: None,
             };
             let primary = key::cache_key(&vh.cfg.name, &ctx.path_and_query, vh.key_rules);
             let (key, stored) = this.lookup(&ctx, &primary).await;
@@ -810,6 +831,19 @@ impl Proxy {
         }
         (count, bytes)
     }
+}
+
+/// `v`'s link, when following it would not stop (its target exists and was not visited).
+fn followable<'a>(
+    router: &Router,
+    v: &'a VhostRuntime,
+    visited: &[usize],
+) -> Option<&'a VhostLink> {
+    v.cfg.link.as_ref().filter(|l| {
+        router
+            .by_name(&l.target)
+            .is_some_and(|t| !visited.contains(&t))
+    })
 }
 
 /// The answer when the origin gave none: 502 (504 on a timeout), marked for link conditions.
