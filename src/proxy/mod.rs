@@ -567,7 +567,13 @@ impl Proxy {
                     policy::is_storable(&Method::GET, &ctx.headers, &facts, &ctx.vh.policy)
                         && parts.status != StatusCode::PARTIAL_CONTENT
                         && parts.status != StatusCode::NOT_MODIFIED;
-                if !storable {
+                // Vary: the object is stored under its variant key, with a marker at the
+                // primary; `Vary: *` (no variant key) cannot be stored.
+                let spec = policy::effective_vary(&parts.headers, &ctx.vh.policy.vary_mode);
+                let variant = storable
+                    .then(|| policy::variant_key(&spec, &ctx.headers))
+                    .flatten();
+                let Some(variant) = variant else {
                     guard.uncacheable();
                     let resp = Response::from_parts(parts, body);
                     return respond::passed(
@@ -576,32 +582,13 @@ impl Proxy {
                         &ctx.method,
                         CacheResult::ClientRefreshMiss,
                     );
-                }
-
-                // Vary: the object is stored under its variant key, with a marker at the primary.
-                let spec = policy::effective_vary(&parts.headers, &ctx.vh.policy.vary_mode);
-                let object_key = match policy::variant_key(&spec, &ctx.headers) {
-                    None => {
-                        guard.uncacheable();
-                        let resp = Response::from_parts(parts, body);
-                        return respond::passed(
-                            resp,
-                            ctx.vh,
-                            &ctx.method,
-                            CacheResult::ClientRefreshMiss,
-                        );
-                    }
-                    Some(v) if !v.is_empty() => {
-                        self.store_vary_marker(
-                            primary,
-                            &parts.headers,
-                            request_time,
-                            response_time,
-                        )
+                };
+                let object_key = if variant.is_empty() {
+                    primary.to_string()
+                } else {
+                    self.store_vary_marker(primary, &parts.headers, request_time, response_time)
                         .await;
-                        key::variant_key(primary, &v)
-                    }
-                    Some(_) => primary.to_string(),
+                    key::variant_key(primary, &variant)
                 };
                 if object_key != key {
                     // The variant differs from the one we were collapsing on; still fine to
