@@ -5,6 +5,7 @@ and adds medians to the Results."""
 import bisect
 import os
 import random
+import shutil
 import threading
 import time
 
@@ -191,7 +192,7 @@ def hit_figures(env, plan, results, counter, mode):
                     line.append(f"{s.name} {r['rps']:,.0f}/s p99 {r['p99_us'] / 1000:.2f}ms")
                 print(f"  round {rnd + 1} {label} @{conns}: " + ", ".join(line), flush=True)
 
-        other = median([r["other_cores"] for rs in runs.values() for r in rs])
+        other = max(0.0, median([r["other_cores"] for rs in runs.values() for r in rs]))
         results.notes.append(
             f"Figures 1-2 {mode}: other processes on the machine used a median "
             f"{other:.2f} cores during the runs (machine busy time minus server and wrk).")
@@ -524,6 +525,18 @@ def zipf_figure(env, plan, results, counter, catalogue):
 
 # -- figure 6 -----------------------------------------------------------------------------
 
+def on_tmpfs(path):
+    """Whether path is on a tmpfs (from /proc/mounts: the longest mount point above it)."""
+    path, best, fstype = os.path.realpath(path), "", ""
+    with open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            mnt = parts[1]
+            if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                best, fstype = mnt, parts[2]
+    return fstype == "tmpfs"
+
+
 def _drop_page_cache():
     try:
         os.sync()
@@ -557,7 +570,25 @@ def _first_hit(s, paths, is_hit, t0, timeout=120.0):
     raise Crash(f"{s.label} served no hit within {timeout:.0f}s of starting")
 
 
-def cold_start_figure(env, plan, results, counter):
+class Cleaner:
+    """Deletes directories in a background thread (figure 6's disk tiers)."""
+
+    def __init__(self):
+        self.threads = []
+
+    def delete(self, path):
+        t = threading.Thread(target=shutil.rmtree, args=(path,), kwargs={"ignore_errors": True},
+                             daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def wait(self, timeout=600):
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+
+def cold_start_figure(env, plan, results, counter, cleaner):
     n = plan.cold_objects
     print(f"\n== figure 6: cold start with {n:,} objects on disk", flush=True)
     paths = [f"/small/{i}.bin" for i in range(n)]
@@ -566,6 +597,7 @@ def cold_start_figure(env, plan, results, counter):
     probes = rnd.sample(paths, min(200, n))
     sample = write_list(env.path("cold-sample.txt"), rnd.sample(paths, min(1000, n)))
     dropped = None
+    tmpfs = on_tmpfs(env.disk)
     servers = [
         (Strata(env, "cold", memory="512MB", disk=os.path.join(env.disk, "strata")),
          lambda r: r.header("age").isdigit() and int(r.header("age")) >= 1),
@@ -583,7 +615,8 @@ def cold_start_figure(env, plan, results, counter):
             for k in range(plan.cold_restarts):
                 s.stop()
                 load.wait_closed(s.port)
-                dropped = _drop_page_cache()
+                if not tmpfs:
+                    dropped = _drop_page_cache()
                 t0 = time.monotonic()
                 s.start(wait=False)
                 la, fh, miss = _first_hit(s, probes[k * 7:] + probes[:k * 7], is_hit, t0)
@@ -599,6 +632,7 @@ def cold_start_figure(env, plan, results, counter):
             missed[s.name] = median([x[2] for x in runs])
             sampled[s.name] = median([x[3] for x in runs])
             s.stop()
+            cleaner.delete(s.disk if s.name == "strata" else s.cache_dir)
     finally:
         _stop([s for s, _ in servers])
     fig = f"Figure 6: cold start, {n:,} objects on disk"
@@ -610,7 +644,11 @@ def cold_start_figure(env, plan, results, counter):
     results.notes.append(
         "Figure 6: fill, stop (SIGTERM), restart, then GET a different stored object until "
         "one is a hit (Strata: Age ≥ 1; nginx: X-Cache-Status HIT, added for this figure "
-        "only); disk tiers on " + env.disk + ". Page cache dropped before each restart: "
-        + ("yes." if dropped else "no (not permitted here), so the files may be in the page "
-                                  "cache.") + " Varnish's malloc storage does not survive a "
+        "only). "
+        + ("Disk tiers on tmpfs: this measures start-up and index work, not disk reads "
+           "(bench/run --cold-disk DIR for a real disk)." if tmpfs else
+           f"Disk tiers in {env.disk}; page cache dropped before each restart: ")
+        + ("" if tmpfs else "yes." if dropped else "no (not permitted here), so the files "
+                                                   "may be in the page cache.")
+        + " Varnish's malloc storage does not survive a "
         "restart, so it has no row.")

@@ -6,7 +6,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import time
 
@@ -257,11 +256,3 @@ def wait_closed(port, timeout=10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and procs.port_open(port):
         time.sleep(0.05)
-
-
-def connect_ok(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-        return True
-    except OSError:
-        return False

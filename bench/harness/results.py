@@ -69,6 +69,14 @@ class Row:
         return f"{op} {self.target:g}×"
 
 
+def _figure_number(row):
+    """"Figure 3: ..." -> 3, "Figures 1-2 ..." -> 1 (other names sort last)."""
+    try:
+        return int(row.figure.split()[1].split("-")[0].rstrip(":"))
+    except (IndexError, ValueError):
+        return 99
+
+
 def median(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -95,7 +103,8 @@ class Results:
 
     def markdown(self, header_lines):
         out = list(header_lines)
-        targeted = [r for r in self.rows if r.target is not None]
+        rows = sorted(self.rows, key=_figure_number)  # stable: keeps each figure's order
+        targeted = [r for r in rows if r.target is not None]
         if targeted:
             out += ["", "## Targets (Strata / best of nginx and Varnish, medians)", "",
                     "| figure | metric | Strata | best peer | ratio | target | met |",
@@ -110,23 +119,24 @@ class Results:
                     f"{'–' if ratio is None else f'{ratio:.2f}×'} | {r.target_text()} | "
                     f"{'–' if met is None else ('yes' if met else '**no**')} |")
         figures = []
-        for r in self.rows:
+        for r in rows:
             if r.figure not in figures:
                 figures.append(r.figure)
         for fig in figures:
-            rows = [r for r in self.rows if r.figure == fig]
+            fig_rows = [r for r in rows if r.figure == fig]
             cols = [(k, t) for k, t in COLUMNS
-                    if any(r.values.get(k) is not None for r in rows)]
+                    if any(r.values.get(k) is not None for r in fig_rows)]
             out += ["", f"## {fig}", "",
                     "| metric | " + " | ".join(t for _, t in cols) + " | Strata / best peer |",
                     "|---|" + "---|" * len(cols) + "---|"]
-            for r in rows:
+            for r in fig_rows:
                 ratio = r.ratio()
                 out.append(f"| {r.metric} ({r.unit}) | "
                            + " | ".join(r.cell(k) for k, _ in cols)
                            + f" | {'–' if ratio is None else f'{ratio:.2f}×'} |")
         if self.notes:
-            out += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
+            notes = sorted(self.notes, key=lambda n: _figure_number(Row(n, "", "", {})))
+            out += ["", "## Notes", ""] + [f"- {n}" for n in notes]
         out += ["", "## Warnings", ""]
         out += [f"- {w}" for w in self.warnings] or ["- none (zero errors on every row; zero "
                                                     "origin requests during every hit run)"]
