@@ -2880,3 +2880,34 @@ async fn rfc5861_4_stale_if_error_window_bounds_ttl_extension_by_5xx() {
     }
     all(tasks).await;
 }
+
+/// A request whose answer may not be shared because of the request itself (Authorization)
+/// does not turn the URL into hit-for-miss for everyone else.
+#[tokio::test]
+async fn rfc9111_3_5_an_authorized_request_does_not_disable_caching_for_others() {
+    let o = common::Origin::start(common::handler(|_, n| {
+        common::resp(200, &[("cache-control", "max-age=60")], format!("#{n}"))
+    }))
+    .await;
+    let conf = common::ConfDir::new(
+        &common::server_xml("", ""),
+        &format!(
+            r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost></Vhosts>"#,
+            o.addr
+        ),
+    );
+    let s = common::start(&conf).await;
+    let a = s.http[0];
+    let g = common::get(a, "a.com", "/auth", &[("authorization", "Bearer x")]).await;
+    assert_eq!(g.body.as_ref(), b"#1");
+    let g = common::get(a, "a.com", "/auth", &[]).await;
+    assert_eq!(g.body.as_ref(), b"#2", "not served the authorized answer");
+    let g = common::get(a, "a.com", "/auth", &[]).await;
+    assert_eq!(
+        g.body.as_ref(),
+        b"#2",
+        "the anonymous answer is cached at once"
+    );
+    assert_eq!(o.count(), 2);
+    s.shutdown.cancel();
+}

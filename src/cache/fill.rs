@@ -242,6 +242,16 @@ impl FillGuard {
         }
     }
 
+    /// This request's answer may not be stored, for a reason of the request's own
+    /// (`Authorization`, request `no-store`): waiters fetch on their own, but later misses
+    /// still collapse, since other clients' answers may well be storable.
+    pub fn release(mut self) {
+        if let Some(f) = self.fill.take() {
+            self.fills.finish(&f.key);
+            f.state.send_replace(FillState::Uncacheable);
+        }
+    }
+
     /// The answer may not be stored: waiters fetch on their own, and so do later misses for a while.
     pub fn uncacheable(mut self) {
         if let Some(f) = self.fill.take() {

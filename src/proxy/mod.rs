@@ -574,7 +574,20 @@ impl Proxy {
                     .then(|| policy::variant_key(&spec, &ctx.headers))
                     .flatten();
                 let Some(variant) = variant else {
-                    guard.uncacheable();
+                    // Hit-for-miss only when the answer itself is uncacheable; a refusal
+                    // owed to this request (Authorization, no-store) must not send every
+                    // other client to the origin for a while.
+                    let for_anyone = policy::is_storable(
+                        &Method::GET,
+                        &HeaderMap::new(),
+                        &facts,
+                        &ctx.vh.policy,
+                    );
+                    if for_anyone && !storable {
+                        guard.release();
+                    } else {
+                        guard.uncacheable();
+                    }
                     let resp = Response::from_parts(parts, body);
                     return respond::passed(
                         resp,
