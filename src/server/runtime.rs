@@ -17,16 +17,15 @@ use crate::proxy::forward::Hop;
 use crate::proxy::{Runtime, VhostRuntime, via_value};
 use crate::router::Router;
 
-/// Builds runtimes; holds what is expensive to make (the TLS client configuration).
+/// Builds runtimes. The origin TLS configuration is made per configuration, because a
+/// reload may name another extra CA.
 #[derive(Clone)]
-pub struct RuntimeBuilder {
-    tls: Option<rustls::ClientConfig>,
-}
+pub struct RuntimeBuilder;
 
 impl RuntimeBuilder {
-    /// A builder; the origin TLS configuration is made per config (it may name an extra CA).
+    /// A builder.
     pub fn new() -> Result<RuntimeBuilder, ClientError> {
-        Ok(RuntimeBuilder { tls: None })
+        Ok(RuntimeBuilder)
     }
 
     /// Builds the runtime of `cfg` and starts its recovery probes; cancel the token to stop them.
@@ -36,10 +35,7 @@ impl RuntimeBuilder {
             .origin_ca
             .as_ref()
             .map(|p| crate::server::resolve_path(&cfg.dir, p));
-        let tls = match &self.tls {
-            Some(t) if extra_ca.is_none() => t.clone(),
-            _ => client::tls_config(extra_ca.as_deref()).map_err(|e| e.to_string())?,
-        };
+        let tls = client::tls_config(extra_ca.as_deref()).map_err(|e| e.to_string())?;
         let resolver = ResolveTable::new(&cfg.server.resolve);
         let stop = CancellationToken::new();
         let via = via_value(&cfg.server.host_name);
