@@ -11,10 +11,10 @@
 //! Scenarios inside one test run concurrently, so their pauses (short `max-age`s) overlap.
 //!
 //! Not covered, because Strata does not do it (yet): storing an origin's `206` (a miss with
-//! `Range` fetches the whole object, so ranges of partial responses are not reused),
-//! forwarding 1xx interim responses (hyper's server cannot send them), reusing a `POST`
-//! answer whose `Content-Location` names its own URL, and choosing an `Accept-Language`
-//! variant by the stored `Content-Language`.
+//! `Range` fetches the whole object, so ranges of partial responses are not reused), reusing
+//! a `POST` answer whose `Content-Location` names its own URL, and choosing an
+//! `Accept-Language` variant by the stored `Content-Language`. 1xx interim responses are
+//! covered by `tests/interim.rs`.
 
 mod common;
 
@@ -2615,14 +2615,11 @@ async fn rfc9110_14_ranges_from_stored_responses() {
             "0123456789A",
         ))
     });
-    // A Range on a miss: the origin is asked for the whole object, the client gets its range.
+    // A Range on a miss is forwarded; this origin ignores it and answers 200, which is
+    // stored whole while the client gets its range.
     let g = s.get(&[("range", "bytes=0-1")]).await;
     assert_eq!((g.status.as_u16(), &g.body[..]), (206, &b"01"[..]));
-    assert_eq!(
-        s.seen(1).header("range"),
-        "",
-        "a fill fetches the whole object"
-    );
+    assert_eq!(s.seen(1).header("range"), "bytes=0-1");
     // Range never splits the key: every range is served from the one stored object.
     for (range, body, content_range) in [
         ("bytes=0-1", &b"01"[..], "bytes 0-1/11"),
@@ -2684,6 +2681,166 @@ async fn rfc9110_14_ranges_from_stored_responses() {
         (200, 0, "11".into())
     );
     assert_eq!(s.hits(), 1);
+}
+
+/// An origin that honours `Range` (one range) and `If-Range` (strong ETag) on `body`.
+fn ranged(seen: &Seen, body: &'static str, etag: &str) -> Option<Response<Body>> {
+    let total = body.len();
+    let mut headers = vec![
+        ("cache-control".to_string(), "max-age=3600".to_string()),
+        ("etag".to_string(), etag.to_string()),
+    ];
+    let if_range = seen.header("if-range");
+    let range = seen.header("range");
+    let spec = range
+        .strip_prefix("bytes=")
+        .filter(|_| if_range.is_empty() || if_range == etag);
+    let Some((a, b)) = spec.and_then(|s| s.split_once('-')) else {
+        let h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        return Some(resp(200, &h, body));
+    };
+    let (first, last) = match (a.parse::<usize>(), b.parse::<usize>()) {
+        (Ok(f), Ok(l)) => (f, l.min(total - 1)),
+        (Ok(f), Err(_)) => (f, total - 1),
+        (Err(_), Ok(n)) => (total - n, total - 1),
+        _ => (0, total - 1),
+    };
+    headers.push((
+        "content-range".into(),
+        format!("bytes {first}-{last}/{total}"),
+    ));
+    let h: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    Some(resp(206, &h, &body[first..=last]))
+}
+
+/// Waits (bounded) until `range` is answered from the store alone.
+async fn settle_range(s: &Scn, range: &str) {
+    for _ in 0..100 {
+        let g = s
+            .get(&[("range", range), ("cache-control", "only-if-cached")])
+            .await;
+        if g.status == 206 {
+            return;
+        }
+        sleep_ms(20).await;
+    }
+    panic!("[{}] {range} was never stored", s.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_3_3_partial_responses_are_stored_and_combined() {
+    let lab = Lab::start("").await;
+    const BODY: &str = "0123456789abcdefghij";
+
+    // A miss for one range asks for that range; its 206 is stored as the part it is.
+    let s = lab.scenario("pc-parts", |seen, _| ranged(seen, BODY, "\"p1\""));
+    let g = s.get(&[("range", "bytes=4-9")]).await;
+    assert_eq!((g.status.as_u16(), &g.body[..]), (206, &b"456789"[..]));
+    assert_eq!(g.header("content-range"), "bytes 4-9/20");
+    assert_eq!(s.seen(1).header("range"), "bytes=4-9");
+    settle_range(&s, "bytes=4-9").await;
+    // Smaller ranges of the stored part come from the cache.
+    for (range, body) in [("bytes=6-8", &b"678"[..]), ("bytes=4-4", &b"4"[..])] {
+        let g = s.get(&[("range", range)]).await;
+        assert_eq!((g.status.as_u16(), &g.body[..]), (206, body), "{range}");
+        assert!(!g.header("age").is_empty(), "{range} from the cache");
+    }
+    assert_eq!(s.hits(), 1);
+    // A range reaching past the part: only the missing bytes are fetched, with If-Range,
+    // and combined with the stored part.
+    let g = s.get(&[("range", "bytes=8-")]).await;
+    assert_eq!(
+        (g.status.as_u16(), &g.body[..]),
+        (206, &b"89abcdefghij"[..])
+    );
+    assert_eq!(g.header("content-range"), "bytes 8-19/20");
+    assert_eq!(
+        (s.seen(2).header("range"), s.seen(2).header("if-range")),
+        ("bytes=10-".to_string(), "\"p1\"".to_string())
+    );
+    // The whole object: the head is fetched, and the object is now complete.
+    let g = s.get(&[]).await;
+    assert_eq!((g.status.as_u16(), &g.body[..]), (200, BODY.as_bytes()));
+    assert_eq!(s.seen(3).header("range"), "bytes=0-3");
+    let g = s.get(&[]).await;
+    assert_eq!((g.status.as_u16(), &g.body[..]), (200, BODY.as_bytes()));
+    assert!(!g.header("age").is_empty());
+    assert_eq!(s.hits(), 3, "each byte fetched once");
+
+    // The representation changed between parts: the origin answers the If-Range with the
+    // whole new version, and the old part is never combined with it.
+    let c = lab.scenario("pc-changed", |seen, n| {
+        ranged(
+            seen,
+            if n == 1 { BODY } else { "ABCDEFGHIJKLMNOPQRST" },
+            &format!("\"v{}\"", n.min(2)),
+        )
+    });
+    let g = c.get(&[("range", "bytes=0-4")]).await;
+    assert_eq!(&g.body[..], b"01234");
+    settle_range(&c, "bytes=0-4").await;
+    let g = c.get(&[]).await;
+    assert_eq!(
+        (g.status.as_u16(), &g.body[..]),
+        (200, &b"ABCDEFGHIJKLMNOPQRST"[..])
+    );
+    assert_eq!(c.seen(2).header("if-range"), "\"v1\"");
+    let g = c.get(&[("range", "bytes=0-4")]).await;
+    assert_eq!(&g.body[..], b"ABCDE", "the v1 part is gone");
+
+    // An origin that ignores If-Range and sends a part of another version: that part is
+    // not combined either; the client gets the whole new version from a fresh fetch.
+    let m = lab.scenario("pc-mismatch", |seen, n| match n {
+        1 => ranged(seen, BODY, "\"m1\""),
+        2 => {
+            let mut no_if_range = seen.clone();
+            no_if_range.headers.remove("if-range");
+            ranged(&no_if_range, "ABCDEFGHIJKLMNOPQRST", "\"m2\"")
+        }
+        _ => ranged(seen, "ABCDEFGHIJKLMNOPQRST", "\"m2\""),
+    });
+    m.get(&[("range", "bytes=0-4")]).await;
+    settle_range(&m, "bytes=0-4").await;
+    let g = m.get(&[]).await;
+    assert_eq!(
+        (g.status.as_u16(), &g.body[..]),
+        (200, &b"ABCDEFGHIJKLMNOPQRST"[..])
+    );
+    assert_eq!(m.hits(), 3);
+    assert_eq!(m.seen(3).header("range"), "", "refetched whole");
+
+    // A 206 whose body does not fill its Content-Range is passed on but never stored.
+    let short = lab.scenario("pc-short", |_, _| {
+        Some(resp(
+            206,
+            &[
+                ("cache-control", "max-age=3600"),
+                ("etag", "\"s\""),
+                ("content-range", "bytes 4-9/10"),
+            ],
+            "01234",
+        ))
+    });
+    let g = short.get(&[("range", "bytes=-5")]).await;
+    assert_eq!(g.status, 206);
+    assert_eq!(short.seen(1).header("range"), "bytes=-5");
+    sleep_ms(100).await;
+    short.get(&[("range", "bytes=-5")]).await;
+    assert_eq!(short.hits(), 2, "the short part was not stored");
+
+    // A stored part 0-4 of 10: the whole object asks for the rest only (`bytes=5-`).
+    let rest = lab.scenario("pc-rest", |seen, _| ranged(seen, "0123456789", "\"r\""));
+    rest.get(&[("range", "bytes=0-4")]).await;
+    settle_range(&rest, "bytes=0-4").await;
+    let g = rest.get(&[]).await;
+    assert_eq!((g.status.as_u16(), &g.body[..]), (200, &b"0123456789"[..]));
+    assert_eq!(rest.seen(2).header("range"), "bytes=5-");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -651,9 +651,12 @@ async fn send_from_store(
         .read_chunk(meta, index)
         .await
         .map_err(|e| Box::new(e) as BoxError)?;
-    let chunk_start = index as u64 * cs;
-    let from = (pos - chunk_start) as usize;
-    let to = ((end + 1 - chunk_start) as usize).min(chunk.len());
+    // A partly held chunk's bytes begin where its span does.
+    let base = meta.held_span(index).map_or(index as u64 * cs, |r| r.start);
+    let Some(from) = pos.checked_sub(base).map(|f| f as usize) else {
+        return Err("range starts before the stored span".into());
+    };
+    let to = ((end + 1 - base) as usize).min(chunk.len());
     if from >= to {
         return Err("stored chunk shorter than its object".into());
     }
@@ -717,14 +720,18 @@ impl hyper::body::Body for StoredBody {
                 }
             }
         };
-        let chunk_start = u64::from(index) * cs;
-        let from = (this.pos - chunk_start) as usize;
-        let to = ((this.end + 1 - chunk_start) as usize).min(chunk.len());
-        if from >= to {
+        // A partly held chunk's bytes begin where its span does.
+        let base = this
+            .meta
+            .held_span(index)
+            .map_or(u64::from(index) * cs, |r| r.start);
+        let from = this.pos.saturating_sub(base) as usize;
+        let to = ((this.end + 1 - base) as usize).min(chunk.len());
+        if this.pos < base || from >= to {
             this.pos = this.end + 1;
             return Poll::Ready(Some(Err("stored chunk shorter than its object".into())));
         }
-        this.pos = chunk_start + to as u64;
+        this.pos = base + to as u64;
         Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk.slice(from..to)))))
     }
 

@@ -37,6 +37,7 @@
 //! is never stored.
 
 pub mod cache_control;
+pub mod combine;
 pub mod conditional;
 pub mod fields;
 pub mod freshness;
@@ -52,6 +53,7 @@ pub mod vary;
 mod test_support;
 
 pub use cache_control::{FieldScope, MaxStale, RequestDirectives, ResponseDirectives};
+pub use combine::{combinable, forwards_range, if_range_for};
 pub use conditional::{
     Conditional, EntityTag, evaluate_conditionals, headers_for_304, if_range_matches,
 };

@@ -80,6 +80,51 @@ pub fn parse(header: Option<&str>, len: u64) -> RangeRequest {
     RangeRequest::Ranges(merged)
 }
 
+/// A `Content-Range` of a 206 (RFC 9110 §14.4): bytes `first..=last` of `complete` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentRange {
+    /// First byte position.
+    pub first: u64,
+    /// Last byte position (inclusive).
+    pub last: u64,
+    /// Length of the whole representation.
+    pub complete: u64,
+}
+
+impl ContentRange {
+    /// Number of bytes in the range.
+    pub fn len(&self) -> u64 {
+        self.last - self.first + 1
+    }
+
+    /// Never true: a valid range holds at least one byte.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// Parses `bytes first-last/complete`. An unknown complete length (`/*`), an unsatisfied
+/// range (`*/len`) or positions outside the length give None: such a part cannot be placed
+/// in a stored object.
+pub fn parse_content_range(text: &str) -> Option<ContentRange> {
+    let rest = text.trim().strip_prefix("bytes")?;
+    let rest = rest.strip_prefix(' ')?.trim_start();
+    let (span, complete) = rest.split_once('/')?;
+    let (first, last) = span.split_once('-')?;
+    let num = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let (first, last, complete) = (num(first)?, num(last)?, num(complete)?);
+    (first <= last && last < complete).then_some(ContentRange {
+        first,
+        last,
+        complete,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +153,35 @@ mod tests {
             assert_eq!(&parse(Some(h), *len), want, "{h}");
         }
         assert_eq!(parse(None, 10), Full);
+    }
+
+    #[test]
+    fn rfc9110_14_4_content_range() {
+        let ok = |f, l, c| {
+            Some(ContentRange {
+                first: f,
+                last: l,
+                complete: c,
+            })
+        };
+        let cases: &[(&str, Option<ContentRange>)] = &[
+            ("bytes 0-4/10", ok(0, 4, 10)),
+            ("bytes 4-9/10", ok(4, 9, 10)),
+            (" bytes  5-5/6 ", ok(5, 5, 6)),
+            ("bytes 4-10/10", None),
+            ("bytes 5-4/10", None),
+            ("bytes 0-4/*", None),
+            ("bytes */10", None),
+            ("bytes -1-4/10", None),
+            ("bytes 0-+4/10", None),
+            ("items 0-4/10", None),
+            ("bytes0-4/10", None),
+            ("", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(&parse_content_range(text), want, "{text}");
+        }
+        assert_eq!(ok(4, 9, 10).map(|c| c.len()), Some(6));
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub enum OriginError {
     Protocol(String, String),
 }
 
+/// Where an origin's 1xx interim answers go (HTTP/1 origins only: hyper's h2 client drops
+/// them). Called on the origin connection's task, before the final response is returned.
+pub type InterimSink = Arc<dyn Fn(http::StatusCode, &HeaderMap) + Send + Sync>;
+
 /// What the proxy asks of the pool.
 pub struct OriginRequest {
     /// Method sent upstream.
@@ -59,6 +63,8 @@ pub struct OriginRequest {
     pub client_ip: IpAddr,
     /// The client's Host header, for `<OriginOptions><Host>*</Host>`.
     pub client_host: Option<String>,
+    /// Gets the origin's 1xx answers; only for the client whose request this is.
+    pub on_interim: Option<InterimSink>,
 }
 
 /// The body-less part of a request: shared by reference across retries (a body is not `Sync`).
@@ -67,6 +73,7 @@ struct Head {
     path_and_query: String,
     headers: HeaderMap,
     client_host: Option<String>,
+    on_interim: Option<InterimSink>,
 }
 
 /// One address and its health.
@@ -224,6 +231,7 @@ impl OriginPool {
             path_and_query: req.path_and_query,
             headers: req.headers,
             client_host: req.client_host,
+            on_interim: req.on_interim,
         };
         if candidates.is_empty() {
             return Err(OriginError::Unavailable);
@@ -292,9 +300,15 @@ impl OriginPool {
                 h.insert(header::HOST, v);
             }
         }
-        let request = builder
+        let mut request = builder
             .body(body.unwrap_or_else(body::empty))
             .map_err(|e| OriginError::Protocol(addr.raw.clone(), e.to_string()))?;
+        if let Some(sink) = &req.on_interim {
+            let sink = sink.clone();
+            hyper::ext::on_informational(&mut request, move |res| {
+                sink(res.status(), res.headers())
+            });
+        }
         let timeout = self.opts.receive_timeout;
         match tokio::time::timeout(timeout, self.client.request(request)).await {
             Err(_) => Err(OriginError::Timeout(addr.raw.clone())),
@@ -392,6 +406,7 @@ impl OriginPool {
                             path_and_query: checker.uri.clone(),
                             headers: HeaderMap::new(),
                             client_host: None,
+                            on_interim: None,
                         };
                         let status = tokio::time::timeout(checker.timeout, pool.send_once(slot, &head, None))
                             .await
@@ -423,6 +438,7 @@ impl OriginPool {
             path_and_query: self.opts.recovery.uri.clone(),
             headers: HeaderMap::new(),
             client_host: None,
+            on_interim: None,
         };
         let resp = self.send_once(slot, &req, None).await.ok()?;
         Some(resp.status().as_u16())

@@ -6,6 +6,7 @@
 //! collapsing from `cache::fill`; origins from `origin`. This module decides the order.
 
 pub mod forward;
+pub mod partial;
 pub mod respond;
 
 use std::net::SocketAddr;
@@ -20,11 +21,12 @@ use crate::body::{self, Body};
 use crate::cache::fill::{FillState, Fills, Join};
 use crate::cache::key::{self, KeyRules};
 use crate::cache::policy::{self, PolicyOptions, ResponseFacts, Reuse};
+use crate::cache::range;
 use crate::cache::store::{NewObject, ObjectMeta, Store};
 use crate::chain;
 use crate::config::{Config, Vhost, VhostLink};
 use crate::log::{AccessEntry, AccessLog, CacheResult, LoggedBody};
-use crate::origin::{OriginError, OriginPool, OriginRequest};
+use crate::origin::{InterimSink, OriginError, OriginPool, OriginRequest};
 use crate::purge;
 use crate::router::{self, Router};
 use crate::stats::Stats;
@@ -94,6 +96,8 @@ struct Ctx<'a> {
     /// This vhost's link, when following it would not stop (target exists, not visited):
     /// a fresh stored answer that triggers it is not worth building into a response.
     followable_link: Option<&'a VhostLink>,
+    /// Where the origin's 1xx answers to this client's own requests go (HTTP/1.1 clients).
+    interim: Option<InterimSink>,
 }
 
 /// Marks a response that stands for "the origin gave no answer" (link condition `fail`).
@@ -102,7 +106,13 @@ pub struct OriginFailed;
 
 impl Proxy {
     /// Answers one client request. Never fails: every problem becomes an HTTP answer.
-    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+    /// `interim` forwards the origin's 1xx answers to this client, when it can take them.
+    pub async fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: Peer,
+        interim: Option<InterimSink>,
+    ) -> Response<Body> {
         let started = Instant::now();
         let rt = self.runtime.load_full();
         let (parts, incoming) = req.into_parts();
@@ -190,6 +200,7 @@ impl Proxy {
             client_host: host,
             looped,
             followable_link: None,
+            interim,
         };
 
         let cacheable_method = ctx.method == Method::GET || ctx.method == Method::HEAD;
@@ -278,6 +289,32 @@ impl Proxy {
             }
             // `Vary: *` or an unparseable variant: the cache cannot answer this request.
             return self.pass_through(ctx, None).await;
+        };
+        // A partly stored object (an earlier 206): fresh, it answers what it holds and
+        // fetches only what it lacks; stale, it is refetched like a miss.
+        let stored = match stored {
+            Some(meta) if !meta.complete => {
+                let fresh = match meta.expires_override_ms {
+                    Some(at) => ms(now) < at,
+                    None => matches!(
+                        policy::decide_reuse(
+                            &ctx.method,
+                            &ctx.headers,
+                            &respond::facts(&meta),
+                            now,
+                            &ctx.vh.policy
+                        ),
+                        Reuse::Fresh | Reuse::StaleWhileRevalidate
+                    ),
+                };
+                if fresh && !self.fills.is_filling(&key) {
+                    return self
+                        .from_partial(ctx, &primary, &key, meta, only_if_cached)
+                        .await;
+                }
+                None
+            }
+            other => other,
         };
         if let Some(meta) = &stored {
             let facts = respond::facts(meta);
@@ -466,6 +503,17 @@ impl Proxy {
                 if let Some(c) = &conditional {
                     headers.extend(c.clone());
                 }
+                // A miss for one range asks the origin for that range only (its 206 is
+                // stored as the part it is); anything else fills the whole object.
+                let range_fill =
+                    stale.is_none() && policy::forwards_range(&ctx.method, &ctx.headers);
+                if range_fill {
+                    for name in [header::RANGE, header::IF_RANGE] {
+                        for v in ctx.headers.get_all(&name) {
+                            headers.append(name.clone(), v.clone());
+                        }
+                    }
+                }
                 let request_time = SystemTime::now();
                 let sent = ctx
                     .vh
@@ -478,6 +526,8 @@ impl Proxy {
                         balance_key: primary.to_string(),
                         client_ip: ctx.peer.addr.ip(),
                         client_host: ctx.client_host.clone(),
+                        // The leader's client only: the fill's waiters did not cause it.
+                        on_interim: interim_sink(ctx),
                     })
                     .await;
                 let resp = match sent {
@@ -489,6 +539,13 @@ impl Proxy {
                 };
                 let response_time = SystemTime::now();
                 let status = resp.status();
+                if range_fill && status == StatusCode::PARTIAL_CONTENT {
+                    // Not a fill other clients can read: they fetch on their own.
+                    guard.release();
+                    return self
+                        .range_filled(ctx, key, resp, request_time, response_time)
+                        .await;
+                }
 
                 // Revalidation answered: 304 freshens the stored copy; STON's
                 // TTLExtensionBy5xx treats a 5xx the same way.
@@ -665,6 +722,184 @@ impl Proxy {
         }
     }
 
+    /// A fresh partial object: answer from the bytes it holds, or first fetch the ones it
+    /// lacks with `Range` + `If-Range`, combine, and answer from the combined object. When the
+    /// origin's representation changed meanwhile, the stored part is dropped, never mixed.
+    async fn from_partial(
+        self: &Arc<Self>,
+        ctx: &Ctx<'_>,
+        primary: &str,
+        key: &str,
+        meta: Arc<ObjectMeta>,
+        only_if_cached: bool,
+    ) -> Reply {
+        let facts = respond::facts(&meta);
+        let need = partial::need(&meta, &facts.headers, &ctx.method, &ctx.headers);
+        let partial::Need::Fetch { first, last } = need else {
+            let now = SystemTime::now();
+            let r = respond::from_store(
+                &self.store,
+                ctx.vh,
+                &ctx.method,
+                &ctx.headers,
+                meta,
+                CacheResult::Hit,
+                now,
+            );
+            if let Some(r) = r.await {
+                return r;
+            }
+            return self.fill(ctx, primary, key, None).await;
+        };
+        if only_if_cached {
+            return Reply::error(StatusCode::GATEWAY_TIMEOUT, "not cached (only-if-cached)\n");
+        }
+        if ctx.looped {
+            return loop_detected();
+        }
+        let total = meta.total_len.unwrap_or(0);
+        let Some(if_range) = policy::if_range_for(&facts.headers) else {
+            // Without a strong validator the missing bytes could be another version's.
+            self.store.remove(key).await;
+            return self.fill(ctx, primary, key, None).await;
+        };
+        let mut headers =
+            forward::upstream_headers(&ctx.headers, ctx.peer.addr.ip(), &ctx.rt.hop, true);
+        if let Ok(v) = HeaderValue::from_str(&partial::range_value(first, last, total)) {
+            headers.insert(header::RANGE, v);
+        }
+        headers.insert(header::IF_RANGE, if_range);
+        let request_time = SystemTime::now();
+        let sent = ctx
+            .vh
+            .pool
+            .send(OriginRequest {
+                method: Method::GET,
+                path_and_query: ctx.path_and_query.clone(),
+                headers,
+                body: None,
+                balance_key: primary.to_string(),
+                client_ip: ctx.peer.addr.ip(),
+                client_host: ctx.client_host.clone(),
+                on_interim: interim_sink(ctx),
+            })
+            .await;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => return self.origin_failed(ctx, None, e).await,
+        };
+        let response_time = SystemTime::now();
+        let (parts, body) = resp.into_parts();
+        if parts.status == StatusCode::PARTIAL_CONTENT
+            && policy::combinable(&facts.headers, &parts.headers)
+            && let Some((object, cr)) =
+                self.part_object(ctx, key, &parts.headers, request_time, response_time)
+            && cr.complete == total
+        {
+            let stored =
+                partial::store_part(self.store.clone(), object, cr, body, Some(meta), None).await;
+            if let Some(m) = stored {
+                let h = respond::facts(&m);
+                if partial::need(&m, &h.headers, &ctx.method, &ctx.headers) == partial::Need::Held
+                    && let Some(r) = respond::from_store(
+                        &self.store,
+                        ctx.vh,
+                        &ctx.method,
+                        &ctx.headers,
+                        m,
+                        CacheResult::Miss,
+                        SystemTime::now(),
+                    )
+                    .await
+                {
+                    return r;
+                }
+            }
+            return self.fill(ctx, primary, key, None).await;
+        }
+        // Another version (a 200 to our If-Range, or a part that does not match): the
+        // stored part is outdated.
+        self.store.remove(key).await;
+        if parts.status == StatusCode::OK {
+            let resp = Response::from_parts(parts, body);
+            return respond::passed(resp, ctx.vh, &ctx.method, CacheResult::RefMiss);
+        }
+        self.fill(ctx, primary, key, None).await
+    }
+
+    /// The object a 206 for this request would be stored as (status 200, the complete
+    /// length, no per-part fields), with its range; None when it may not be stored.
+    fn part_object(
+        &self,
+        ctx: &Ctx<'_>,
+        key: &str,
+        headers: &HeaderMap,
+        request_time: SystemTime,
+        response_time: SystemTime,
+    ) -> Option<(NewObject, range::ContentRange)> {
+        let cr = headers
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(range::parse_content_range)?;
+        let facts = ResponseFacts {
+            status: StatusCode::PARTIAL_CONTENT.as_u16(),
+            headers: headers.clone(),
+            request_time,
+            response_time,
+        };
+        let spec = policy::effective_vary(headers, &ctx.vh.policy.vary_mode);
+        // Parts of a varying response are not kept: the variant bookkeeping is per object.
+        let plain = policy::variant_key(&spec, &ctx.headers).is_some_and(|v| v.is_empty());
+        if !plain || !policy::is_storable(&Method::GET, &ctx.headers, &facts, &ctx.vh.policy) {
+            return None;
+        }
+        let mut stored = headers.clone();
+        policy::strip_unstorable_headers(&mut stored);
+        stored.remove(header::CONTENT_RANGE);
+        stored.remove(header::CONTENT_LENGTH);
+        let object = NewObject {
+            key: key.to_string(),
+            status: StatusCode::OK.as_u16(),
+            headers: respond::header_vec(&stored),
+            request_time_ms: ms(request_time),
+            response_time_ms: ms(response_time),
+            total_len: Some(cr.complete),
+        };
+        Some((object, cr))
+    }
+
+    /// A miss that forwarded the client's range got a 206: the client gets it as it
+    /// arrives, and the store keeps it as the part it is (combined with a stored part of
+    /// the same version).
+    async fn range_filled(
+        &self,
+        ctx: &Ctx<'_>,
+        key: &str,
+        resp: Response<Body>,
+        request_time: SystemTime,
+        response_time: SystemTime,
+    ) -> Reply {
+        let (parts, body) = resp.into_parts();
+        let Some((object, cr)) =
+            self.part_object(ctx, key, &parts.headers, request_time, response_time)
+        else {
+            let resp = Response::from_parts(parts, body);
+            return respond::passed(resp, ctx.vh, &ctx.method, CacheResult::ClientRefreshMiss);
+        };
+        let old = self.store.lookup(key).await;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(partial::store_part(
+            self.store.clone(),
+            object,
+            cr,
+            body,
+            old,
+            Some(tx),
+        ));
+        let resp = Response::from_parts(parts, body::from_channel(rx));
+        respond::passed(resp, ctx.vh, &ctx.method, CacheResult::Miss)
+    }
+
     /// The origin gave no answer: serve the stale copy where the rules allow, else an error.
     async fn origin_failed(
         &self,
@@ -749,6 +984,8 @@ impl Proxy {
                 client_host,
                 looped: false,
                 followable_link: None,
+                // No client waits on this request: its 1xx answers go nowhere.
+                interim: None,
             };
             let primary = key::cache_key(&vh.cfg.name, &ctx.path_and_query, vh.key_rules);
             let (key, stored) = this.lookup(&ctx, &primary).await;
@@ -789,6 +1026,7 @@ impl Proxy {
                 ),
                 client_ip: ctx.peer.addr.ip(),
                 client_host: ctx.client_host.clone(),
+                on_interim: interim_sink(ctx),
             })
             .await;
         match sent {
@@ -831,6 +1069,20 @@ impl Proxy {
         }
         (count, bytes)
     }
+}
+
+/// The client's 1xx sink for an origin request made on its behalf, with our `Via` entry:
+/// RFC 9110 §7.6.3 asks for it on every message a proxy forwards, interim ones included.
+fn interim_sink(ctx: &Ctx<'_>) -> Option<InterimSink> {
+    let sink = ctx.interim.clone()?;
+    let Some(via) = ctx.vh.via.clone() else {
+        return Some(sink);
+    };
+    Some(Arc::new(move |status, headers: &HeaderMap| {
+        let mut h = headers.clone();
+        h.append(header::VIA, via.clone());
+        sink(status, &h)
+    }))
 }
 
 /// `v`'s link, when following it would not stop (its target exists and was not visited).

@@ -118,7 +118,11 @@ pub async fn from_store(
 ) -> Option<Reply> {
     let total = meta.total_len.unwrap_or(0);
     // Small objects: read the one chunk now, so a bad chunk becomes a refetch, not a broken answer.
-    let inline = if *method != Method::HEAD && total > 0 && total <= meta.chunk_size as u64 {
+    let inline = if *method != Method::HEAD
+        && meta.complete
+        && total > 0
+        && total <= meta.chunk_size as u64
+    {
         match store.read_chunk(&meta, 0).await {
             Ok(b) => Some(b),
             Err(e) => {

@@ -3,6 +3,7 @@
 //! configuration on SIGHUP or `/conf/reload` without dropping connections, and shuts down
 //! gracefully.
 
+pub mod interim;
 pub mod runtime;
 pub mod tls;
 
@@ -365,11 +366,15 @@ async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req| {
+    // hyper's server cannot send an origin's 1xx: the handle writes them around it.
+    let io = interim::InterimIo::new(stream);
+    let conn_interim = io.handle();
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+        let interim = conn_interim.for_request(&req);
+        async move { Ok::<_, Infallible>(proxy.handle(req, peer, interim).await) }
     });
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         tracing::debug!(error = %e, "connection ended with an error");
     }

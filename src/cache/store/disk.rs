@@ -40,8 +40,8 @@ pub(crate) fn file_cost(len: u64) -> u64 {
 /// Disk bytes charged for one stored version: its `.meta` file plus every chunk file.
 pub(crate) fn object_cost(meta: &ObjectMeta, meta_file_len: u64, inline0: bool) -> u64 {
     let chunks: u64 = (0..meta.chunk_slots().len() as u32)
-        .filter(|&i| meta.has_chunk(i) && !(inline0 && i == 0))
-        .map(|i| file_cost(CHUNK_HEADER_LEN as u64 + meta.chunk_len(i)))
+        .filter(|&i| meta.chunk_crc(i).is_some() && !(inline0 && i == 0))
+        .map(|i| file_cost(CHUNK_HEADER_LEN as u64 + meta.stored_len(i)))
         .sum();
     file_cost(meta_file_len) + chunks
 }

@@ -20,6 +20,16 @@ pub enum ChunkSlot {
         /// CRC-32 (IEEE) of the chunk's bytes.
         crc: u32,
     },
+    /// Only bytes `start..start + len` of the chunk are stored (an origin's 206 that began or
+    /// ended inside it); the stored bytes are exactly that span.
+    Part {
+        /// Offset of the span inside the chunk.
+        start: u32,
+        /// Length of the span (never the whole chunk: that is `Present`).
+        len: u32,
+        /// CRC-32 (IEEE) of the span's bytes.
+        crc: u32,
+    },
 }
 
 /// Everything the store keeps about one version of one object, except the body.
@@ -150,17 +160,35 @@ impl ObjectMeta {
         u32::try_from(total.div_ceil(u64::from(self.chunk_size.max(1)))).ok()
     }
 
-    /// Whether chunk `i` is stored.
+    /// Whether all of chunk `i` is stored.
     pub fn has_chunk(&self, i: u32) -> bool {
-        self.chunk_crc(i).is_some()
+        matches!(self.chunks.get(i as usize), Some(ChunkSlot::Present { .. }))
     }
 
-    /// The CRC-32 of chunk `i`, if stored.
+    /// The CRC-32 of what is stored of chunk `i` (all of it, or its span), if anything is.
     pub fn chunk_crc(&self, i: u32) -> Option<u32> {
         match self.chunks.get(i as usize) {
-            Some(ChunkSlot::Present { crc }) => Some(*crc),
+            Some(ChunkSlot::Present { crc } | ChunkSlot::Part { crc, .. }) => Some(*crc),
             _ => None,
         }
+    }
+
+    /// The body bytes held of chunk `i`, as an absolute half-open range.
+    pub fn held_span(&self, i: u32) -> Option<Range<u64>> {
+        let (s, e) = self.chunk_range(i);
+        match self.chunks.get(i as usize)? {
+            ChunkSlot::Absent => None,
+            ChunkSlot::Present { .. } => Some(s..e),
+            ChunkSlot::Part { start, len, .. } => {
+                let from = s + u64::from(*start);
+                Some(from..(from + u64::from(*len)).min(e))
+            }
+        }
+    }
+
+    /// Number of bytes stored for chunk `i` (the chunk's length, its span's, or 0).
+    pub fn stored_len(&self, i: u32) -> u64 {
+        self.held_span(i).map_or(0, |r| r.end - r.start)
     }
 
     /// Presence of every chunk slot known so far.
@@ -198,20 +226,57 @@ impl ObjectMeta {
         }
         let cs = u64::from(self.chunk_size);
         let (first, last) = (start / cs, end_inclusive / cs);
-        (first..=last).all(|i| u32::try_from(i).is_ok_and(|i| self.has_chunk(i)))
+        (first..=last).all(|i| {
+            let Ok(i) = u32::try_from(i) else {
+                return false;
+            };
+            let (cs_start, cs_end) = self.chunk_range(i);
+            let need = start.max(cs_start)..(end_inclusive + 1).min(cs_end);
+            self.held_span(i)
+                .is_some_and(|h| h.start <= need.start && need.end <= h.end)
+        })
+    }
+
+    /// The smallest range `(first, last)` (inclusive) that covers every byte of
+    /// `start..=end_inclusive` not held: what to ask the origin for to complete that range.
+    /// None when all of it is held.
+    pub fn missing_within(&self, start: u64, end_inclusive: u64) -> Option<(u64, u64)> {
+        let mut first = None;
+        let mut last = None;
+        let mut pos = start;
+        for held in self.byte_ranges_held() {
+            if held.end <= pos {
+                continue;
+            }
+            if held.start > end_inclusive {
+                break;
+            }
+            if held.start > pos {
+                first.get_or_insert(pos);
+                last = Some(held.start - 1);
+            }
+            pos = held.end;
+            if pos > end_inclusive {
+                break;
+            }
+        }
+        if pos <= end_inclusive {
+            first.get_or_insert(pos);
+            last = Some(end_inclusive);
+        }
+        first.zip(last)
     }
 
     /// The byte ranges held, merged, as half-open ranges in ascending order.
     pub fn byte_ranges_held(&self) -> Vec<Range<u64>> {
         let mut out: Vec<Range<u64>> = Vec::new();
-        for (i, slot) in self.chunks.iter().enumerate() {
-            if !matches!(slot, ChunkSlot::Present { .. }) {
+        for i in 0..self.chunks.len() as u32 {
+            let Some(span) = self.held_span(i) else {
                 continue;
-            }
-            let (s, e) = self.chunk_range(i as u32);
+            };
             match out.last_mut() {
-                Some(last) if last.end == s => last.end = e,
-                _ => out.push(s..e),
+                Some(last) if last.end == span.start => last.end = span.end,
+                _ => out.push(span),
             }
         }
         out
@@ -220,8 +285,7 @@ impl ObjectMeta {
     /// Body bytes held (sum of the lengths of the present chunks).
     pub fn held_bytes(&self) -> u64 {
         (0..self.chunks.len() as u32)
-            .filter(|&i| self.has_chunk(i))
-            .map(|i| self.chunk_len(i))
+            .map(|i| self.stored_len(i))
             .sum()
     }
 
@@ -336,6 +400,24 @@ fn encode_meta_section(m: &ObjectMeta) -> Vec<u8> {
             b.extend_from_slice(&crc.to_le_bytes());
         }
     }
+    // Partly held chunks follow (absent from files written before spans existed).
+    let parts: Vec<(usize, u32, u32, u32)> = m
+        .chunks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s {
+            ChunkSlot::Part { start, len, crc } => Some((i, *start, *len, *crc)),
+            _ => None,
+        })
+        .collect();
+    if !parts.is_empty() {
+        b.extend_from_slice(&(parts.len() as u32).to_le_bytes());
+        for (i, start, len, crc) in parts {
+            for w in [i as u32, start, len, crc] {
+                b.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+    }
     b
 }
 
@@ -392,6 +474,18 @@ pub(super) fn decode_meta_section(
             chunks.push(ChunkSlot::Absent);
         }
     }
+    if !r.buf.is_empty() {
+        let n_parts = r.u32()? as usize;
+        for _ in 0..n_parts {
+            let (i, start, len, crc) = (r.u32()? as usize, r.u32()?, r.u32()?, r.u32()?);
+            match chunks.get_mut(i) {
+                Some(slot @ ChunkSlot::Absent) if len > 0 => {
+                    *slot = ChunkSlot::Part { start, len, crc };
+                }
+                _ => return Err(StoreError::Corrupt),
+            }
+        }
+    }
     if !r.buf.is_empty() || chunk_size == 0 {
         return Err(StoreError::Corrupt);
     }
@@ -412,9 +506,16 @@ pub(super) fn decode_meta_section(
     };
     // A committed meta always knows its length and has a slot per chunk; `complete` is a
     // promise that every chunk is there. Anything else was not written by us.
+    let spans_fit = (0..meta.chunks.len() as u32).all(|i| match meta.chunks[i as usize] {
+        ChunkSlot::Part { start, len, .. } => {
+            u64::from(start) + u64::from(len) <= meta.chunk_len(i)
+        }
+        _ => true,
+    });
     let consistent = meta
         .chunk_count()
         .is_some_and(|n| n as usize == meta.chunks.len())
+        && spans_fit
         && (!meta.complete || meta.all_present());
     if !consistent {
         return Err(StoreError::Corrupt);
@@ -438,7 +539,7 @@ pub(super) fn decode_meta_file(buf: &[u8]) -> Result<(ObjectMeta, Option<&[u8]>)
     let crc = crc32fast::hash(inline);
     if crc != header.inline_crc
         || meta.chunk_crc(0) != Some(crc)
-        || meta.chunk_len(0) != inline.len() as u64
+        || meta.stored_len(0) != inline.len() as u64
     {
         return Err(StoreError::Corrupt);
     }

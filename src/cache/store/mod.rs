@@ -308,7 +308,7 @@ impl Store {
         let Some(d) = meta.disk else {
             return Err(StoreError::Missing);
         };
-        let len = meta.chunk_len(index);
+        let len = meta.stored_len(index);
         let result = self
             .inner
             .blocking(move |inner| {

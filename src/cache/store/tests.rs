@@ -648,6 +648,71 @@ async fn partial_objects_know_their_ranges_across_restarts() {
     assert_eq!(store.keys(), vec![("p".to_owned(), c + c - 100)]);
 }
 
+/// An origin's 206 may start or end inside a chunk: the store keeps that span (inline for a
+/// one-chunk object, as a chunk file otherwise) and knows exactly which bytes it holds, also
+/// after a restart.
+#[tokio::test]
+async fn spans_inside_chunks_are_held_exactly_across_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = u64::from(CHUNK);
+    let total = 3 * c;
+    {
+        let store = Store::open(disk_cfg(dir.path(), 1 << 20, 1 << 30))
+            .await
+            .expect("open");
+        // A tiny object: bytes 4..10 of 10 (chunk 0 only, inline).
+        let mut w = store.begin(new_obj("tiny", Some(10))).await.expect("begin");
+        w.write_part(0, 4, Bytes::from_static(b"456789"))
+            .await
+            .expect("part");
+        let m = w.commit_partial().await.expect("commit");
+        assert!(!m.complete);
+        assert_eq!(m.byte_ranges_held(), vec![4..10]);
+        assert_eq!(m.missing_within(0, 9), Some((0, 3)));
+        assert_eq!(m.missing_within(5, 9), None);
+        // A range from the middle of chunk 0 to the middle of chunk 2.
+        let mut w = store
+            .begin(new_obj("mid", Some(total)))
+            .await
+            .expect("begin");
+        w.write_part(0, 100, Bytes::from(vec![0; CHUNK as usize - 100]))
+            .await
+            .expect("part 0");
+        w.write_chunk(1, Bytes::from(vec![1; CHUNK as usize]))
+            .await
+            .expect("chunk 1");
+        w.write_part(2, 0, Bytes::from(vec![2; 50]))
+            .await
+            .expect("part 2");
+        assert!(matches!(
+            w.write_part(2, CHUNK - 10, Bytes::from(vec![2; 11])).await,
+            Err(StoreError::Invalid(_))
+        ));
+        w.commit_partial().await.expect("commit");
+        store.close().await;
+    }
+    let store = Store::open(disk_cfg(dir.path(), 1 << 20, 1 << 30))
+        .await
+        .expect("reopen");
+    let m = store.lookup("tiny").await.expect("tiny visible");
+    assert_eq!(m.byte_ranges_held(), vec![4..10]);
+    assert!(m.has_range(4, 9) && m.has_range(6, 8) && !m.has_range(3, 9));
+    assert_eq!(&store.read_chunk(&m, 0).await.expect("read")[..], b"456789");
+    let m = store.lookup("mid").await.expect("mid visible");
+    assert_eq!(m.byte_ranges_held(), vec![100..2 * c + 50]);
+    assert!(m.has_range(100, 2 * c + 49));
+    assert!(!m.has_range(99, 200) && !m.has_range(2 * c, 2 * c + 50));
+    assert_eq!(m.missing_within(0, total - 1), Some((0, total - 1)));
+    assert_eq!(
+        m.missing_within(100, total - 1),
+        Some((2 * c + 50, total - 1))
+    );
+    assert_eq!(m.held_bytes(), 2 * c + 50 - 100);
+    let b0 = store.read_chunk(&m, 0).await.expect("read 0");
+    assert_eq!(b0.len(), CHUNK as usize - 100);
+    assert_eq!(store.read_chunk(&m, 2).await.expect("read 2").len(), 50);
+}
+
 #[tokio::test]
 async fn update_meta_persists_and_remove_deletes() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -126,6 +126,46 @@ impl ObjectWriter {
         Ok(Arc::clone(&self.meta))
     }
 
+    /// Stores bytes `offset..offset + data.len()` of chunk `index` when a range fill holds
+    /// only part of it (an origin's 206 that starts or ends inside the chunk). The body length
+    /// must be known. A span covering the whole chunk is stored as the full chunk; writing an
+    /// index again replaces what was written for it. Returns the new snapshot.
+    pub async fn write_part(
+        &mut self,
+        index: u32,
+        offset: u32,
+        data: Bytes,
+    ) -> Result<Arc<ObjectMeta>, StoreError> {
+        if self.phase != Phase::Writing {
+            return Err(StoreError::Invalid("writer already finished"));
+        }
+        let m0 = &self.meta;
+        let Some(n) = m0.chunk_count() else {
+            return Err(StoreError::Invalid("a partial chunk needs the body length"));
+        };
+        let len = data.len() as u64;
+        if index >= n || len == 0 || u64::from(offset) + len > m0.chunk_len(index) {
+            return Err(StoreError::Invalid("span outside its chunk"));
+        }
+        if offset == 0 && len == m0.chunk_len(index) {
+            return self.write_chunk(index, data).await;
+        }
+        let mut m = (**m0).clone();
+        let crc = crc32fast::hash(&data);
+        self.max_index = self.max_index.max(index + 1);
+        if let Some(d) = m.disk {
+            self.store_on_disk(d, &m, index, &data, crc).await?;
+        }
+        self.hold_in_memory(&m, index, data)?;
+        m.chunks[index as usize] = ChunkSlot::Part {
+            start: offset,
+            len: len as u32,
+            crc,
+        };
+        self.meta = Arc::new(m);
+        Ok(Arc::clone(&self.meta))
+    }
+
     /// Reserves quota and writes the chunk file (or defers chunk 0).
     async fn store_on_disk(
         &mut self,
