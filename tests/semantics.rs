@@ -2843,6 +2843,74 @@ async fn rfc9111_3_3_partial_responses_are_stored_and_combined() {
     assert_eq!(rest.seen(2).header("range"), "bytes=5-");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9110_9_3_3_post_answer_naming_its_target_serves_later_gets() {
+    let lab = Lab::start("").await;
+    let own = lab.scenario("post-own", |seen, n| {
+        let loc = format!("http://{HOST}/post-own");
+        Some(resp(
+            200,
+            &[
+                ("cache-control", "max-age=3600"),
+                ("content-location", loc.as_str()),
+            ],
+            format!("answer {n} to {}", seen.method),
+        ))
+    });
+    let g = own
+        .send(
+            "POST",
+            "/post-own",
+            &[("content-type", "text/plain")],
+            "12345",
+        )
+        .await;
+    assert_eq!(
+        (g.status.as_u16(), &g.body[..]),
+        (200, &b"answer 1 to POST"[..])
+    );
+    own.settle().await;
+    let g = own.get(&[]).await;
+    assert_eq!(
+        &g.body[..],
+        b"answer 1 to POST",
+        "the POST answer is reused"
+    );
+    assert_eq!(own.hits(), 1);
+
+    // Another Content-Location, or no explicit freshness: not reused for GET.
+    let other = lab.scenario("post-other", |seen, n| {
+        Some(resp(
+            200,
+            &[
+                ("cache-control", "max-age=3600"),
+                ("content-location", "/elsewhere"),
+            ],
+            format!("answer {n} to {}", seen.method),
+        ))
+    });
+    other.send("POST", "/post-other", &[], "x").await;
+    let g = other.get(&[]).await;
+    assert_eq!(&g.body[..], b"answer 2 to GET");
+    let heuristic = lab.scenario("post-heuristic", |seen, n| {
+        Some(resp(
+            200,
+            &[
+                ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"),
+                ("content-location", "/post-heuristic"),
+            ],
+            format!("answer {n} to {}", seen.method),
+        ))
+    });
+    heuristic.send("POST", "/post-heuristic", &[], "x").await;
+    let g = heuristic.get(&[]).await;
+    assert_eq!(
+        &g.body[..],
+        b"answer 2 to GET",
+        "heuristic freshness is not enough"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Cache key normalisation (RFC 3986 §6.2.2, RFC 9110 §4.2.3)
 // ---------------------------------------------------------------------------------------

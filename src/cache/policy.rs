@@ -62,7 +62,9 @@ pub use freshness::{
     Freshness, FreshnessSource, ResponseFacts, age_header_value, current_age, freshness,
     freshness_lifetime, is_fresh, ttl_for,
 };
-pub use invalidate::{invalidation_targets, is_unsafe_method, normalize_path_and_query};
+pub use invalidate::{
+    invalidation_targets, is_unsafe_method, normalize_path_and_query, post_answer_names_its_target,
+};
 pub use options::{PolicyOptions, StonTtl, VaryMode};
 pub use reuse::{Reuse, decide_reuse, may_serve_stale_on_5xx, may_serve_stale_on_error};
 pub use store::{

@@ -1044,9 +1044,88 @@ impl Proxy {
                         self.invalidate(&k).await;
                     }
                 }
+                if ctx.method == Method::POST && self.post_reusable(ctx, &resp) {
+                    return self.store_post_answer(ctx, resp).await;
+                }
                 respond::passed(resp, ctx.vh, &ctx.method, CacheResult::ClientRefreshMiss)
             }
             Err(e) => origin_error(e),
+        }
+    }
+
+    /// RFC 9110 §9.3.3: a POST answer that names its own target in `Content-Location` and
+    /// carries explicit freshness answers later GETs of that URL.
+    fn post_reusable(&self, ctx: &Ctx<'_>, resp: &Response<Body>) -> bool {
+        let facts = ResponseFacts {
+            status: resp.status().as_u16(),
+            headers: resp.headers().clone(),
+            request_time: SystemTime::now(),
+            response_time: SystemTime::now(),
+        };
+        let explicit = matches!(
+            policy::freshness(&facts, &ctx.vh.policy).source,
+            policy::FreshnessSource::MaxAge
+                | policy::FreshnessSource::SMaxAge
+                | policy::FreshnessSource::Expires
+        );
+        let plain = policy::effective_vary(resp.headers(), &ctx.vh.policy.vary_mode)
+            == policy::VarySpec::None;
+        explicit
+            && plain
+            && policy::post_answer_names_its_target(
+                facts.status,
+                &ctx.path_and_query,
+                ctx.client_host.as_deref().unwrap_or(""),
+                resp.headers(),
+            )
+            && policy::is_storable(&Method::GET, &ctx.headers, &facts, &ctx.vh.policy)
+    }
+
+    /// Stores a reusable POST answer under its URL's GET key while the POST's client
+    /// reads it (from the fill, like any miss).
+    async fn store_post_answer(&self, ctx: &Ctx<'_>, resp: Response<Body>) -> Reply {
+        let primary = key::cache_key(&ctx.vh.cfg.name, &ctx.path_and_query, ctx.vh.key_rules);
+        let Join::Leader(guard) = self.fills.join(&primary) else {
+            return respond::passed(resp, ctx.vh, &ctx.method, CacheResult::ClientRefreshMiss);
+        };
+        let now = SystemTime::now();
+        let (parts, body) = resp.into_parts();
+        let mut stored = parts.headers.clone();
+        policy::strip_unstorable_headers(&mut stored);
+        let object = NewObject {
+            key: primary,
+            status: parts.status.as_u16(),
+            headers: respond::header_vec(&stored),
+            request_time_ms: ms(now),
+            response_time_ms: ms(now),
+            total_len: respond::content_length(&parts.headers),
+        };
+        let wait = ctx.rt.cfg.server.cache.fill_wait;
+        let fill = match guard
+            .stream(self.store.clone(), object, body, Vec::new())
+            .await
+        {
+            Ok(fill) => fill,
+            Err(not_stored) => {
+                let resp = Response::from_parts(parts, not_stored.body);
+                return respond::passed(resp, ctx.vh, &ctx.method, CacheResult::ClientRefreshMiss);
+            }
+        };
+        match fill.head(wait).await {
+            Some(FillState::Streaming { meta, .. }) | Some(FillState::Done(meta)) => {
+                let mut reply = respond::from_fill(
+                    &self.store,
+                    ctx.vh,
+                    &Method::GET,
+                    &HeaderMap::new(),
+                    meta,
+                    fill,
+                    CacheResult::Miss,
+                );
+                respond::add_unstored_fields(&mut reply, &parts.headers);
+                reply
+            }
+            _ => Reply::error(StatusCode::BAD_GATEWAY, "origin fetch failed\n"),
         }
     }
 

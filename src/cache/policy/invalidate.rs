@@ -59,6 +59,33 @@ pub fn invalidation_targets(
     targets
 }
 
+/// Whether a `POST` answer may be stored for later `GET`s of its target (RFC 9110 §9.3.3):
+/// a 200 whose `Content-Location` names the request target itself (same authority, same
+/// normalised path and query). The caller also requires explicit freshness.
+pub fn post_answer_names_its_target(
+    status: u16,
+    request_path_and_query: &str,
+    request_authority: &str,
+    response_headers: &HeaderMap,
+) -> bool {
+    if status != 200 {
+        return false;
+    }
+    let mut values = response_headers.get_all(header::CONTENT_LOCATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Ok(text) = std::str::from_utf8(value.as_bytes()) else {
+        return false;
+    };
+    let base_path = request_path_and_query
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("/");
+    resolve_same_origin(trim_ows(text), base_path, request_authority)
+        .is_some_and(|p| p == normalize_path_and_query(request_path_and_query))
+}
+
 /// Resolves a URI reference against the request and returns its normalised path+query,
 /// or `None` when it names another authority, a non-HTTP scheme, or nothing at all.
 fn resolve_same_origin(
@@ -209,6 +236,42 @@ fn uppercase_escapes(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn rfc9110_9_3_3_post_answers_naming_their_target() {
+        let h = |loc: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(
+                header::CONTENT_LOCATION,
+                http::HeaderValue::from_str(loc).expect("value"),
+            );
+            m
+        };
+        let cases: &[(u16, &str, bool)] = &[
+            (200, "/a/b?x=1", true),
+            (200, "http://example.com/a/b?x=1", true),
+            (200, "http://EXAMPLE.com:80/a/./b?x=1", true),
+            (200, "b?x=1", true),
+            (200, "/a/b", false),
+            (200, "/a/c?x=1", false),
+            (200, "http://other.com/a/b?x=1", false),
+            (201, "/a/b?x=1", false),
+        ];
+        for (status, loc, want) in cases {
+            assert_eq!(
+                post_answer_names_its_target(*status, "/a/b?x=1", "example.com", &h(loc)),
+                *want,
+                "{status} {loc}"
+            );
+        }
+        assert!(!post_answer_names_its_target(
+            200,
+            "/a/b",
+            "example.com",
+            &HeaderMap::new()
+        ));
+    }
+
     use super::*;
     use crate::cache::policy::test_support::hm;
 
