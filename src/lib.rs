@@ -14,3 +14,4 @@ pub mod purge;
 pub mod router;
 pub mod server;
 pub mod stats;
+pub mod zerocopy;

@@ -1,6 +1,7 @@
 //! The access log: one line per client request in STON's W3C-style form, written when the
 //! response body ends (or is abandoned), so `sc-bytes` is what was really sent.
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
+use http::{HeaderValue, Method, Uri};
 use hyper::body::{Body as _, Frame};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -79,21 +81,19 @@ pub struct AccessEntry {
     /// Vhost the client asked for (`-` when none matched).
     pub vhost: String,
     /// Method.
-    pub method: String,
-    /// Path.
-    pub path: String,
-    /// Query (without `?`), or `-`.
-    pub query: String,
+    pub method: Method,
+    /// Request target (path and query are logged from it).
+    pub uri: Uri,
     /// Server port.
     pub port: u16,
     /// Client IP.
-    pub client: String,
-    /// User-Agent or `-`.
-    pub user_agent: String,
-    /// Referer or `-`.
-    pub referer: String,
-    /// Range or `-`.
-    pub range: String,
+    pub client: IpAddr,
+    /// User-Agent, if sent.
+    pub user_agent: Option<HeaderValue>,
+    /// Referer, if sent.
+    pub referer: Option<HeaderValue>,
+    /// Range, if sent.
+    pub range: Option<HeaderValue>,
     /// Status sent.
     pub status: u16,
     /// Cache result.
@@ -184,19 +184,26 @@ impl AccessLog {
         } else {
             (0, 0)
         };
+        // Fields are kept as the request carried them (cheap to clone on the hit path) and
+        // turned into text only here, off the response's way.
+        let field = |v: &Option<HeaderValue>| {
+            v.as_ref()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default()
+        };
         let line = format!(
             "{now} - {} {} {} {} - {} {} {} {} {} {} - {} {} - - {} {} {}\n",
             e.method,
-            dash(&e.path),
-            dash(&e.query),
+            dash(e.uri.path()),
+            dash(e.uri.query().unwrap_or("")),
             e.port,
             e.client,
-            dash(&e.user_agent).replace(' ', "+"),
+            dash(&field(&e.user_agent)).replace(' ', "+"),
             status,
             bytes,
             taken,
-            dash(&e.referer),
-            dash(&e.range),
+            dash(&field(&e.referer)),
+            dash(&field(&e.range)),
             e.result.as_str(),
             e.content_length
                 .map(|l| l.to_string())

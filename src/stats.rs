@@ -28,8 +28,8 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Counts one finished request.
-    pub fn record(&self, _vhost: Option<usize>, e: &AccessEntry, bytes: u64) {
+    /// Counts one finished request (under the vhost the client asked for).
+    pub fn record(&self, e: &AccessEntry, bytes: u64) {
         let name = if e.vhost.is_empty() {
             "-"
         } else {

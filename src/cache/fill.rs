@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use crate::body::{self, Body, BoxError};
 use crate::cache::store::{NewObject, ObjectMeta, Store, StoreError};
 use crate::origin::OriginError;
+use crate::zerocopy::{self, FileSpan};
 
 /// A boxed future, for the object-safe sink trait.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -682,14 +683,18 @@ async fn send_from_store(
 
 /// A committed object's bytes `[pos, end]`, read chunk by chunk as hyper asks for them: no
 /// task and no channel on the hit path, one chunk in flight per client (back-pressure is
-/// hyper not polling while the socket is full).
+/// hyper not polling while the socket is full). On a connection that can send from files,
+/// each frame is offered with the verified file holding the same bytes (`zerocopy`).
 struct StoredBody {
     store: Store,
     meta: Arc<ObjectMeta>,
     pos: u64,
     end: u64,
-    pending: Option<BoxFuture<'static, Result<Bytes, StoreError>>>,
+    pending: Option<ChunkRead>,
 }
+
+/// A chunk being read for a [`StoredBody`], with the file it may be sent from.
+type ChunkRead = BoxFuture<'static, Result<(Bytes, Option<FileSpan>), StoreError>>;
 
 impl hyper::body::Body for StoredBody {
     type Data = Bytes;
@@ -708,9 +713,17 @@ impl hyper::body::Body for StoredBody {
         let index = (this.pos / cs) as u32;
         let fut = this.pending.get_or_insert_with(|| {
             let (store, meta) = (this.store.clone(), this.meta.clone());
-            Box::pin(async move { store.read_chunk(&meta, index).await })
+            // Polled by the connection's own task (h1): its lane is in scope here.
+            let send = zerocopy::active();
+            Box::pin(async move {
+                if send {
+                    store.read_chunk_for_send(&meta, index).await
+                } else {
+                    store.read_chunk(&meta, index).await.map(|b| (b, None))
+                }
+            })
         });
-        let chunk = match fut.as_mut().poll(cx) {
+        let (chunk, file) = match fut.as_mut().poll(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(r) => {
                 this.pending = None;
@@ -732,7 +745,17 @@ impl hyper::body::Body for StoredBody {
             return Poll::Ready(Some(Err("stored chunk shorter than its object".into())));
         }
         this.pos = base + to as u64;
-        Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk.slice(from..to)))))
+        let frame = chunk.slice(from..to);
+        if let Some(f) = file {
+            zerocopy::offer(
+                &frame,
+                &FileSpan {
+                    offset: f.offset + from as u64,
+                    file: f.file,
+                },
+            );
+        }
+        Poll::Ready(Some(Ok(hyper::body::Frame::data(frame))))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -24,14 +24,24 @@ pub fn cache_key(vhost: &str, path_and_query: &str, rules: KeyRules) -> String {
         None => (path_and_query, None),
     };
     let mut key = String::with_capacity(vhost.len() + path_and_query.len() + 1);
-    key.push_str(&vhost.to_ascii_lowercase());
-    key.push_str(&normalize_path(path));
+    key.push_str(vhost);
+    key.make_ascii_lowercase();
+    // Most paths are already normal (no escapes, no dot-segments): copy them as they are.
+    if path.starts_with('/') && !path.contains('%') && !has_dot_segment(path) {
+        key.push_str(path);
+    } else {
+        key.push_str(&normalize_path(path));
+    }
     if rules.apply_query_string
         && let Some(q) = query
         && !q.is_empty()
     {
         key.push('?');
-        key.push_str(&normalize_escapes(q));
+        if q.contains('%') {
+            key.push_str(&normalize_escapes(q));
+        } else {
+            key.push_str(q);
+        }
     }
     if !rules.case_sensitive {
         key.make_ascii_lowercase();
@@ -51,6 +61,11 @@ pub fn variant_key(primary: &str, variant: &str) -> String {
 /// The primary key a stored key belongs to (strips a variant suffix).
 pub fn primary_of(key: &str) -> &str {
     key.split(VARIANT_SEPARATOR).next().unwrap_or(key)
+}
+
+/// Whether `path` has a `.` or `..` segment.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 /// Normalises a path: decodes escapes of unreserved characters, upper-cases the other
@@ -156,6 +171,12 @@ mod tests {
         assert_eq!(cache_key("foo.com", "/%zz", STD), "foo.com/%25zz");
         assert_eq!(cache_key("foo.com", "/%%41a", STD), "foo.com/%25Aa");
         assert_eq!(cache_key("foo.com", "/日本", STD), "foo.com/日本");
+        assert_eq!(cache_key("foo.com", "/a/..", STD), "foo.com/");
+        assert_eq!(cache_key("foo.com", "/a/.", STD), "foo.com/a/");
+        assert_eq!(cache_key("foo.com", "/a/.b/..c", STD), "foo.com/a/.b/..c");
+        assert_eq!(cache_key("foo.com", "a/b", STD), "foo.com/a/b");
+        assert_eq!(cache_key("foo.com", "/a?%7e=%2f", STD), "foo.com/a?~=%2F");
+        assert_eq!(cache_key("foo.com", "/a?b=c", STD), "foo.com/a?b=c");
     }
 
     #[test]

@@ -66,7 +66,10 @@ pub use invalidate::{
     invalidation_targets, is_unsafe_method, normalize_path_and_query, post_answer_names_its_target,
 };
 pub use options::{PolicyOptions, StonTtl, VaryMode};
-pub use reuse::{Reuse, decide_reuse, may_serve_stale_on_5xx, may_serve_stale_on_error};
+pub use reuse::{
+    Reuse, StoredReuse, decide_reuse, decide_reuse_for, may_serve_stale_on_5xx,
+    may_serve_stale_on_error,
+};
 pub use store::{
     NotStorable, check_storable, is_cacheable_request, is_storable, strip_unstorable_headers,
 };

@@ -98,6 +98,8 @@ struct Ctx<'a> {
     followable_link: Option<&'a VhostLink>,
     /// Where the origin's 1xx answers to this client's own requests go (HTTP/1.1 clients).
     interim: Option<InterimSink>,
+    /// The request's `Cache-Control` (and `Pragma`), parsed once for every hop of a chain.
+    directives: policy::RequestDirectives,
 }
 
 /// Marks a response that stands for "the origin gave no answer" (link condition `fail`).
@@ -129,14 +131,13 @@ impl Proxy {
             .unwrap_or_else(|| "/".into());
         let mut entry = AccessEntry {
             vhost: String::new(),
-            method: parts.method.to_string(),
-            path: parts.uri.path().to_string(),
-            query: parts.uri.query().unwrap_or("").to_string(),
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
             port: peer.local_port,
-            client: peer.addr.ip().to_string(),
-            user_agent: header_str(&parts.headers, header::USER_AGENT),
-            referer: header_str(&parts.headers, header::REFERER),
-            range: header_str(&parts.headers, header::RANGE),
+            client: peer.addr.ip(),
+            user_agent: parts.headers.get(header::USER_AGENT).cloned(),
+            referer: parts.headers.get(header::REFERER).cloned(),
+            range: parts.headers.get(header::RANGE).cloned(),
             status: 0,
             result: CacheResult::Denied,
             vhostlink: String::new(),
@@ -151,7 +152,7 @@ impl Proxy {
                 .unwrap_or_default();
             let msg =
                 format!("no virtual host is configured for Host \"{shown}\" (and no <Default>)\n");
-            return self.finish(respond::error(StatusCode::NOT_FOUND, &msg), entry, None);
+            return self.finish(respond::error(StatusCode::NOT_FOUND, &msg), entry);
         };
         let vh = &rt.vhosts[vi];
         entry.vhost = vh.cfg.name.clone();
@@ -165,7 +166,7 @@ impl Proxy {
                     StatusCode::UNAUTHORIZED,
                     "purge methods need an allowed management address\n",
                 );
-                return self.finish(r, entry, Some(vi));
+                return self.finish(r, entry);
             }
             let t0 = Instant::now();
             let target = format!("{}{}", vh.cfg.name, path_and_query);
@@ -181,7 +182,7 @@ impl Proxy {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            return self.finish(r, entry, Some(vi));
+            return self.finish(r, entry);
         }
 
         // RFC 8586: a request that already went through us (or through too many CDNs) is
@@ -195,6 +196,7 @@ impl Proxy {
             vh,
             method: parts.method.clone(),
             path_and_query,
+            directives: policy::RequestDirectives::parse(&parts.headers),
             headers: parts.headers,
             peer,
             client_host: host,
@@ -250,16 +252,11 @@ impl Proxy {
             }
         }
         entry.result = reply.result;
-        self.finish(reply.response, entry, Some(vi))
+        self.finish(reply.response, entry)
     }
 
     /// Wraps the response so the access log and stats see how it ended.
-    fn finish(
-        &self,
-        resp: Response<Body>,
-        mut entry: AccessEntry,
-        vhost: Option<usize>,
-    ) -> Response<Body> {
+    fn finish(&self, resp: Response<Body>, mut entry: AccessEntry) -> Response<Body> {
         entry.status = resp.status().as_u16();
         entry.content_length = resp
             .headers()
@@ -268,7 +265,7 @@ impl Proxy {
             .and_then(|v| v.parse().ok());
         let stats = self.stats.clone();
         let on_end: crate::log::OnEnd = Arc::new(move |e, bytes| {
-            stats.record(vhost, e, bytes);
+            stats.record(e, bytes);
         });
         let log = self.log.clone();
         resp.map(|b| {
@@ -282,7 +279,7 @@ impl Proxy {
         let primary = key::cache_key(&ctx.vh.cfg.name, &ctx.path_and_query, ctx.vh.key_rules);
         let now = SystemTime::now();
         let (key, stored) = self.lookup(ctx, &primary).await;
-        let only_if_cached = policy::RequestDirectives::parse(&ctx.headers).only_if_cached;
+        let only_if_cached = ctx.directives.only_if_cached;
         let Some(key) = key else {
             if only_if_cached {
                 return Reply::error(StatusCode::GATEWAY_TIMEOUT, "not cached (only-if-cached)\n");
@@ -297,10 +294,10 @@ impl Proxy {
                 let fresh = match meta.expires_override_ms {
                     Some(at) => ms(now) < at,
                     None => matches!(
-                        policy::decide_reuse(
+                        policy::decide_reuse_for(
                             &ctx.method,
-                            &ctx.headers,
-                            &respond::facts(&meta),
+                            &ctx.directives,
+                            &respond::facts(&meta).reuse(&ctx.vh.policy),
                             now,
                             &ctx.vh.policy
                         ),
@@ -323,7 +320,14 @@ impl Proxy {
                 Some(at) if ms(now) >= at => Reuse::MustRevalidate,
                 Some(_) => Reuse::Fresh,
                 None => {
-                    policy::decide_reuse(&ctx.method, &ctx.headers, &facts, now, &ctx.vh.policy)
+                    let analysis = facts.reuse(&ctx.vh.policy);
+                    policy::decide_reuse_for(
+                        &ctx.method,
+                        &ctx.directives,
+                        &analysis,
+                        now,
+                        &ctx.vh.policy,
+                    )
                 }
             };
             match reuse {
@@ -979,6 +983,7 @@ impl Proxy {
                 vh,
                 method,
                 path_and_query: path,
+                directives: policy::RequestDirectives::parse(&headers),
                 headers,
                 peer,
                 client_host,
@@ -1197,13 +1202,6 @@ fn loop_detected() -> Reply {
     );
     r.result = CacheResult::Denied;
     r
-}
-
-fn header_str(h: &HeaderMap, name: header::HeaderName) -> String {
-    h.get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
 }
 
 /// Milliseconds since the Unix epoch.

@@ -229,6 +229,7 @@ async fn carry_over(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::store::Headers;
     use http::HeaderValue;
 
     /// A memory store with 8-byte chunks, so small bodies cross chunk boundaries.
@@ -333,7 +334,7 @@ mod tests {
         NewObject {
             key: "k".into(),
             status: 200,
-            headers: vec![("etag".into(), etag.as_bytes().to_vec())],
+            headers: Headers::from_pairs([("etag", etag)]),
             total_len: Some(total),
             ..Default::default()
         }

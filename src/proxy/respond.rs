@@ -15,8 +15,9 @@ use crate::cache::fill::{self, Source};
 use crate::cache::key;
 use crate::cache::policy::{self, Conditional, ResponseFacts};
 use crate::cache::range::{self, RangeRequest};
-use crate::cache::store::{ObjectMeta, Store};
+use crate::cache::store::{Headers, ObjectMeta, Store};
 use crate::log::CacheResult;
+use crate::zerocopy::{self, FileSpan};
 
 /// An answer and how the cache came to it.
 pub struct Reply {
@@ -58,13 +59,14 @@ pub fn error(status: StatusCode, msg: &str) -> Response<Body> {
     r
 }
 
-/// Stored header pairs → a `HeaderMap` (invalid pairs are skipped).
-pub fn header_map(v: &[(String, Vec<u8>)]) -> HeaderMap {
+/// Stored header pairs → a `HeaderMap` (invalid pairs are skipped). The values share the
+/// stored list's memory rather than copying it.
+pub fn header_map(v: &Headers) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(v.len());
-    for (n, val) in v {
+    for (n, val) in v.shared_values() {
         if let (Ok(n), Ok(val)) = (
             HeaderName::from_bytes(n.as_bytes()),
-            HeaderValue::from_bytes(val),
+            HeaderValue::from_maybe_shared(val),
         ) {
             h.append(n, val);
         }
@@ -73,10 +75,8 @@ pub fn header_map(v: &[(String, Vec<u8>)]) -> HeaderMap {
 }
 
 /// A `HeaderMap` → stored header pairs.
-pub fn header_vec(h: &HeaderMap) -> Vec<(String, Vec<u8>)> {
-    h.iter()
-        .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
-        .collect()
+pub fn header_vec(h: &HeaderMap) -> Headers {
+    Headers::from_pairs(h.iter().map(|(n, v)| (n.as_str(), v.as_bytes())))
 }
 
 /// `Content-Length`, when present and valid.
@@ -89,15 +89,47 @@ pub fn content_length(h: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// A stored snapshot as the policy sees it, parsed once per snapshot (hits reuse it): its
+/// facts (status, headers, times) and its reuse analysis under the vhost's options.
+pub struct StoredView {
+    facts: ResponseFacts,
+    reuse: arc_swap::ArcSwapOption<policy::StoredReuse>,
+}
+
+impl std::ops::Deref for StoredView {
+    type Target = ResponseFacts;
+    fn deref(&self) -> &ResponseFacts {
+        &self.facts
+    }
+}
+
+impl StoredView {
+    /// The reuse analysis under `opts`, computed on first use (and again only if a reload
+    /// changed the options it depends on).
+    pub fn reuse(&self, opts: &policy::PolicyOptions) -> Arc<policy::StoredReuse> {
+        if let Some(r) = self.reuse.load_full()
+            && r.computed_under(opts)
+        {
+            return r;
+        }
+        let r = Arc::new(policy::StoredReuse::new(&self.facts, opts));
+        self.reuse.store(Some(r.clone()));
+        r
+    }
+}
+
 /// The policy's view of a stored object, parsed once per stored snapshot (hits reuse it).
-pub fn facts(meta: &ObjectMeta) -> Arc<ResponseFacts> {
+pub fn facts(meta: &ObjectMeta) -> Arc<StoredView> {
     let make = || {
         let t = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
-        ResponseFacts {
-            status: meta.status,
-            headers: header_map(&meta.headers),
-            request_time: t(meta.request_time_ms),
-            response_time: t(meta.response_time_ms),
+        StoredView {
+            facts: ResponseFacts {
+                status: meta.status,
+                headers: header_map(&meta.headers),
+                request_time: t(meta.request_time_ms),
+                response_time: t(meta.response_time_ms),
+            },
+            reuse: arc_swap::ArcSwapOption::empty(),
         }
     };
     meta.derived
@@ -123,7 +155,13 @@ pub async fn from_store(
         && total > 0
         && total <= meta.chunk_size as u64
     {
-        match store.read_chunk(&meta, 0).await {
+        // On a connection that can send from files, also the verified file holding it.
+        let read = if zerocopy::active() {
+            store.read_chunk_for_send(&meta, 0).await
+        } else {
+            store.read_chunk(&meta, 0).await.map(|b| (b, None))
+        };
+        match read {
             Ok(b) => Some(b),
             Err(e) => {
                 tracing::warn!(key = %meta.key, error = %e, "stored chunk unreadable; refetching");
@@ -223,7 +261,7 @@ fn build(
     req: &HeaderMap,
     meta: Arc<ObjectMeta>,
     source: impl FnOnce(Arc<ObjectMeta>) -> Source,
-    inline: Option<Bytes>,
+    inline: Option<(Bytes, Option<FileSpan>)>,
     result: CacheResult,
     now: SystemTime,
 ) -> Reply {
@@ -233,7 +271,8 @@ fn build(
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::TRANSFER_ENCODING);
     if vh.cfg.options.age_header != Some(false) {
-        let age = policy::age_header_value(&facts, now);
+        // RFC 9111 §5.1 (capped at 2^31 s, §1.2.2); the analysis holds the parsed inputs.
+        let age = facts.reuse(&vh.policy).age(now).as_secs().min(1 << 31);
         headers.insert(header::AGE, HeaderValue::from(age));
     }
     if !headers.contains_key(header::DATE)
@@ -306,8 +345,9 @@ fn build(
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(e - s + 1));
             let body = if head {
                 body::empty()
-            } else if let Some(b) = &inline {
-                body::full(b.slice(s as usize..=e as usize))
+            } else if let Some((b, file)) = &inline {
+                let part = b.slice(s as usize..=e as usize);
+                zerocopy::body(part, file.as_ref().map(|f| f.skip(s)))
             } else {
                 fill::stream_range(store.clone(), src, s, e)
             };
@@ -339,8 +379,8 @@ fn build(
             }
             let body = if head || total == Some(0) || status_has_no_body(status) {
                 body::empty()
-            } else if let Some(b) = inline {
-                body::full(b)
+            } else if let Some((b, file)) = inline {
+                zerocopy::body(b, file)
             } else {
                 let end = total.map(|l| l.saturating_sub(1)).unwrap_or(u64::MAX - 1);
                 fill::stream_range(store.clone(), src, 0, end)

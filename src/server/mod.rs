@@ -29,6 +29,7 @@ use crate::log::AccessLog;
 use crate::manage::Manager;
 use crate::proxy::{Peer, Proxy};
 use crate::stats::Stats;
+use crate::zerocopy::{self, ZcStream};
 use runtime::RuntimeBuilder;
 use tls::{CertTable, SniResolver};
 
@@ -341,7 +342,11 @@ fn spawn_accept(
             let tls = tls.clone();
             tokio::spawn(async move {
                 match tls {
-                    None => serve(stream, &builder, proxy, peer, watcher).await,
+                    None => {
+                        // Plain TCP may send cached bytes straight from their files.
+                        let (stream, lane) = ZcStream::new(stream);
+                        zerocopy::scope(lane, serve(stream, &builder, proxy, peer, watcher)).await
+                    }
                     Some(acceptor) => {
                         match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                             .await

@@ -166,6 +166,18 @@ pub fn evaluate_conditionals(
     if !safe || !(200..=299).contains(&stored_status) {
         return Conditional::None;
     }
+    // Most requests carry no precondition: skip parsing the stored validators.
+    let conditional = [
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+    ]
+    .iter()
+    .any(|n| req_headers.contains_key(n));
+    if !conditional {
+        return Conditional::None;
+    }
     let etag = stored_etag(stored_headers);
     let modified = last_modified(stored_headers);
 

@@ -195,14 +195,25 @@ pub fn parse_age(headers: &HeaderMap) -> u64 {
 /// All subtractions saturate at zero, so clock skew can only make a response look younger
 /// than zero-age, never negative.
 pub fn current_age(facts: &ResponseFacts, now: SystemTime) -> Duration {
-    let since = |later: SystemTime, earlier: SystemTime| {
-        later.duration_since(earlier).unwrap_or(Duration::ZERO)
-    };
+    age_at(initial_age(facts), facts.response_time, now)
+}
+
+/// `corrected_initial_age` (§4.2.3): the response's age when it arrived. Fixed per stored
+/// response, so it can be computed once and aged with [`age_at`].
+pub fn initial_age(facts: &ResponseFacts) -> Duration {
     let apparent_age = since(facts.response_time, date_value(facts));
     let response_delay = since(facts.response_time, facts.request_time);
     let corrected_age_value = Duration::from_secs(parse_age(&facts.headers)) + response_delay;
-    let corrected_initial_age = apparent_age.max(corrected_age_value);
-    corrected_initial_age.saturating_add(since(now, facts.response_time))
+    apparent_age.max(corrected_age_value)
+}
+
+/// The current age of a response that was `initial` old when it arrived at `response_time`.
+pub fn age_at(initial: Duration, response_time: SystemTime, now: SystemTime) -> Duration {
+    initial.saturating_add(since(now, response_time))
+}
+
+fn since(later: SystemTime, earlier: SystemTime) -> Duration {
+    later.duration_since(earlier).unwrap_or(Duration::ZERO)
 }
 
 /// The value of the `Age` field to send with a response served from cache, in whole seconds

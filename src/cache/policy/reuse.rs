@@ -7,8 +7,10 @@ use http::{HeaderMap, Method, header};
 
 use super::cache_control::{MaxStale, RequestDirectives, ResponseDirectives};
 use super::fields::last_modified;
-use super::freshness::{FreshnessSource, ResponseFacts, current_age, freshness};
-use super::options::PolicyOptions;
+use super::freshness::{
+    Freshness, FreshnessSource, ResponseFacts, age_at, current_age, freshness, initial_age,
+};
+use super::options::{PolicyOptions, StonTtl, VaryMode};
 use super::targeted::effective_directives;
 use super::vary::{VarySpec, effective_vary};
 
@@ -64,19 +66,83 @@ pub fn decide_reuse(
     now: SystemTime,
     opts: &PolicyOptions,
 ) -> Reuse {
+    decide_reuse_for(
+        req_method,
+        &RequestDirectives::parse(req_headers),
+        &StoredReuse::new(stored, opts),
+        now,
+        opts,
+    )
+}
+
+/// What [`decide_reuse_for`] needs from one stored response under one vhost's options.
+/// It depends only on the stored response and the options, so the proxy computes it once
+/// per stored snapshot and a hit does not parse the stored fields again.
+#[derive(Debug, Clone)]
+pub struct StoredReuse {
+    directives: ResponseDirectives,
+    reusable: bool,
+    has_validator: bool,
+    fresh: Freshness,
+    initial_age: Duration,
+    response_time: SystemTime,
+    // The options it was computed under (those it depends on).
+    ttl: Option<StonTtl>,
+    heuristic_cap: Duration,
+    vary_mode: VaryMode,
+}
+
+impl StoredReuse {
+    /// Analyses `stored` under `opts`.
+    pub fn new(stored: &ResponseFacts, opts: &PolicyOptions) -> StoredReuse {
+        let directives = effective_directives(&stored.headers).directives;
+        StoredReuse {
+            reusable: reusable_entry(stored, &directives, opts),
+            has_validator: has_validator(&stored.headers),
+            fresh: freshness(stored, opts),
+            initial_age: initial_age(stored),
+            response_time: stored.response_time,
+            directives,
+            ttl: opts.ttl,
+            heuristic_cap: opts.heuristic_cap,
+            vary_mode: opts.vary_mode.clone(),
+        }
+    }
+
+    /// Whether it still holds under `opts` (a reload may have changed the TTL options).
+    pub fn computed_under(&self, opts: &PolicyOptions) -> bool {
+        self.ttl == opts.ttl
+            && self.heuristic_cap == opts.heuristic_cap
+            && self.vary_mode == opts.vary_mode
+    }
+
+    /// The response's current age at `now` (§4.2.3).
+    pub fn age(&self, now: SystemTime) -> Duration {
+        age_at(self.initial_age, self.response_time, now)
+    }
+}
+
+/// [`decide_reuse`] with the request directives parsed and the stored response analysed.
+pub fn decide_reuse_for(
+    req_method: &Method,
+    req: &RequestDirectives,
+    stored: &StoredReuse,
+    now: SystemTime,
+    opts: &PolicyOptions,
+) -> Reuse {
     if req_method != Method::GET && req_method != Method::HEAD {
         return Reuse::Unusable;
     }
-    let d = effective_directives(&stored.headers).directives;
-    if !reusable_entry(stored, &d, opts) {
+    let d = &stored.directives;
+    if !stored.reusable {
         return Reuse::Unusable;
     }
-    let revalidate = if has_validator(&stored.headers) {
+    let revalidate = if stored.has_validator {
         Reuse::MustRevalidate
     } else {
         Reuse::Unusable
     };
-    let fresh = freshness(stored, opts);
+    let fresh = stored.fresh;
     // A STON NoCache/NoStore TTL is the operator's explicit "keep this for N seconds".
     let ston_override = matches!(
         fresh.source,
@@ -86,8 +152,7 @@ pub fn decide_reuse(
         return revalidate;
     }
 
-    let age = current_age(stored, now);
-    let req = RequestDirectives::parse(req_headers);
+    let age = stored.age(now);
     let honour_reload = opts.no_cache_request_expire;
     if honour_reload && req.no_cache {
         return revalidate;
@@ -254,6 +319,42 @@ mod tests {
     use crate::cache::policy::test_support::{T0, at, date, facts, hm};
 
     type Headers<'a> = &'a [(&'a str, &'a str)];
+
+    /// The analysis computed once per snapshot gives the same decisions as parsing every
+    /// time, and notices when a reload changed the options it depends on.
+    #[test]
+    fn rfc9111_4_stored_analysis_is_equivalent_and_tracks_options() {
+        let opts = PolicyOptions::default();
+        let ston = PolicyOptions {
+            ttl: Some(StonTtl::default()),
+            ..PolicyOptions::default()
+        };
+        for cc in [
+            "max-age=100",
+            "no-cache",
+            "max-age=10, stale-while-revalidate=60",
+            "",
+        ] {
+            let f = stored(cc);
+            let a = StoredReuse::new(&f, &opts);
+            assert!(a.computed_under(&opts) && !a.computed_under(&ston));
+            for secs in [0, 5, 50, 99, 101, 1000] {
+                for req in [&[][..], &[("cache-control", "max-age=20")][..]] {
+                    let h = hm(req);
+                    let want = decide_reuse(&Method::GET, &h, &f, at(T0 + secs), &opts);
+                    let got = decide_reuse_for(
+                        &Method::GET,
+                        &RequestDirectives::parse(&h),
+                        &a,
+                        at(T0 + secs),
+                        &opts,
+                    );
+                    assert_eq!(got, want, "{cc} at +{secs}s {req:?}");
+                }
+            }
+            assert_eq!(a.age(at(T0 + 7)), current_age(&f, at(T0 + 7)));
+        }
+    }
 
     /// A stored 200 received at T0 with `Date: T0`, an ETag, and the given Cache-Control.
     fn stored(cc: &str) -> ResponseFacts {

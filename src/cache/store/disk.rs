@@ -17,13 +17,15 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 
 use super::error::StoreError;
 use super::index::KeyHash;
 use super::meta::{self, META_HEADER_LEN, MetaHeader, ObjectMeta};
+use crate::zerocopy::{self, FileSpan, SendFile};
 
 /// Magic opening every chunk file.
 const CHUNK_MAGIC: &[u8; 4] = b"STC1";
@@ -118,6 +120,8 @@ pub(crate) struct Disk {
     /// fsync files before rename and directories after (power-loss durability).
     sync: bool,
     tmp_seq: AtomicU64,
+    /// The directory is on tmpfs/ramfs: its files may be sent with `sendfile` (`zerocopy`).
+    memory_backed: AtomicBool,
 }
 
 impl Disk {
@@ -129,7 +133,13 @@ impl Disk {
             run_id,
             sync,
             tmp_seq: AtomicU64::new(0),
+            memory_backed: AtomicBool::new(false),
         }
+    }
+
+    /// Whether files here may be sent from with `sendfile` (known after [`Disk::prepare`]).
+    pub fn memory_backed(&self) -> bool {
+        self.memory_backed.load(Ordering::Relaxed)
     }
 
     /// The identifier of this run, carried by its temporary files.
@@ -142,6 +152,8 @@ impl Disk {
         for sub in 0..=255u8 {
             fs::create_dir_all(self.subdir(sub))?;
         }
+        let backed = File::open(&self.root).is_ok_and(|d| zerocopy::memory_backed(&d));
+        self.memory_backed.store(backed, Ordering::Relaxed);
         Ok(())
     }
 
@@ -211,6 +223,7 @@ impl Disk {
 
     /// Reads and verifies chunk `index` of `version`: `Missing` when the file is absent,
     /// `Corrupt` when its header or bytes disagree with what the meta expects.
+    #[cfg(test)]
     pub fn read_chunk(
         &self,
         h: &KeyHash,
@@ -219,10 +232,72 @@ impl Disk {
         len: u64,
         crc: u32,
     ) -> Result<Bytes, StoreError> {
-        let buf = match fs::read(self.chunk_path(h, version, index)) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::Missing),
-            Err(e) => return Err(e.into()),
+        self.load_chunk_file(h, version, index, len, crc, false)
+            .map(|(b, _)| b)
+    }
+
+    /// Chunk `index` of `version` read and verified, looking in the `.meta` file for an
+    /// inline chunk 0 (first when `inline_first`, else when chunk 0 has no file of its own).
+    /// With `keep`, on a memory-backed directory, the verified file stays open so later hits
+    /// can send from it (see `zerocopy`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn load_chunk(
+        &self,
+        h: &KeyHash,
+        version: u64,
+        index: u32,
+        len: u64,
+        crc: u32,
+        inline_first: bool,
+        keep: bool,
+    ) -> Result<(Bytes, Option<FileSpan>), StoreError> {
+        let keep = keep && self.memory_backed();
+        if inline_first {
+            return self.load_inline(h, version, crc, keep);
+        }
+        match self.load_chunk_file(h, version, index, len, crc, keep) {
+            // Chunk 0 of a writer that committed meanwhile may have gone inline.
+            Err(StoreError::Missing) if index == 0 => self.load_inline(h, version, crc, keep),
+            r => r,
+        }
+    }
+
+    /// Chunk 0 of `version` from the `.meta` file, where the inline body ends the file.
+    fn load_inline(
+        &self,
+        h: &KeyHash,
+        version: u64,
+        crc: u32,
+        keep: bool,
+    ) -> Result<(Bytes, Option<FileSpan>), StoreError> {
+        let Some((buf, file)) = read_whole(&self.meta_path(h), keep)? else {
+            return Err(StoreError::Missing);
+        };
+        let buf = Bytes::from(buf);
+        let (meta, inline) = meta::decode_meta_file(&buf)?;
+        let Some(inline) = inline.filter(|_| meta.version == version) else {
+            return Err(StoreError::Missing);
+        };
+        if meta.chunk_crc(0) != Some(crc) {
+            return Err(StoreError::Missing);
+        }
+        let bytes = buf.slice_ref(inline);
+        let offset = (buf.len() - bytes.len()) as u64;
+        Ok((bytes, file.map(|f| FileSpan { file: f, offset })))
+    }
+
+    /// Reads and verifies a chunk file (see [`Disk::read_chunk`]).
+    fn load_chunk_file(
+        &self,
+        h: &KeyHash,
+        version: u64,
+        index: u32,
+        len: u64,
+        crc: u32,
+        keep: bool,
+    ) -> Result<(Bytes, Option<FileSpan>), StoreError> {
+        let Some((buf, file)) = read_whole(&self.chunk_path(h, version, index), keep)? else {
+            return Err(StoreError::Missing);
         };
         if buf.len() < CHUNK_HEADER_LEN || &buf[..4] != CHUNK_MAGIC {
             return Err(StoreError::Corrupt);
@@ -240,7 +315,11 @@ impl Disk {
         if !ok {
             return Err(StoreError::Corrupt);
         }
-        Ok(Bytes::from(buf).slice(CHUNK_HEADER_LEN..))
+        let span = file.map(|f| FileSpan {
+            file: f,
+            offset: CHUNK_HEADER_LEN as u64,
+        });
+        Ok((Bytes::from(buf).slice(CHUNK_HEADER_LEN..), span))
     }
 
     /// Deletes chunk files `0..count` of `version` (chunk 0 too unless `skip0`); absent files
@@ -324,6 +403,28 @@ impl Disk {
     /// Deletes the `.meta` file (absent is fine).
     pub fn remove_meta(&self, h: &KeyHash) {
         remove_quietly(&self.meta_path(h));
+    }
+}
+
+/// A file's bytes, and with them the open file when it is kept for sending.
+type Whole = (Vec<u8>, Option<Arc<SendFile>>);
+
+/// The whole file at `path` (`None` when absent); with `keep` also the open file, stamped
+/// before the read so that a change made during or after it is noticed before any send.
+fn read_whole(path: &Path, keep: bool) -> Result<Option<Whole>, StoreError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut buf = Vec::new();
+    if keep {
+        let send = SendFile::new(file)?;
+        send.file().read_to_end(&mut buf)?;
+        Ok(Some((buf, Some(Arc::new(send)))))
+    } else {
+        (&file).read_to_end(&mut buf)?;
+        Ok(Some((buf, None)))
     }
 }
 

@@ -2,12 +2,14 @@
 //!
 //! One [`Entry`] per object says which version is current, where it lives (disk, memory) and
 //! what it weighs, plus the per-tier S3-FIFO state. Bodies and metas are not held here (the
-//! memory tier hangs off the entry), so an entry costs ~90 bytes plus the key.
+//! memory tier hangs off the entry), so an entry costs ~90 bytes plus, when it has no memory
+//! copy, the key (a memory copy's meta holds the key: it is not stored twice).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use super::memory::MemObject;
+use super::meta::{ObjectMeta, alloc_cost};
 use super::s3fifo::{FifoKey, FifoNode, Nodes};
 
 /// The 128-bit xxh3 hash of a cache key; names the object's files and keys the index.
@@ -87,17 +89,21 @@ impl Hasher for IdHasher {
 pub(crate) const NO_DISK: u8 = u8::MAX;
 
 /// What the store knows about one committed object.
+///
+/// The full key (hash collisions are told apart by it, and purge-by-pattern lists it) is the
+/// memory copy's `meta.key` when there is a memory copy, else held here; the memory copy is
+/// given and taken through [`Index::set_mem`], which moves the key.
 pub(crate) struct Entry {
-    /// The full key (hash collisions are told apart by it, and purge-by-pattern lists it).
-    pub key: Box<str>,
+    /// The key, when there is no memory copy.
+    cold_key: Option<Box<str>>,
+    /// The memory tier's copy (meta, and the chunks that are resident).
+    mem: Option<Box<MemObject>>,
     /// The current committed version.
     pub version: u64,
     /// Body bytes held (sum of present chunk lengths).
     pub size: u64,
     /// Bytes charged to the disk quota (0 when memory-only).
     pub disk_bytes: u64,
-    /// The memory tier's copy (meta, and the chunks that are resident).
-    pub mem: Option<Box<MemObject>>,
     /// Memory-tier policy state.
     pub mem_node: FifoNode,
     /// Disk-tier policy state.
@@ -111,6 +117,53 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// An entry for the version `meta` describes, with a memory copy or without, on `disk`
+    /// ([`NO_DISK`] for none); not attached to any policy yet.
+    pub fn new(
+        meta: &ObjectMeta,
+        mem: Option<Box<MemObject>>,
+        disk: u8,
+        disk_bytes: u64,
+        inline0: bool,
+    ) -> Entry {
+        Entry {
+            cold_key: mem.is_none().then(|| meta.key.as_str().into()),
+            mem,
+            version: meta.version,
+            size: meta.held_bytes(),
+            disk_bytes,
+            mem_node: FifoNode::default(),
+            disk_node: FifoNode::default(),
+            chunk_count: meta.chunk_slots().len() as u32,
+            disk,
+            inline0,
+        }
+    }
+
+    /// The object's full key.
+    pub fn key(&self) -> &str {
+        match (&self.mem, &self.cold_key) {
+            (Some(m), _) => &m.meta.key,
+            (None, Some(k)) => k,
+            (None, None) => "",
+        }
+    }
+
+    /// The memory copy.
+    pub fn mem(&self) -> Option<&MemObject> {
+        self.mem.as_deref()
+    }
+
+    /// The memory copy, to change its chunks or meta (not to remove it: see `Index::set_mem`).
+    pub fn mem_mut(&mut self) -> Option<&mut MemObject> {
+        self.mem.as_deref_mut()
+    }
+
+    /// Heap bytes of the key held here (none when the memory copy holds it).
+    fn cold_key_bytes(&self) -> u64 {
+        self.cold_key.as_ref().map_or(0, |k| alloc_cost(k.len()))
+    }
+
     /// The disk holding the object, if any.
     pub fn disk(&self) -> Option<u8> {
         (self.disk != NO_DISK).then_some(self.disk)
@@ -128,7 +181,8 @@ type Map = HashMap<KeyHash, Entry, BuildHasherDefault<IdHasher>>;
 #[derive(Default)]
 pub(crate) struct Index {
     map: Map,
-    key_bytes: usize,
+    /// Heap bytes of the keys held by entries without a memory copy.
+    key_bytes: u64,
 }
 
 impl Index {
@@ -144,10 +198,10 @@ impl Index {
 
     /// Adds or replaces; returns the replaced entry.
     pub fn insert(&mut self, hash: KeyHash, entry: Entry) -> Option<Entry> {
-        self.key_bytes += entry.key.len();
+        self.key_bytes += entry.cold_key_bytes();
         let old = self.map.insert(hash, entry);
         if let Some(o) = &old {
-            self.key_bytes -= o.key.len();
+            self.key_bytes -= o.cold_key_bytes();
         }
         old
     }
@@ -156,9 +210,29 @@ impl Index {
     pub fn remove(&mut self, hash: &KeyHash) -> Option<Entry> {
         let old = self.map.remove(hash);
         if let Some(o) = &old {
-            self.key_bytes -= o.key.len();
+            self.key_bytes -= o.cold_key_bytes();
         }
         old
+    }
+
+    /// Gives the entry of `hash` a memory copy, replacing any, or takes its copy away; the key
+    /// moves between the copy's meta and the entry. Returns the entry.
+    pub fn set_mem(&mut self, hash: &KeyHash, mem: Option<Box<MemObject>>) -> Option<&mut Entry> {
+        let e = self.map.get_mut(hash)?;
+        self.key_bytes -= e.cold_key_bytes();
+        match mem {
+            Some(m) => {
+                e.cold_key = None;
+                e.mem = Some(m);
+            }
+            None => {
+                if let Some(m) = e.mem.take() {
+                    e.cold_key = Some(m.meta.key.as_str().into());
+                }
+            }
+        }
+        self.key_bytes += e.cold_key_bytes();
+        Some(e)
     }
 
     /// Number of objects.
@@ -171,11 +245,16 @@ impl Index {
         self.map.iter()
     }
 
-    /// Approximate bytes of the index itself: table slots, control bytes and key strings
-    /// (with an allocator overhead of 16 bytes each). Memory-tier copies are not included.
+    /// Approximate bytes of the index itself: table slots, control bytes and the keys it
+    /// holds (allocator overhead included). Memory-tier copies are not included.
     pub fn heap_bytes(&self) -> u64 {
         let slot = size_of::<(KeyHash, Entry)>() + 1;
-        (self.map.capacity() * slot + self.key_bytes + self.map.len() * 16) as u64
+        // `capacity` is 7/8 of the buckets (a power of two) once the table has grown.
+        let buckets = match self.map.capacity() {
+            0 => 0,
+            c => (c * 8 / 7).next_power_of_two(),
+        };
+        (buckets * slot) as u64 + self.key_bytes
     }
 }
 

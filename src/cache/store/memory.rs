@@ -9,40 +9,111 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::index::KeyHash;
-use super::meta::ObjectMeta;
+use super::index::{Entry, KeyHash};
+use super::meta::{ObjectMeta, alloc_cost};
 use super::s3fifo::S3Fifo;
+
+/// Memory a resident chunk of `len` bytes takes: its buffer's allocation plus the shared
+/// header `Bytes` allocates once the chunk is cloned.
+fn chunk_cost(len: usize) -> u64 {
+    alloc_cost(len) + alloc_cost(3 * size_of::<usize>())
+}
+
+/// Bookkeeping of an object that lives in memory only, charged to the memory tier: its index
+/// slot (hash table slot and control byte, at an average load of 2/3) and its S3-FIFO queue
+/// slot (queues at half capacity on average). A disk object's are counted in `index_bytes`.
+const MEMORY_ONLY_INDEX_COST: u64 =
+    ((size_of::<(KeyHash, Entry)>() + 1) * 3 / 2 + size_of::<(KeyHash, u32)>() * 2) as u64;
 
 /// The memory tier's copy of one object.
 pub(crate) struct MemObject {
     /// The current meta; handed out by `lookup` without touching the disk.
     pub meta: Arc<ObjectMeta>,
-    /// Resident chunks, indexed like the meta's chunk table; empty for a meta-only copy.
-    pub chunks: Box<[Option<Bytes>]>,
-    /// Bytes charged to the tier: the meta's estimate plus resident chunk lengths.
+    /// Resident chunks.
+    chunks: Resident,
+    /// Bytes charged to the tier: what the meta, this copy and its resident chunks take in
+    /// memory, allocator overhead included (and the index slot of a memory-only object).
     pub weight: u64,
+}
+
+/// Resident chunks of a memory copy. A small object's single chunk needs no table.
+enum Resident {
+    /// None (a meta-only copy).
+    Nothing,
+    /// Chunk 0 only.
+    First(Bytes),
+    /// Any chunks, indexed like the meta's chunk table.
+    Table(Box<[Option<Bytes>]>),
+}
+
+impl Resident {
+    /// The compact form of a chunk table.
+    fn from_table(chunks: Vec<Option<Bytes>>) -> Resident {
+        if chunks.iter().skip(1).any(Option::is_some) {
+            Resident::Table(chunks.into_boxed_slice())
+        } else {
+            match chunks.into_iter().next().flatten() {
+                Some(b) => Resident::First(b),
+                None => Resident::Nothing,
+            }
+        }
+    }
+
+    /// The chunks as a table of `n` slots.
+    fn into_table(self, n: usize) -> Vec<Option<Bytes>> {
+        let mut t = match self {
+            Resident::Nothing => Vec::new(),
+            Resident::First(b) => vec![Some(b)],
+            Resident::Table(t) => t.into_vec(),
+        };
+        t.resize(n.max(t.len()), None);
+        t
+    }
 }
 
 impl MemObject {
     /// A copy holding `meta` and the given chunks (an empty vector = meta only).
     pub fn new(meta: Arc<ObjectMeta>, chunks: Vec<Option<Bytes>>) -> MemObject {
-        let body: u64 = chunks.iter().flatten().map(|b| b.len() as u64).sum();
-        let weight = meta.approx_bytes() + body;
-        MemObject {
+        let body: u64 = chunks.iter().flatten().map(|b| chunk_cost(b.len())).sum();
+        let mut m = MemObject {
             meta,
-            chunks: chunks.into_boxed_slice(),
-            weight,
-        }
+            chunks: Resident::from_table(chunks),
+            weight: 0,
+        };
+        m.weight = m.fixed_cost() + body;
+        m
+    }
+
+    /// The weight of the copy without its chunks.
+    fn fixed_cost(&self) -> u64 {
+        let table = match &self.chunks {
+            Resident::Table(t) => alloc_cost(t.len() * size_of::<Option<Bytes>>()),
+            _ => 0,
+        };
+        let index = if self.meta.disk.is_none() {
+            MEMORY_ONLY_INDEX_COST
+        } else {
+            0
+        };
+        self.meta.approx_bytes() + alloc_cost(size_of::<MemObject>()) + table + index
     }
 
     /// Resident chunk `i`.
     pub fn chunk(&self, i: u32) -> Option<&Bytes> {
-        self.chunks.get(i as usize)?.as_ref()
+        match &self.chunks {
+            Resident::Nothing => None,
+            Resident::First(b) => (i == 0).then_some(b),
+            Resident::Table(t) => t.get(i as usize)?.as_ref(),
+        }
     }
 
     /// Body bytes resident.
     pub fn resident_bytes(&self) -> u64 {
-        self.chunks.iter().flatten().map(|b| b.len() as u64).sum()
+        match &self.chunks {
+            Resident::Nothing => 0,
+            Resident::First(b) => b.len() as u64,
+            Resident::Table(t) => t.iter().flatten().map(|b| b.len() as u64).sum(),
+        }
     }
 
     /// Makes chunk `i` resident; returns the weight added (0 if it already was).
@@ -50,25 +121,32 @@ impl MemObject {
         let Some(n) = self.meta.chunk_count() else {
             return 0;
         };
-        if self.chunks.is_empty() {
-            self.chunks = vec![None; n as usize].into_boxed_slice();
+        if i >= n || self.chunk(i).is_some() {
+            return 0;
         }
-        match self.chunks.get_mut(i as usize) {
-            Some(slot @ None) => {
-                let add = data.len() as u64;
-                *slot = Some(data);
-                self.weight += add;
-                add
+        let before = self.weight;
+        let fixed = self.fixed_cost();
+        let add = chunk_cost(data.len());
+        match &mut self.chunks {
+            Resident::Table(t) if (i as usize) < t.len() => t[i as usize] = Some(data),
+            Resident::Nothing if i == 0 => self.chunks = Resident::First(data),
+            _ => {
+                let mut t =
+                    std::mem::replace(&mut self.chunks, Resident::Nothing).into_table(n as usize);
+                t[i as usize] = Some(data);
+                self.chunks = Resident::Table(t.into_boxed_slice());
             }
-            _ => 0,
         }
+        // A table may have appeared: the fixed part is recomputed.
+        self.weight = self.weight - fixed + self.fixed_cost() + add;
+        self.weight - before
     }
 
     /// Replaces the meta (same version, new headers or times), keeping resident chunks.
     pub fn set_meta(&mut self, meta: Arc<ObjectMeta>) {
-        let old = self.meta.approx_bytes();
-        self.weight = self.weight - old + meta.approx_bytes();
+        let old = self.fixed_cost();
         self.meta = meta;
+        self.weight = self.weight - old + self.fixed_cost();
     }
 }
 
@@ -156,12 +234,52 @@ mod tests {
     fn weight_tracks_resident_chunks() {
         let mut m = MemObject::new(meta(25), Vec::new());
         let base = m.weight;
-        assert_eq!(m.put_chunk(1, Bytes::from_static(&[0; 10])), 10);
+        // A chunk past 0 needs a table: its allocation is charged with the chunk.
+        let table = alloc_cost(3 * size_of::<Option<Bytes>>());
+        let add = m.put_chunk(1, Bytes::from_static(&[0; 10]));
+        assert_eq!(add, chunk_cost(10) + table);
         assert_eq!(m.put_chunk(1, Bytes::from_static(&[0; 10])), 0);
         assert_eq!(m.put_chunk(7, Bytes::from_static(&[0; 10])), 0);
-        assert_eq!(m.weight, base + 10);
+        assert_eq!(m.weight, base + add);
         assert_eq!(m.resident_bytes(), 10);
         assert!(m.chunk(1).is_some() && m.chunk(0).is_none());
+        assert_eq!(m.put_chunk(0, Bytes::from_static(&[1; 10])), chunk_cost(10));
+        assert_eq!(m.resident_bytes(), 20);
+        assert_eq!(m.chunk(0).map(|b| b[0]), Some(1));
+    }
+
+    #[test]
+    fn single_chunk_needs_no_table() {
+        let mut m = MemObject::new(meta(5), Vec::new());
+        let base = m.weight;
+        assert_eq!(m.put_chunk(0, Bytes::from_static(&[2; 5])), chunk_cost(5));
+        assert!(matches!(m.chunks, Resident::First(_)));
+        assert_eq!(m.weight, base + chunk_cost(5));
+        let n = MemObject::new(meta(5), vec![Some(Bytes::from_static(&[2; 5]))]);
+        assert!(matches!(n.chunks, Resident::First(_)));
+        assert_eq!(n.weight, m.weight);
+        assert_eq!(n.chunk(0).map(Bytes::len), Some(5));
+        assert!(n.chunk(1).is_none());
+    }
+
+    #[test]
+    fn weight_counts_what_memory_holds() {
+        // A memory-only 1 KiB object: meta, copy, chunk and index slot, overhead included.
+        let obj = NewObject {
+            key: "example.com/small/1.bin".into(),
+            total_len: Some(1024),
+            ..Default::default()
+        };
+        let small = ObjectMeta::new(obj, 1, 4096, None);
+        let m = MemObject::new(
+            Arc::new(small.clone()),
+            vec![Some(Bytes::from(vec![0; 1024]))],
+        );
+        assert!(m.weight > 1024 + MEMORY_ONLY_INDEX_COST, "{}", m.weight);
+        let mut on_disk = small;
+        on_disk.disk = Some(0);
+        let d = MemObject::new(Arc::new(on_disk), vec![Some(Bytes::from(vec![0; 1024]))]);
+        assert_eq!(m.weight - d.weight, MEMORY_ONLY_INDEX_COST);
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! only the last chunk may be short. The meta records which chunks are held and the CRC-32 of
 //! each, so a partially stored object (a Range fill) knows exactly which bytes it can serve.
 
-use std::ops::Range;
+use std::ops::{Deref, DerefMut, Range};
 use std::sync::Arc;
 
 use super::error::StoreError;
+use super::headers::{Headers, HeadersBuilder};
 
 /// Presence of one chunk of an object.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,7 +48,7 @@ pub struct ObjectMeta {
     /// HTTP status of the stored response.
     pub status: u16,
     /// Response headers, in order, values as raw bytes.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Headers,
     /// When the request that fetched this response was sent (unix millis).
     pub request_time_ms: u64,
     /// When the response arrived (unix millis).
@@ -60,7 +61,7 @@ pub struct ObjectMeta {
     pub chunk_size: u32,
     /// All chunks `0..chunk_count` are present.
     pub complete: bool,
-    pub(super) chunks: Vec<ChunkSlot>,
+    pub(super) chunks: ChunkTable,
     /// Disk holding this version's files (`None`: memory only). Not encoded: it is where the
     /// file was found.
     pub(super) disk: Option<u8>,
@@ -121,7 +122,7 @@ pub struct NewObject {
     /// HTTP status.
     pub status: u16,
     /// Response headers.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Headers,
     /// When the request was sent (unix millis).
     pub request_time_ms: u64,
     /// When the response arrived (unix millis).
@@ -144,12 +145,12 @@ impl ObjectMeta {
             total_len: obj.total_len,
             chunk_size,
             complete: false,
-            chunks: Vec::new(),
+            chunks: ChunkTable::default(),
             disk,
             derived: Derived::default(),
         };
         if let Some(n) = meta.chunk_count() {
-            meta.chunks = vec![ChunkSlot::Absent; n as usize];
+            meta.chunks.resize(n as usize, ChunkSlot::Absent);
         }
         meta
     }
@@ -295,14 +296,113 @@ impl ObjectMeta {
             .is_some_and(|n| self.chunks.len() == n as usize && (0..n).all(|i| self.has_chunk(i)))
     }
 
-    /// Rough heap + inline size, for memory accounting.
+    /// Memory this meta takes when held behind its `Arc`, allocator overhead included: the
+    /// `Arc`'s block, the key, the header list and the chunk table. A value a caller derived
+    /// from it (see [`Derived`]) is not included.
     pub(super) fn approx_bytes(&self) -> u64 {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(n, v)| n.len() + v.len() + 48)
-            .sum();
-        (size_of::<ObjectMeta>() + self.key.len() + headers + self.chunks.len() * 8 + 64) as u64
+        alloc_cost(2 * size_of::<usize>() + size_of::<ObjectMeta>())
+            + alloc_cost(self.key.capacity())
+            + alloc_cost(self.headers.heap_bytes())
+            + alloc_cost(self.chunks.heap_bytes())
+    }
+}
+
+/// Bytes the allocator (glibc's malloc) takes for a request of `n` bytes: an 8-byte header,
+/// rounded up to 16 bytes, 32 at least; nothing for `n == 0` (no allocation is made).
+pub(super) fn alloc_cost(n: usize) -> u64 {
+    if n == 0 {
+        0
+    } else {
+        ((n + 8).div_ceil(16) * 16).max(32) as u64
+    }
+}
+
+/// The chunk slots of a meta. One-chunk objects (most small objects) keep their slot inline
+/// rather than in a vector of their own; derefs to a slice either way.
+#[derive(Clone)]
+pub(crate) enum ChunkTable {
+    /// Zero slots or one.
+    Small(Option<ChunkSlot>),
+    /// Any number of slots.
+    Vec(Vec<ChunkSlot>),
+}
+
+impl Default for ChunkTable {
+    fn default() -> Self {
+        ChunkTable::Small(None)
+    }
+}
+
+impl ChunkTable {
+    /// Resizes to `n` slots, new ones set to `value` (like `Vec::resize`).
+    pub fn resize(&mut self, n: usize, value: ChunkSlot) {
+        match self {
+            ChunkTable::Small(slot) if n <= 1 => {
+                if n == 0 {
+                    *slot = None;
+                } else {
+                    slot.get_or_insert(value);
+                }
+            }
+            ChunkTable::Small(slot) => {
+                let mut v = Vec::with_capacity(n);
+                v.extend(slot.take());
+                v.resize(n, value);
+                *self = ChunkTable::Vec(v);
+            }
+            ChunkTable::Vec(v) => v.resize(n, value),
+        }
+    }
+
+    /// Heap bytes of the table (0 when inline).
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            ChunkTable::Small(_) => 0,
+            ChunkTable::Vec(v) => v.capacity() * size_of::<ChunkSlot>(),
+        }
+    }
+}
+
+impl From<Vec<ChunkSlot>> for ChunkTable {
+    fn from(v: Vec<ChunkSlot>) -> Self {
+        match v.len() {
+            0 => ChunkTable::Small(None),
+            1 => ChunkTable::Small(v.first().copied()),
+            _ => ChunkTable::Vec(v),
+        }
+    }
+}
+
+impl Deref for ChunkTable {
+    type Target = [ChunkSlot];
+    fn deref(&self) -> &[ChunkSlot] {
+        match self {
+            ChunkTable::Small(s) => s.as_slice(),
+            ChunkTable::Vec(v) => v,
+        }
+    }
+}
+
+impl DerefMut for ChunkTable {
+    fn deref_mut(&mut self) -> &mut [ChunkSlot] {
+        match self {
+            ChunkTable::Small(s) => s.as_mut_slice(),
+            ChunkTable::Vec(v) => v,
+        }
+    }
+}
+
+impl PartialEq for ChunkTable {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for ChunkTable {}
+
+impl std::fmt::Debug for ChunkTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
     }
 }
 
@@ -395,7 +495,7 @@ fn encode_meta_section(m: &ObjectMeta) -> Vec<u8> {
         }
     }
     b.extend_from_slice(&bitmap);
-    for slot in &m.chunks {
+    for slot in m.chunks.iter() {
         if let ChunkSlot::Present { crc } = slot {
             b.extend_from_slice(&crc.to_le_bytes());
         }
@@ -457,13 +557,14 @@ pub(super) fn decode_meta_section(
     let key_len = r.u32()? as usize;
     let key = String::from_utf8(r.take(key_len)?.to_vec()).map_err(|_| StoreError::Corrupt)?;
     let n_headers = r.u32()? as usize;
-    let mut headers = Vec::with_capacity(n_headers.min(1024));
+    let mut headers = HeadersBuilder::with_capacity(r.buf.len().min(4096));
     for _ in 0..n_headers {
         let nl = r.u16()? as usize;
-        let name = String::from_utf8(r.take(nl)?.to_vec()).map_err(|_| StoreError::Corrupt)?;
+        let name = std::str::from_utf8(r.take(nl)?).map_err(|_| StoreError::Corrupt)?;
         let vl = r.u32()? as usize;
-        headers.push((name, r.take(vl)?.to_vec()));
+        headers.push(name, r.take(vl)?);
     }
+    let headers = headers.finish();
     let n_chunks = r.u32()? as usize;
     let bitmap = r.take(n_chunks.div_ceil(8))?.to_vec();
     let mut chunks = Vec::with_capacity(n_chunks);
@@ -500,7 +601,7 @@ pub(super) fn decode_meta_section(
         total_len: (flags & FLAG_TOTAL != 0).then_some(total),
         chunk_size,
         complete: flags & FLAG_COMPLETE != 0,
-        chunks,
+        chunks: chunks.into(),
         disk: None,
         derived: Derived::default(),
     };
@@ -589,7 +690,7 @@ mod tests {
             NewObject {
                 key: "vhost/path?q=1".into(),
                 status: 200,
-                headers: vec![("content-type".into(), b"text/plain".to_vec())],
+                headers: Headers::from_pairs([("content-type", "text/plain")]),
                 request_time_ms: 10,
                 response_time_ms: 20,
                 total_len: total,

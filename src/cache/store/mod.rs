@@ -21,11 +21,13 @@
 
 mod disk;
 mod error;
+mod headers;
 mod index;
 mod memory;
 mod meta;
 mod rebuild;
 mod s3fifo;
+mod sendfile;
 mod state;
 mod writer;
 
@@ -40,13 +42,14 @@ use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
 pub use error::StoreError;
+pub use headers::{Headers, HeadersBuilder};
 pub use meta::{ChunkSlot, NewObject, ObjectMeta};
 pub use writer::ObjectWriter;
 
+use crate::zerocopy::FileSpan;
 use disk::{Disk, LoadedMeta};
 use index::{Entry, KeyHash};
 use memory::MemObject;
-use s3fifo::FifoNode;
 use state::{Doomed, Placement, Probe, State};
 
 /// Number of stripe locks serialising `.meta` file changes per key.
@@ -163,6 +166,8 @@ pub(crate) struct Inner {
     bg_tasks: AtomicUsize,
     bg_idle: Notify,
     rt: Handle,
+    /// Verified chunk files kept open for zero-copy sends (memory-backed disks only).
+    send_files: sendfile::SendFiles,
 }
 
 fn now_nanos() -> u128 {
@@ -215,6 +220,7 @@ impl Store {
             bg_tasks: AtomicUsize::new(0),
             bg_idle: Notify::new(),
             rt: Handle::current(),
+            send_files: sendfile::SendFiles::new(),
         });
         if !no_disks {
             rebuild::spawn(&inner);
@@ -284,6 +290,17 @@ impl Store {
     /// that version no longer has it (replaced, removed, evicted); `Corrupt` if the stored bytes
     /// are damaged, in which case the object is removed so the caller refetches.
     pub async fn read_chunk(&self, meta: &ObjectMeta, index: u32) -> Result<Bytes, StoreError> {
+        self.load_chunk(meta, index, false).await.map(|(b, _)| b)
+    }
+
+    /// [`Store::read_chunk`]; with `keep`, a chunk read from a memory-backed disk also comes
+    /// with its verified file, to send it from (see `sendfile`).
+    async fn load_chunk(
+        &self,
+        meta: &ObjectMeta,
+        index: u32,
+        keep: bool,
+    ) -> Result<(Bytes, Option<FileSpan>), StoreError> {
         let Some(crc) = meta.chunk_crc(index) else {
             return Err(StoreError::Missing);
         };
@@ -293,11 +310,11 @@ impl Store {
             let mut st = self.inner.lock();
             if let Some(b) = st.mem_chunk(&hash, version, index) {
                 st.counters.memory_hits += 1;
-                return Ok(b);
+                return Ok((b, None));
             }
             if let Some(b) = st.pending_chunk(version, index) {
                 st.counters.memory_hits += 1;
-                return Ok(b);
+                return Ok((b, None));
             }
             index == 0
                 && st
@@ -312,33 +329,25 @@ impl Store {
         let result = self
             .inner
             .blocking(move |inner| {
-                let disk = &inner.disks[d as usize];
-                let inline = || match disk.read_meta(&hash)? {
-                    Some(LoadedMeta {
-                        meta,
-                        inline: Some(b),
-                        ..
-                    }) if meta.version == version && meta.chunk_crc(0) == Some(crc) => Ok(b),
-                    _ => Err(StoreError::Missing),
-                };
-                if inline_hint {
-                    return inline();
-                }
-                match disk.read_chunk(&hash, version, index, len, crc) {
-                    // Chunk 0 of a writer that committed meanwhile may have gone inline.
-                    Err(StoreError::Missing) if index == 0 => inline(),
-                    r => r,
-                }
+                inner.disks[d as usize].load_chunk(
+                    &hash,
+                    version,
+                    index,
+                    len,
+                    crc,
+                    inline_hint,
+                    keep,
+                )
             })
             .await
             .and_then(|r| r);
         match result {
-            Ok(b) => {
+            Ok((b, file)) => {
                 let mut st = self.inner.lock();
                 st.counters.disk_hits += 1;
                 st.promote_chunk(&hash, version, index, b.clone());
                 st.enforce_memory();
-                Ok(b)
+                Ok((b, file))
             }
             Err(StoreError::Corrupt) => {
                 tracing::warn!(key = %meta.key, index, "cache store: corrupt chunk, object removed");
@@ -382,10 +391,7 @@ impl Store {
             let (inline0, held0) = {
                 let st = self.inner.lock();
                 let e = st.index.get(&hash)?;
-                (
-                    e.inline0,
-                    e.mem.as_ref().and_then(|mo| mo.chunk(0).cloned()),
-                )
+                (e.inline0, e.mem().and_then(|mo| mo.chunk(0).cloned()))
             };
             let mm = m.clone();
             let written = self
@@ -429,7 +435,7 @@ impl Store {
         let entry = {
             let mut st = self.inner.lock();
             match st.index.get(&hash) {
-                Some(e) if *e.key == *key => st.remove_entry(&hash)?,
+                Some(e) if e.key() == key => st.remove_entry(&hash)?,
                 _ => return None,
             }
         };
@@ -445,7 +451,7 @@ impl Store {
         let st = self.inner.lock();
         st.index
             .iter()
-            .map(|(_, e)| (e.key.to_string(), e.size))
+            .map(|(_, e)| (e.key().to_owned(), e.size))
             .collect()
     }
 
@@ -453,11 +459,11 @@ impl Store {
     pub fn residency(&self, key: &str) -> Option<Residency> {
         let hash = KeyHash::of(key);
         let st = self.inner.lock();
-        let e = st.index.get(&hash).filter(|e| *e.key == *key)?;
+        let e = st.index.get(&hash).filter(|e| e.key() == key)?;
         Some(Residency {
             version: e.version,
-            meta_in_memory: e.mem.is_some(),
-            memory_chunk_bytes: e.mem.as_ref().map_or(0, |m| m.resident_bytes()),
+            meta_in_memory: e.mem().is_some(),
+            memory_chunk_bytes: e.mem().map_or(0, |m| m.resident_bytes()),
             disk: e.disk(),
         })
     }
@@ -645,6 +651,8 @@ impl Inner {
                 disk.remove_chunks(&d.hash, d.version, d.chunk_count, d.inline0);
             })
             .await;
+        // Open handles would keep the deleted files' space (memory, on tmpfs) in use.
+        self.send_files.forget(&d.hash, d.version);
         // Loadable again: either gone, or the index (checked first) has the key anyway.
         self.lock().evicting.remove(&d.hash);
     }
@@ -760,18 +768,7 @@ impl Inner {
                 st.attach_mem(&hash, meta.version, m);
             }
         } else {
-            let entry = Entry {
-                key: meta.key.clone().into_boxed_str(),
-                version: meta.version,
-                size: meta.held_bytes(),
-                disk_bytes: cost,
-                mem: mem.map(Box::new),
-                mem_node: FifoNode::default(),
-                disk_node: FifoNode::default(),
-                chunk_count: meta.chunk_slots().len() as u32,
-                disk: d,
-                inline0,
-            };
+            let entry = Entry::new(&meta, mem.map(Box::new), d, cost, inline0);
             // An entry that disagreed with the file was stale: its other files are orphans.
             let old = st.insert_entry(hash, entry, Placement::Established);
             doomed.extend(old.and_then(|o| Doomed::of(hash, &o)));
@@ -781,7 +778,7 @@ impl Inner {
         let current = st
             .index
             .get(&hash)
-            .and_then(|e| e.mem.as_ref())
+            .and_then(Entry::mem)
             .map_or(meta, |m| Arc::clone(&m.meta));
         (current, doomed)
     }

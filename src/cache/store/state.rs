@@ -116,12 +116,12 @@ impl State {
     /// The hot path of `lookup`: records the hit and returns the meta without I/O when it can.
     pub fn probe(&mut self, hash: &KeyHash, key: &str, index_complete: bool, touch: bool) -> Probe {
         match self.index.get_mut(hash) {
-            Some(e) if *e.key == *key => {
+            Some(e) if e.key() == key => {
                 if touch {
                     e.disk_node.touch();
                     e.mem_node.touch();
                 }
-                match &e.mem {
+                match e.mem() {
                     Some(m) => Probe::Hit(Arc::clone(&m.meta)),
                     None => Probe::Cold,
                 }
@@ -138,7 +138,7 @@ impl State {
         if e.version != version {
             return None;
         }
-        e.mem.as_ref()?.chunk(i).cloned()
+        e.mem()?.chunk(i).cloned()
     }
 
     /// Chunk `i` held by the in-progress writer of `version`.
@@ -164,7 +164,7 @@ impl State {
                 }
             }
         }
-        if entry.mem.is_some() {
+        if entry.mem().is_some() {
             let w = entry.mem_weight();
             self.memory.fifo.insert(hash, &mut entry.mem_node, w);
         }
@@ -187,15 +187,17 @@ impl State {
 
     /// Gives an indexed object of `version` a memory copy, unless it has one.
     pub fn attach_mem(&mut self, hash: &KeyHash, version: u64, mem: MemObject) {
-        let Some(e) = self.index.get_mut(hash) else {
-            return;
-        };
-        if e.version != version || e.mem.is_some() {
+        if !self
+            .index
+            .get(hash)
+            .is_some_and(|e| e.version == version && e.mem().is_none())
+        {
             return;
         }
         let w = mem.weight;
-        e.mem = Some(Box::new(mem));
-        self.memory.fifo.insert(*hash, &mut e.mem_node, w);
+        if let Some(e) = self.index.set_mem(hash, Some(Box::new(mem))) {
+            self.memory.fifo.insert(*hash, &mut e.mem_node, w);
+        }
     }
 
     /// Makes a chunk read from disk resident, when the object's memory copy exists, is still
@@ -204,14 +206,18 @@ impl State {
         let Some(e) = self.index.get_mut(hash) else {
             return;
         };
-        let Some(m) = e.mem.as_mut() else { return };
+        if e.version != version {
+            return;
+        }
+        let Some(m) = e.mem_mut() else { return };
         let total = m.meta.total_len.unwrap_or(u64::MAX);
-        if e.version != version || !self.memory.admits_body(total) {
+        if !self.memory.admits_body(total) {
             return;
         }
         let old = m.weight;
         if m.put_chunk(i, data) > 0 {
-            self.memory.fifo.reweigh(&e.mem_node, old, m.weight);
+            let new = m.weight;
+            self.memory.fifo.reweigh(&e.mem_node, old, new);
         }
     }
 
@@ -229,18 +235,17 @@ impl State {
                 .reweigh(&e.disk_node, e.disk_bytes, new);
             e.disk_bytes = new;
         }
-        match e.mem.as_mut() {
-            Some(m) => {
-                let old = m.weight;
-                m.set_meta(meta);
-                self.memory.fifo.reweigh(&e.mem_node, old, m.weight);
-            }
-            None => {
-                let m = MemObject::new(meta, Vec::new());
-                let w = m.weight;
-                e.mem = Some(Box::new(m));
-                self.memory.fifo.insert(*hash, &mut e.mem_node, w);
-            }
+        if let Some(m) = e.mem_mut() {
+            let old = m.weight;
+            m.set_meta(meta);
+            let new = m.weight;
+            self.memory.fifo.reweigh(&e.mem_node, old, new);
+            return;
+        }
+        let m = MemObject::new(meta, Vec::new());
+        let w = m.weight;
+        if let Some(e) = self.index.set_mem(hash, Some(Box::new(m))) {
+            self.memory.fifo.insert(*hash, &mut e.mem_node, w);
         }
     }
 
@@ -253,13 +258,10 @@ impl State {
                 break;
             };
             self.counters.memory_evictions += 1;
-            let gone = match self.index.get_mut(&victim) {
-                Some(e) => {
-                    e.mem = None;
-                    e.disk().is_none()
-                }
-                None => false,
-            };
+            let gone = self
+                .index
+                .set_mem(&victim, None)
+                .is_some_and(|e| e.disk().is_none());
             if gone {
                 self.remove_entry(&victim);
             }

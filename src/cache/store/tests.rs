@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::disk::{Disk, StoreFile, parse_name};
 use super::index::KeyHash;
 use super::meta::{self, ChunkSlot, NewObject, ObjectMeta};
-use super::{DiskConfig, Store, StoreConfig, StoreError};
+use super::{DiskConfig, Headers, Store, StoreConfig, StoreError};
 
 const CHUNK: u32 = 4096;
 
@@ -46,7 +46,7 @@ fn new_obj(key: &str, total: Option<u64>) -> NewObject {
     NewObject {
         key: key.to_owned(),
         status: 200,
-        headers: vec![("content-type".into(), b"application/octet-stream".to_vec())],
+        headers: Headers::from_pairs([("content-type", "application/octet-stream")]),
         request_time_ms: 1_000,
         response_time_ms: 1_001,
         total_len: total,
@@ -727,7 +727,9 @@ async fn update_meta_persists_and_remove_deletes() {
         let m = store
             .update_meta("u", |m| {
                 m.expires_override_ms = Some(42);
-                m.headers.push(("x-fresh".into(), b"1".to_vec()));
+                let mut h = m.headers.to_vec();
+                h.push(("x-fresh".into(), b"1".to_vec()));
+                m.headers = h.into();
                 m.version = 0; // ignored: identity fields are kept
             })
             .await
@@ -745,7 +747,7 @@ async fn update_meta_persists_and_remove_deletes() {
         .expect("reopen");
     let m = store.lookup("u").await.expect("hit");
     assert_eq!(m.expires_override_ms, Some(42));
-    assert_eq!(m.headers.last().map(|h| h.0.as_str()), Some("x-fresh"));
+    assert_eq!(m.headers.iter().last().map(|h| h.0), Some("x-fresh"));
     assert_eq!(
         read_all(&store, &m).await.expect("inline body survives"),
         small

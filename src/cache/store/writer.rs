@@ -20,7 +20,6 @@ use super::error::StoreError;
 use super::index::{Entry, KeyHash, NO_DISK};
 use super::memory::MemObject;
 use super::meta::{ChunkSlot, ObjectMeta};
-use super::s3fifo::FifoNode;
 use super::state::{Doomed, Placement};
 
 /// Lifecycle of a writer.
@@ -382,18 +381,8 @@ impl ObjectWriter {
                 };
                 Box::new(MemObject::new(Arc::clone(&meta), chunks))
             });
-            let entry = Entry {
-                key: meta.key.clone().into_boxed_str(),
-                version,
-                size: meta.held_bytes(),
-                disk_bytes,
-                mem,
-                mem_node: FifoNode::default(),
-                disk_node: FifoNode::default(),
-                chunk_count: n as u32,
-                disk: meta.disk.unwrap_or(NO_DISK),
-                inline0,
-            };
+            let disk = meta.disk.unwrap_or(NO_DISK);
+            let entry = Entry::new(&meta, mem, disk, disk_bytes, inline0);
             let old = st.insert_entry(hash, entry, Placement::New);
             // The replaced version: its chunks go; its meta only if it was on another disk
             // (on this one it has just been overwritten).

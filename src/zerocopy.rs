@@ -1,0 +1,584 @@
+//! Zero-copy sending of cached bytes that also live in a file on a memory-backed file system.
+//!
+//! On a large hit nearly all of the server's CPU goes into the kernel copying the body from
+//! user memory into the socket. When the store also holds the bytes in a file on tmpfs (its
+//! disk tier there), the kernel can send the file's pages without copying them (`sendfile`).
+//!
+//! hyper writes only the bytes it is handed, so the hand-over goes by address. A body that
+//! yields a frame of cached bytes *offers* it to its connection's [`Lane`] together with the
+//! file and offset that hold the same bytes; when hyper then writes those bytes, the
+//! connection's stream ([`ZcStream`]) recognises them (the lane keeps the buffer alive, so no
+//! other buffer can occupy its addresses) and sends them from the file instead. Everything
+//! it does not recognise is written as usual: hyper's own framing, a stream that cannot send
+//! files (TLS: never wrapped), a body polled outside its connection's task (an h2 stream)
+//! simply take the copying path. The frame always carries the real bytes, so any path that
+//! does not know about the lane still sends the right ones.
+//!
+//! Integrity: a [`SendFile`] is opened by the store, which reads it and checks its CRC before
+//! handing it out, and it is `fstat`ed before every send: once its size, times or inode
+//! differ from what was verified it is never sent from again (the verified bytes in memory
+//! are written instead, and the store drops the handle). Only memory-backed file systems
+//! qualify (see [`memory_backed`]): nothing decays under the page cache there after the
+//! check, and `sendfile` never waits for a device, so it is safe on the event loop.
+
+use std::fs::File;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::os::unix::fs::MetadataExt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::body::{Body, BoxError};
+
+/// Frames smaller than this are copied: below it `sendfile` (plus the `fstat` before it and
+/// the separate write of the head) costs about as much as the copy it saves.
+pub const MIN_SEND: usize = 32 * 1024;
+
+/// Offers a connection keeps at most (hyper holds one or two large frames at a time; the
+/// bound only matters for bodies dropped before they were written).
+const MAX_OFFERS: usize = 16;
+
+/// What a file's `fstat` said when its contents were verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(file: &File) -> io::Result<Stamp> {
+        let m = file.metadata()?;
+        Ok(Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+/// An open file whose contents the store has verified, to send cached bytes from.
+#[derive(Debug)]
+pub struct SendFile {
+    file: File,
+    stamp: Stamp,
+    stale: AtomicBool,
+}
+
+impl SendFile {
+    /// Takes the file's stamp *before* the caller reads and verifies it: a change made
+    /// during or after the read then shows as a different stamp at send time.
+    pub fn new(file: File) -> io::Result<SendFile> {
+        let stamp = Stamp::of(&file)?;
+        Ok(SendFile {
+            file,
+            stamp,
+            stale: AtomicBool::new(false),
+        })
+    }
+
+    /// The file, for the caller's verifying read.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Whether the file changed since it was verified (then it is never sent from again).
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
+
+    /// Checks the file against its stamp now; marks it stale when it changed.
+    fn still_verified(&self) -> bool {
+        if self.is_stale() {
+            return false;
+        }
+        let same = Stamp::of(&self.file).is_ok_and(|s| s == self.stamp);
+        if !same {
+            tracing::warn!("cache file changed after it was verified; sending from memory");
+            self.stale.store(true, Ordering::Relaxed);
+        }
+        same
+    }
+}
+
+/// Where a run of bytes also lives: `file` from byte `offset` on.
+#[derive(Clone, Debug)]
+pub struct FileSpan {
+    /// The verified file.
+    pub file: Arc<SendFile>,
+    /// Offset of the first byte.
+    pub offset: u64,
+}
+
+impl FileSpan {
+    /// The span of the same bytes after the first `n`.
+    pub fn skip(&self, n: u64) -> FileSpan {
+        FileSpan {
+            file: self.file.clone(),
+            offset: self.offset + n,
+        }
+    }
+}
+
+/// Whether `file` lives on a memory-backed file system (tmpfs, ramfs), the only place files
+/// are sent from (see the module doc).
+pub fn memory_backed(file: &File) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const TMPFS_MAGIC: i64 = 0x0102_1994;
+        const RAMFS_MAGIC: i64 = 0x8584_58f6;
+        rustix::fs::fstatfs(file).is_ok_and(|s| {
+            #[allow(clippy::unnecessary_cast)] // the field's width differs between targets
+            let t = s.f_type as i64;
+            t == TMPFS_MAGIC || t == RAMFS_MAGIC
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        false
+    }
+}
+
+/// Bytes offered for sending from a file.
+struct Offer {
+    /// Keeps the buffer (and so its addresses) alive while it is registered.
+    bytes: Bytes,
+    span: FileSpan,
+}
+
+impl Offer {
+    fn start(&self) -> usize {
+        self.bytes.as_ptr() as usize
+    }
+
+    fn end(&self) -> usize {
+        self.start() + self.bytes.len()
+    }
+}
+
+#[derive(Default)]
+struct LaneInner {
+    offers: Mutex<Vec<Offer>>,
+    /// Number of offers, read without the lock on every write.
+    count: AtomicUsize,
+}
+
+/// One connection's offers: bodies add, the connection's stream consumes.
+#[derive(Clone, Default)]
+pub struct Lane(Arc<LaneInner>);
+
+tokio::task_local! {
+    static LANE: Lane;
+}
+
+/// What a write should do with its buffers.
+enum Plan {
+    /// Nothing offered among them: write them all.
+    Plain,
+    /// The first `n` buffers precede offered bytes: write them, more follows at once.
+    Prefix(usize),
+    /// The first buffer is offered bytes: send them from the file.
+    File(FileSpan, u64),
+}
+
+impl Lane {
+    fn lock(&self) -> MutexGuard<'_, Vec<Offer>> {
+        self.0.offers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, bytes: &Bytes, span: &FileSpan) {
+        let mut offers = self.lock();
+        if offers.len() >= MAX_OFFERS {
+            offers.remove(0);
+        }
+        offers.push(Offer {
+            bytes: bytes.clone(),
+            span: span.clone(),
+        });
+        self.0.count.store(offers.len(), Ordering::Release);
+    }
+
+    fn plan(&self, bufs: &[IoSlice<'_>]) -> Plan {
+        if self.0.count.load(Ordering::Acquire) == 0 {
+            return Plan::Plain;
+        }
+        let offers = self.lock();
+        for (i, b) in bufs.iter().enumerate() {
+            if b.is_empty() {
+                continue;
+            }
+            let (s, e) = (b.as_ptr() as usize, b.as_ptr() as usize + b.len());
+            let Some(o) = offers.iter().find(|o| o.start() <= s && e <= o.end()) else {
+                continue;
+            };
+            if i > 0 {
+                return Plan::Prefix(i);
+            }
+            let at = o.span.offset + (s - o.start()) as u64;
+            return Plan::File(o.span.clone(), at);
+        }
+        Plan::Plain
+    }
+
+    /// `n` bytes from address `from` went out: an offer sent to its end is done.
+    fn sent(&self, from: usize, n: usize) {
+        let mut offers = self.lock();
+        offers.retain(|o| !(o.start() <= from && from + n == o.end()));
+        self.0.count.store(offers.len(), Ordering::Release);
+    }
+
+    /// Forgets every offer of `file` (it changed: its bytes go the copying way now).
+    fn withdraw(&self, file: &Arc<SendFile>) {
+        let mut offers = self.lock();
+        offers.retain(|o| !Arc::ptr_eq(&o.span.file, file));
+        self.0.count.store(offers.len(), Ordering::Release);
+    }
+}
+
+/// Runs `fut` (a connection) with `lane` as the lane its bodies offer to.
+pub async fn scope<F: Future>(lane: Lane, fut: F) -> F::Output {
+    LANE.scope(lane, fut).await
+}
+
+/// Whether the current task serves a connection that can send from files.
+pub fn active() -> bool {
+    LANE.try_with(|_| ()).is_ok()
+}
+
+/// Offers `bytes` (about to be handed to hyper as a body frame) for sending from `span`,
+/// which holds the same bytes. A no-op outside a connection with a lane, and for small frames.
+pub fn offer(bytes: &Bytes, span: &FileSpan) {
+    if bytes.len() < MIN_SEND || span.file.is_stale() {
+        return;
+    }
+    let _ = LANE.try_with(|lane| lane.add(bytes, span));
+}
+
+/// A body of the one frame `bytes`, offered for sending from `span` (which holds the same
+/// bytes) when hyper takes it.
+pub fn body(bytes: Bytes, span: Option<FileSpan>) -> Body {
+    match span {
+        Some(span) if bytes.len() >= MIN_SEND => OneFrame {
+            bytes: Some(bytes),
+            span,
+        }
+        .boxed_unsync(),
+        _ => crate::body::full(bytes),
+    }
+}
+
+struct OneFrame {
+    bytes: Option<Bytes>,
+    span: FileSpan,
+}
+
+impl hyper::body::Body for OneFrame {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(bytes) = self.bytes.take() else {
+            return Poll::Ready(None);
+        };
+        offer(&bytes, &self.span);
+        Poll::Ready(Some(Ok(Frame::data(bytes))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.bytes.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.bytes.as_ref().map_or(0, |b| b.len() as u64))
+    }
+}
+
+/// A client's TCP stream that sends offered bytes from their files.
+pub struct ZcStream {
+    tcp: TcpStream,
+    lane: Lane,
+}
+
+impl ZcStream {
+    /// Wraps `tcp`; run the connection inside [`scope`] with the returned lane.
+    pub fn new(tcp: TcpStream) -> (ZcStream, Lane) {
+        let lane = Lane::default();
+        (
+            ZcStream {
+                tcp,
+                lane: lane.clone(),
+            },
+            lane,
+        )
+    }
+
+    /// Writes `bufs` with `MSG_MORE`: offered bytes follow at once, so the head and the
+    /// start of the body leave in one segment despite `TCP_NODELAY`.
+    fn poll_write_more(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        use rustix::net::{SendAncillaryBuffer, SendFlags};
+        loop {
+            ready!(self.tcp.poll_write_ready(cx))?;
+            let r = self.tcp.try_io(Interest::WRITABLE, || {
+                rustix::net::sendmsg(
+                    &self.tcp,
+                    bufs,
+                    &mut SendAncillaryBuffer::default(),
+                    SendFlags::MORE | SendFlags::NOSIGNAL,
+                )
+                .map_err(io::Error::from)
+            });
+            match r {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    /// `sendfile` of up to `len` bytes of `file` from `offset`; `Ok(None)` when the file
+    /// cannot be sent from (the caller writes the bytes instead).
+    fn poll_sendfile(
+        &self,
+        cx: &mut Context<'_>,
+        file: &SendFile,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<Option<usize>>> {
+        loop {
+            ready!(self.tcp.poll_write_ready(cx))?;
+            let r = self.tcp.try_io(Interest::WRITABLE, || {
+                let mut at = offset;
+                rustix::fs::sendfile(&self.tcp, &file.file, Some(&mut at), len)
+                    .map_err(io::Error::from)
+            });
+            return Poll::Ready(match r {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                // The file ended early (it changed after the stamp check): not sendable.
+                Ok(0) => Ok(None),
+                Ok(n) => Ok(Some(n)),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(c) if c == rustix::io::Errno::INVAL.raw_os_error()
+                            || c == rustix::io::Errno::NOSYS.raw_os_error()
+                            || c == rustix::io::Errno::OPNOTSUPP.raw_os_error()
+                    ) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            });
+        }
+    }
+}
+
+impl AsyncRead for ZcStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ZcStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.lane.plan(bufs) {
+            Plan::Plain => {}
+            Plan::Prefix(n) => return self.poll_write_more(cx, &bufs[..n]),
+            Plan::File(span, at) => {
+                if span.file.still_verified() {
+                    let len = bufs[0].len();
+                    if let Some(n) = ready!(self.poll_sendfile(cx, &span.file, at, len))? {
+                        self.lane.sent(bufs[0].as_ptr() as usize, n);
+                        return Poll::Ready(Ok(n));
+                    }
+                    span.file.stale.store(true, Ordering::Relaxed);
+                }
+                self.lane.withdraw(&span.file);
+            }
+        }
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A file in /dev/shm (tmpfs) holding `data` after a 7-byte header, or None when the
+    /// machine has no /dev/shm.
+    fn shm_file(data: &[u8]) -> Option<(tempfile::NamedTempFile, Arc<SendFile>)> {
+        let mut f = tempfile::NamedTempFile::new_in("/dev/shm").ok()?;
+        f.write_all(b"HEADER:").ok()?;
+        f.write_all(data).ok()?;
+        f.flush().ok()?;
+        let file = File::open(f.path()).ok()?;
+        assert!(memory_backed(&file));
+        let sf = Arc::new(SendFile::new(file).ok()?);
+        Some((f, sf))
+    }
+
+    async fn pair() -> (ZcStream, Lane, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+        let (zc, lane) = ZcStream::new(s.unwrap().0);
+        (zc, lane, c.unwrap())
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn offered_bytes_go_out_from_the_file_with_their_head() {
+        let data = pattern(300 * 1024);
+        let Some((_tmp, sf)) = shm_file(&data) else {
+            return;
+        };
+        let (mut zc, lane, mut client) = pair().await;
+        let body = Bytes::from(data.clone());
+        let span = FileSpan {
+            file: sf.clone(),
+            offset: 7,
+        };
+        scope(lane.clone(), async { offer(&body, &span) }).await;
+        assert_eq!(lane.0.count.load(Ordering::Relaxed), 1);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        // As hyper does: the head and a slice of the offered body in one vectored write,
+        // then the rest, continuing wherever the kernel stopped.
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 307200\r\n\r\n".to_vec();
+        let mut sent_body = 0;
+        let mut head_left = head.len();
+        while sent_body < body.len() {
+            let rest = body.slice(sent_body..);
+            let bufs = [
+                IoSlice::new(&head[head.len() - head_left..]),
+                IoSlice::new(&rest),
+            ];
+            let bufs = if head_left > 0 { &bufs[..] } else { &bufs[1..] };
+            let n = std::future::poll_fn(|cx| Pin::new(&mut zc).poll_write_vectored(cx, bufs))
+                .await
+                .unwrap();
+            let from_head = n.min(head_left);
+            head_left -= from_head;
+            sent_body += n - from_head;
+        }
+        assert_eq!(
+            lane.0.count.load(Ordering::Relaxed),
+            0,
+            "the offer is used up"
+        );
+        zc.shutdown().await.unwrap();
+        drop(zc);
+        let got = reader.await.unwrap();
+        assert_eq!(&got[..head.len()], &head[..]);
+        assert!(got[head.len()..] == data[..], "body bytes differ");
+    }
+
+    #[tokio::test]
+    async fn a_changed_file_is_never_sent_from() {
+        let data = pattern(64 * 1024);
+        let Some((tmp, sf)) = shm_file(&data) else {
+            return;
+        };
+        // Someone rewrites the file after it was verified.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut bad = b"HEADER:".to_vec();
+        bad.extend(std::iter::repeat_n(0xAAu8, data.len()));
+        std::fs::write(tmp.path(), &bad).unwrap();
+        let (mut zc, lane, mut client) = pair().await;
+        let body = Bytes::from(data.clone());
+        let span = FileSpan {
+            file: sf.clone(),
+            offset: 7,
+        };
+        scope(lane.clone(), async { offer(&body, &span) }).await;
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        zc.write_all(&body).await.unwrap();
+        zc.shutdown().await.unwrap();
+        drop(zc);
+        assert!(
+            reader.await.unwrap() == data,
+            "the verified bytes, not the file's"
+        );
+        assert!(sf.is_stale());
+        assert_eq!(lane.0.count.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_offered_outside_a_lane_or_below_the_minimum() {
+        let data = pattern(64 * 1024);
+        let Some((_tmp, sf)) = shm_file(&data) else {
+            return;
+        };
+        let span = FileSpan {
+            file: sf,
+            offset: 7,
+        };
+        assert!(!active());
+        offer(&Bytes::from(data.clone()), &span); // no lane: ignored
+        let lane = Lane::default();
+        scope(lane.clone(), async {
+            assert!(active());
+            offer(&Bytes::from(vec![1u8; MIN_SEND - 1]), &span);
+        })
+        .await;
+        assert_eq!(lane.0.count.load(Ordering::Relaxed), 0);
+    }
+}
