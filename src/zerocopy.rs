@@ -26,7 +26,7 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::os::unix::fs::MetadataExt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 
@@ -41,6 +41,14 @@ use crate::body::{Body, BoxError};
 /// Frames smaller than this are copied: below it `sendfile` (plus the `fstat` before it and
 /// the separate write of the head) costs about as much as the copy it saves.
 pub const MIN_SEND: usize = 32 * 1024;
+
+/// Bytes sent from files since the process started (all connections).
+static SENT: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes sent from files since the process started: what zero-copy saved from copying.
+pub fn sent_bytes() -> u64 {
+    SENT.load(Ordering::Relaxed)
+}
 
 /// Offers a connection keeps at most (hyper holds one or two large frames at a time; the
 /// bound only matters for bodies dropped before they were written).
@@ -422,6 +430,7 @@ impl AsyncWrite for ZcStream {
                 if span.file.still_verified() {
                     let len = bufs[0].len();
                     if let Some(n) = ready!(self.poll_sendfile(cx, &span.file, at, len))? {
+                        SENT.fetch_add(n as u64, Ordering::Relaxed);
                         self.lane.sent(bufs[0].as_ptr() as usize, n);
                         return Poll::Ready(Ok(n));
                     }

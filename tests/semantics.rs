@@ -2834,6 +2834,20 @@ async fn rfc9111_3_3_partial_responses_are_stored_and_combined() {
     short.get(&[("range", "bytes=-5")]).await;
     assert_eq!(short.hits(), 2, "the short part was not stored");
 
+    // Most of a large object missing: the whole object is fetched as a miss and streamed
+    // (not stored first), replacing the small part.
+    static BIG: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| "0123456789".repeat(300_000));
+    let big = lab.scenario("pc-big", |seen, _| ranged(seen, BIG.as_str(), "\"b\""));
+    big.get(&[("range", "bytes=0-9")]).await;
+    settle_range(&big, "bytes=0-9").await;
+    let g = big.get(&[]).await;
+    assert_eq!((g.status.as_u16(), g.body.len()), (200, 3_000_000));
+    assert_eq!(big.seen(2).header("range"), "", "fetched whole");
+    let g = big.get(&[("range", "bytes=2999990-")]).await;
+    assert_eq!(&g.body[..], b"0123456789");
+    assert_eq!(big.hits(), 2, "then complete in the cache");
+
     // A stored part 0-4 of 10: the whole object asks for the rest only (`bytes=5-`).
     let rest = lab.scenario("pc-rest", |seen, _| ranged(seen, "0123456789", "\"r\""));
     rest.get(&[("range", "bytes=0-4")]).await;

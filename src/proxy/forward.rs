@@ -12,35 +12,6 @@ pub static CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
 /// `X-Forwarded-For`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// Hop-by-hop fields that never cross a proxy, besides those `Connection` names.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-];
-
-/// Removes hop-by-hop fields, including every field `Connection` names.
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
-    }
-    for n in HOP_BY_HOP {
-        h.remove(n);
-    }
-}
-
 /// Fields a fill must not pass on: the object is fetched whole and unconditionally.
 const FILL_STRIP: [HeaderName; 8] = [
     header::RANGE,
@@ -65,7 +36,7 @@ pub struct Hop {
 /// Builds the headers sent upstream from the client's.
 pub fn upstream_headers(client: &HeaderMap, peer: IpAddr, hop: &Hop, for_fill: bool) -> HeaderMap {
     let mut h = client.clone();
-    strip_hop_by_hop(&mut h);
+    crate::cache::policy::remove_hop_by_hop_headers(&mut h);
     h.remove(header::HOST);
     if for_fill {
         for n in &FILL_STRIP {

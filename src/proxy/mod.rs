@@ -519,21 +519,8 @@ impl Proxy {
                     }
                 }
                 let request_time = SystemTime::now();
-                let sent = ctx
-                    .vh
-                    .pool
-                    .send(OriginRequest {
-                        method: Method::GET,
-                        path_and_query: ctx.path_and_query.clone(),
-                        headers,
-                        body: None,
-                        balance_key: primary.to_string(),
-                        client_ip: ctx.peer.addr.ip(),
-                        client_host: ctx.client_host.clone(),
-                        // The leader's client only: the fill's waiters did not cause it.
-                        on_interim: interim_sink(ctx),
-                    })
-                    .await;
+                // 1xx answers go to the leader's client only: the waiters did not cause them.
+                let sent = fetch_get(ctx, primary, headers).await;
                 let resp = match sent {
                     Ok(r) => r,
                     Err(e) => {
@@ -761,6 +748,11 @@ impl Proxy {
         if ctx.looped {
             return loop_detected();
         }
+        if last - first >= u64::from(meta.chunk_size) {
+            // Too much is missing to make the client wait for it to be stored first: fetch
+            // it as a miss, streamed (a forwarded range is still combined with this part).
+            return self.fill(ctx, primary, key, None).await;
+        }
         let total = meta.total_len.unwrap_or(0);
         let Some(if_range) = policy::if_range_for(&facts.headers) else {
             // Without a strong validator the missing bytes could be another version's.
@@ -774,20 +766,7 @@ impl Proxy {
         }
         headers.insert(header::IF_RANGE, if_range);
         let request_time = SystemTime::now();
-        let sent = ctx
-            .vh
-            .pool
-            .send(OriginRequest {
-                method: Method::GET,
-                path_and_query: ctx.path_and_query.clone(),
-                headers,
-                body: None,
-                balance_key: primary.to_string(),
-                client_ip: ctx.peer.addr.ip(),
-                client_host: ctx.client_host.clone(),
-                on_interim: interim_sink(ctx),
-            })
-            .await;
+        let sent = fetch_get(ctx, primary, headers).await;
         let resp = match sent {
             Ok(r) => r,
             Err(e) => return self.origin_failed(ctx, None, e).await,
@@ -1153,6 +1132,28 @@ impl Proxy {
         }
         (count, bytes)
     }
+}
+
+/// GETs this request's URL from the vhost's origin with `headers`, for the cache (a fill, a
+/// revalidation or a part), balanced on the object's primary key.
+async fn fetch_get(
+    ctx: &Ctx<'_>,
+    primary: &str,
+    headers: HeaderMap,
+) -> Result<Response<Body>, OriginError> {
+    ctx.vh
+        .pool
+        .send(OriginRequest {
+            method: Method::GET,
+            path_and_query: ctx.path_and_query.clone(),
+            headers,
+            body: None,
+            balance_key: primary.to_string(),
+            client_ip: ctx.peer.addr.ip(),
+            client_host: ctx.client_host.clone(),
+            on_interim: interim_sink(ctx),
+        })
+        .await
 }
 
 /// The client's 1xx sink for an origin request made on its behalf, with our `Via` entry:

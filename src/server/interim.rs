@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use http::{HeaderMap, HeaderName, Request, StatusCode, Version, header};
+use http::{HeaderMap, Request, StatusCode, Version, header};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::origin::InterimSink;
@@ -32,19 +32,6 @@ const MAX_PENDING: usize = 16 * 1024;
 
 /// The HTTP/2 connection preface: a connection that starts with it is h2.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Hop-by-hop fields (RFC 9110 §7.6.1) never forwarded, besides those `Connection` names.
-/// `Content-Length` is not hop-by-hop, but a 1xx must not carry one (§8.6).
-static NOT_FORWARDED: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::CONTENT_LENGTH,
-];
 
 /// What became of one interim response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -382,21 +369,17 @@ pub fn head_bytes(status: StatusCode, headers: &HeaderMap) -> Option<Vec<u8>> {
     {
         return None;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
+    let mut forwarded = headers.clone();
+    crate::cache::policy::remove_hop_by_hop_headers(&mut forwarded);
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
-        if NOT_FORWARDED.contains(name) || named.contains(name) {
+    for (name, value) in &forwarded {
+        // A 1xx has no content (RFC 9110 §8.6).
+        if name == header::CONTENT_LENGTH {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -411,6 +394,7 @@ pub fn head_bytes(status: StatusCode, headers: &HeaderMap) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderName;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::task::Wake;
     use std::time::Duration;

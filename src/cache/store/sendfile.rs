@@ -234,3 +234,216 @@ impl Store {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+
+    use super::super::{DiskConfig, NewObject, ObjectMeta, Store, StoreConfig, StoreError};
+    use crate::zerocopy::FileSpan;
+
+    const CHUNK: u32 = 64 * 1024;
+
+    /// A directory on tmpfs, or None where there is no /dev/shm (the tests then pass vacuously).
+    fn shm_dir() -> Option<tempfile::TempDir> {
+        tempfile::tempdir_in("/dev/shm").ok()
+    }
+
+    async fn open(dir: &Path, memory: u64, memory_max_object: u64) -> Store {
+        Store::open(StoreConfig {
+            memory_bytes: memory,
+            memory_max_object,
+            chunk_size: CHUNK,
+            disks: vec![DiskConfig {
+                path: dir.to_path_buf(),
+                quota_bytes: 1 << 30,
+            }],
+            sync_writes: false,
+        })
+        .await
+        .expect("open")
+    }
+
+    fn body(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    async fn put(store: &Store, key: &str, data: &[u8]) -> Arc<ObjectMeta> {
+        let obj = NewObject {
+            key: key.to_owned(),
+            total_len: Some(data.len() as u64),
+            ..Default::default()
+        };
+        let mut w = store.begin(obj).await.expect("begin");
+        for (i, c) in data.chunks(CHUNK as usize).enumerate() {
+            w.write_chunk(i as u32, Bytes::copy_from_slice(c))
+                .await
+                .expect("write_chunk");
+        }
+        w.commit(data.len() as u64).await.expect("commit")
+    }
+
+    /// The file's bytes where `span` says `expected` are.
+    fn file_bytes(span: &FileSpan, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        span.file
+            .file()
+            .read_exact_at(&mut buf, span.offset)
+            .expect("read the span");
+        buf
+    }
+
+    /// Reads chunk `index` for sending until it comes with its file (the first read of a
+    /// chunk held in memory verifies its file in the background).
+    async fn read_with_file(store: &Store, meta: &ObjectMeta, index: u32) -> (Bytes, FileSpan) {
+        let t0 = Instant::now();
+        loop {
+            let (b, f) = store.read_chunk_for_send(meta, index).await.expect("read");
+            if let Some(f) = f {
+                return (b, f);
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "no file for chunk {index}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn chunks_held_in_memory_get_their_verified_file_after_the_first_read() {
+        let Some(dir) = shm_dir() else { return };
+        let store = open(dir.path(), 64 << 20, 16 << 20).await;
+        let data = body(3 * CHUNK as usize + 100, 1);
+        let m = put(&store, "k", &data).await;
+        let (b, f) = store.read_chunk_for_send(&m, 1).await.expect("read");
+        assert_eq!(b, data[CHUNK as usize..2 * CHUNK as usize]);
+        assert!(
+            f.is_none(),
+            "from memory: the file is verified off the request's path"
+        );
+        for i in 0..4u32 {
+            let (b, f) = read_with_file(&store, &m, i).await;
+            let start = (i * CHUNK) as usize;
+            assert_eq!(b, data[start..(start + CHUNK as usize).min(data.len())]);
+            assert_eq!(
+                file_bytes(&f, b.len()),
+                b,
+                "chunk {i}: the file holds the same bytes"
+            );
+        }
+        assert_eq!(store.stats().disk_hits, 0, "every byte came from memory");
+    }
+
+    #[tokio::test]
+    async fn chunks_read_from_disk_come_with_their_file_at_once() {
+        let Some(dir) = shm_dir() else { return };
+        // Bodies over 1 KiB never have chunks in memory: every read goes to disk.
+        let store = open(dir.path(), 64 << 20, 1024).await;
+        let data = body(2 * CHUNK as usize + 7, 2);
+        let m = put(&store, "k", &data).await;
+        for i in 0..3u32 {
+            let (b, f) = store.read_chunk_for_send(&m, i).await.expect("read");
+            let f = f.expect("read from a file on tmpfs: sendable");
+            assert_eq!(file_bytes(&f, b.len()), b);
+        }
+        // The second read still reads (and checks) the chunk; the file comes from the table.
+        let (_, f1) = store.read_chunk_for_send(&m, 0).await.expect("read");
+        let (_, f2) = store.read_chunk_for_send(&m, 0).await.expect("read");
+        let (f1, f2) = (f1.expect("file"), f2.expect("file"));
+        assert!(Arc::ptr_eq(&f1.file, &f2.file), "one open file per chunk");
+        assert_eq!(store.stats().disk_hits, 5);
+    }
+
+    #[tokio::test]
+    async fn a_single_chunk_object_is_sent_from_its_meta_file() {
+        let Some(dir) = shm_dir() else { return };
+        let store = open(dir.path(), 64 << 20, 16 << 20).await;
+        let data = body(40_000, 3);
+        let m = put(&store, "small", &data).await;
+        let (b, f) = read_with_file(&store, &m, 0).await;
+        assert_eq!(b, data);
+        assert_eq!(
+            file_bytes(&f, b.len()),
+            data,
+            "the inline body ends the .meta file"
+        );
+        let meta_len = f.file.file().metadata().expect("stat").len();
+        assert_eq!(f.offset + data.len() as u64, meta_len);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_file_found_by_the_background_check_removes_the_object() {
+        let Some(dir) = shm_dir() else { return };
+        let store = open(dir.path(), 64 << 20, 16 << 20).await;
+        let data = body(2 * CHUNK as usize, 4);
+        let m = put(&store, "k", &data).await;
+        // Damage chunk 1's file before its first read for sending.
+        let chunk1 = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .flatten()
+            .flat_map(|sub| {
+                std::fs::read_dir(sub.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .map(|f| f.path())
+            .find(|p| p.extension().is_some_and(|e| e == "1"))
+            .expect("chunk file 1");
+        let mut raw = std::fs::read(&chunk1).expect("read");
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        std::fs::write(&chunk1, raw).expect("write");
+        let (b, f) = store.read_chunk_for_send(&m, 1).await.expect("from memory");
+        assert_eq!(b, data[CHUNK as usize..], "the bytes in memory are intact");
+        assert!(f.is_none());
+        let t0 = Instant::now();
+        while store.stats().corrupt == 0 {
+            assert!(t0.elapsed() < Duration::from_secs(5), "damage not detected");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            store.lookup("k").await.is_none(),
+            "the damaged object is removed"
+        );
+        assert!(matches!(
+            store.read_chunk_for_send(&m, 1).await,
+            Err(StoreError::Missing)
+        ));
+    }
+
+    #[tokio::test]
+    async fn removing_an_object_closes_its_files() {
+        let Some(dir) = shm_dir() else { return };
+        let store = open(dir.path(), 64 << 20, 16 << 20).await;
+        let m = put(&store, "k", &body(CHUNK as usize + 1, 5)).await;
+        let (_, f) = read_with_file(&store, &m, 0).await;
+        assert!(Arc::strong_count(&f.file) >= 2, "held by the table");
+        assert!(store.remove("k").await.is_some());
+        assert_eq!(
+            Arc::strong_count(&f.file),
+            1,
+            "the table let go of the deleted file"
+        );
+    }
+
+    #[tokio::test]
+    async fn files_on_a_regular_disk_are_never_offered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), 64 << 20, 1024).await;
+        if store.inner.disks[0].memory_backed() {
+            return; // the temporary directory is on tmpfs here: nothing to check
+        }
+        let m = put(&store, "k", &body(CHUNK as usize, 6)).await;
+        let (_, f) = store.read_chunk_for_send(&m, 0).await.expect("read");
+        assert!(f.is_none());
+    }
+}
