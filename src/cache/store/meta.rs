@@ -485,7 +485,7 @@ fn encode_meta_section(m: &ObjectMeta) -> Vec<u8> {
         b.extend_from_slice(&(name.len() as u16).to_le_bytes());
         b.extend_from_slice(name);
         b.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        b.extend_from_slice(&value);
+        b.extend_from_slice(value);
     }
     b.extend_from_slice(&(m.chunks.len() as u32).to_le_bytes());
     let mut bitmap = vec![0u8; m.chunks.len().div_ceil(8)];
