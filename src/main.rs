@@ -5,11 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-// mimalloc: no per-allocation header and little fragmentation for the many small, short-lived
-// allocations of the hit path and the small long-lived ones of cached objects (bench/ figure 4).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Strata: a caching edge server that reads STON-style configuration.
 #[derive(Parser)]
 #[command(version, about)]
