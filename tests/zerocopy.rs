@@ -39,6 +39,10 @@ fn vhost_conf(origin: std::net::SocketAddr) -> String {
     )
 }
 
+/// The tests of this file run one at a time: they read the process-wide count of bytes
+/// sent from files.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Files under the disk tier's fan-out directories.
 fn cache_files(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
@@ -82,11 +86,12 @@ async fn until_sent_from_files(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_hits_are_sent_from_files_whole_and_in_ranges() {
+    let _serial = SERIAL.lock().await;
     let Ok(disk) = tempfile::tempdir_in("/dev/shm") else {
         return;
     };
     let big = pattern(3 * 1024 * 1024 + 5, 31); // 4 chunks of 1 MiB, the last of 5 bytes
-    let mid = pattern(200 * 1024, 32); // one chunk, inline in its .meta file
+    let mid = pattern(600 * 1024, 32); // one chunk, inline in its .meta file
     let (b, m) = (big.clone(), mid.clone());
     let origin = Origin::start(handler(move |req, _| {
         let body = if req.uri().path() == "/big" {
@@ -117,7 +122,7 @@ async fn large_hits_are_sent_from_files_whole_and_in_ranges() {
     for (path, body, from, to) in [
         ("/big", &big, 100usize, 1_500_000usize),
         ("/big", &big, 1_048_576, 3 * 1_048_576 + 4),
-        ("/mid", &mid, 40_000, 150_000),
+        ("/mid", &mid, 40_000, 400_000),
     ] {
         let range = format!("bytes={from}-{to}");
         let g = get(addr, "a.com", path, &[("range", &range)]).await;
@@ -134,6 +139,7 @@ async fn large_hits_are_sent_from_files_whole_and_in_ranges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_file_damaged_after_its_check_is_never_sent() {
+    let _serial = SERIAL.lock().await;
     let Ok(disk) = tempfile::tempdir_in("/dev/shm") else {
         return;
     };
@@ -178,4 +184,38 @@ async fn a_chunk_file_damaged_after_its_check_is_never_sent() {
     let g = get(addr, "a.com", "/big", &[]).await;
     assert!(g.body == big);
     assert_eq!(origin.count(), 2, "the damaged object was refetched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_copy_off_copies_every_byte() {
+    let _serial = SERIAL.lock().await;
+    let Ok(disk) = tempfile::tempdir_in("/dev/shm") else {
+        return;
+    };
+    let big = pattern(2 * 1024 * 1024 + 3, 51);
+    let b = big.clone();
+    let origin = Origin::start(handler(move |_, _| {
+        resp(200, &[("cache-control", "max-age=600")], b.clone())
+    }))
+    .await;
+    let conf = ConfDir::new(
+        &server_conf(
+            disk.path(),
+            "<MemorySize>64MB</MemorySize><ZeroCopy>OFF</ZeroCopy>",
+        ),
+        &vhost_conf(origin.addr),
+    );
+    let s = start(&conf).await;
+    let before = strata::zerocopy::sent_bytes();
+    for _ in 0..10 {
+        let g = get(s.http[0], "a.com", "/big", &[]).await;
+        assert!(g.body == big);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        strata::zerocopy::sent_bytes(),
+        before,
+        "nothing sent from files"
+    );
+    assert_eq!(origin.count(), 1);
 }

@@ -61,6 +61,7 @@ impl Default for CacheConfig {
             memory_max_object: 16 << 20,
             chunk_size: 1 << 20,
             fill_wait: Duration::from_secs(30),
+            zero_copy: true,
         }
     }
 }

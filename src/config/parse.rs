@@ -46,6 +46,7 @@ const CACHE: &[&str] = &[
     "MemoryMaxObject",
     "ChunkSize",
     "FillWaitTimeout",
+    "ZeroCopy",
     "ControlAPI",
 ];
 const STORAGE: &[&str] = &["Disk"];
@@ -906,6 +907,11 @@ impl P {
                 "FillWaitTimeout" => {
                     if let Some(d) = self.duration(c, "30") {
                         s.cache.fill_wait = d;
+                    }
+                }
+                "ZeroCopy" => {
+                    if let Some(b) = self.on_off(c) {
+                        s.cache.zero_copy = b;
                     }
                 }
                 "ControlAPI" => {}

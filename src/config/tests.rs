@@ -788,6 +788,7 @@ fn size_and_duration_units() {
         <MemoryMaxObject>512K</MemoryMaxObject>
         <ChunkSize>256</ChunkSize>
         <FillWaitTimeout>1500ms</FillWaitTimeout>
+        <ZeroCopy>OFF</ZeroCopy>
     </Cache>
 </Server>"#;
     let vhosts = r#"<Vhosts>
@@ -818,6 +819,7 @@ fn size_and_duration_units() {
     assert_eq!(c.memory_max_object, 512 << 10);
     assert_eq!(c.chunk_size, 256 << 10);
     assert_eq!(c.fill_wait, Duration::from_millis(1500));
+    assert!(!c.zero_copy);
     let o = &cfg.vhosts[0].origin_options;
     assert_eq!(o.connect_timeout, Duration::from_millis(500));
     assert_eq!(o.receive_timeout, Duration::from_secs(20));
@@ -831,10 +833,11 @@ fn size_and_duration_units() {
         <MemorySize>lots</MemorySize>
         <ChunkSize>1</ChunkSize>
         <Storage><Disk Quota="1.5">x</Disk></Storage>
+        <ZeroCopy>maybe</ZeroCopy>
     </Cache></Server>"#;
     let (_, diags, _d) = check(Some(bad), "<Vhosts/>");
     let lines: Vec<u32> = errors(&diags).iter().map(|e| e.line).collect();
-    assert_eq!(lines, vec![2, 3, 4], "{diags:#?}");
+    assert_eq!(lines, vec![2, 3, 4, 5], "{diags:#?}");
 }
 
 #[test]
@@ -978,6 +981,7 @@ fn missing_files() {
     assert_eq!(s.cache.memory_max_object, 16 << 20);
     assert_eq!(s.cache.chunk_size, 1 << 20);
     assert_eq!(s.cache.fill_wait, Duration::from_secs(30));
+    assert!(s.cache.zero_copy);
     assert!(s.cache.disks.is_empty());
     assert_eq!(s.max_cdn_loop_hops, 8);
     assert!(s.log.dir.is_none() && s.https.is_empty() && s.resolve.is_empty());

@@ -342,11 +342,12 @@ fn spawn_accept(
             let tls = tls.clone();
             tokio::spawn(async move {
                 match tls {
-                    None => {
-                        // Plain TCP may send cached bytes straight from their files.
+                    // Plain TCP may send cached bytes straight from their files.
+                    None if proxy.runtime.load().cfg.server.cache.zero_copy => {
                         let (stream, lane) = ZcStream::new(stream);
                         zerocopy::scope(lane, serve(stream, &builder, proxy, peer, watcher)).await
                     }
+                    None => serve(stream, &builder, proxy, peer, watcher).await,
                     Some(acceptor) => {
                         match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                             .await

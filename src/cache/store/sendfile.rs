@@ -20,7 +20,7 @@ use super::Store;
 use super::error::StoreError;
 use super::index::KeyHash;
 use super::meta::ObjectMeta;
-use crate::zerocopy::FileSpan;
+use crate::zerocopy::{self, FileSpan};
 
 /// One chunk of one version.
 type Key = (KeyHash, u64, u32);
@@ -152,10 +152,12 @@ impl Store {
         meta: &ObjectMeta,
         index: u32,
     ) -> Result<(Bytes, Option<FileSpan>), StoreError> {
-        let sendable = meta
-            .disk
-            .and_then(|d| self.inner.disks.get(d as usize))
-            .is_some_and(|d| d.memory_backed());
+        // Small chunks are always copied (`zerocopy::MIN_SEND`): no file is opened for them.
+        let sendable = meta.stored_len(index) >= zerocopy::MIN_SEND as u64
+            && meta
+                .disk
+                .and_then(|d| self.inner.disks.get(d as usize))
+                .is_some_and(|d| d.memory_backed());
         if !sendable || self.inner.send_files.capacity == 0 {
             return self.read_chunk(meta, index).await.map(|b| (b, None));
         }
@@ -244,10 +246,12 @@ mod tests {
 
     use bytes::Bytes;
 
+    use super::super::index::KeyHash;
     use super::super::{DiskConfig, NewObject, ObjectMeta, Store, StoreConfig, StoreError};
     use crate::zerocopy::FileSpan;
 
-    const CHUNK: u32 = 64 * 1024;
+    /// Chunks large enough to be sent from files (`zerocopy::MIN_SEND`).
+    const CHUNK: u32 = 512 * 1024;
 
     /// A directory on tmpfs, or None where there is no /dev/shm (the tests then pass vacuously).
     fn shm_dir() -> Option<tempfile::TempDir> {
@@ -329,16 +333,25 @@ mod tests {
             f.is_none(),
             "from memory: the file is verified off the request's path"
         );
-        for i in 0..4u32 {
+        for i in 0..3u32 {
             let (b, f) = read_with_file(&store, &m, i).await;
             let start = (i * CHUNK) as usize;
-            assert_eq!(b, data[start..(start + CHUNK as usize).min(data.len())]);
+            assert_eq!(b, data[start..start + CHUNK as usize]);
             assert_eq!(
                 file_bytes(&f, b.len()),
                 b,
                 "chunk {i}: the file holds the same bytes"
             );
         }
+        // The last chunk holds 100 bytes: copied, never sent from a file.
+        for _ in 0..3 {
+            let (b, f) = store.read_chunk_for_send(&m, 3).await.expect("read");
+            assert_eq!(b, data[3 * CHUNK as usize..]);
+            assert!(f.is_none());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let key = (KeyHash::of("k"), m.version, 3);
+        assert!(store.inner.send_files.get(&key).is_none(), "no file opened");
         assert_eq!(store.stats().disk_hits, 0, "every byte came from memory");
     }
 
@@ -349,11 +362,13 @@ mod tests {
         let store = open(dir.path(), 64 << 20, 1024).await;
         let data = body(2 * CHUNK as usize + 7, 2);
         let m = put(&store, "k", &data).await;
-        for i in 0..3u32 {
+        for i in 0..2u32 {
             let (b, f) = store.read_chunk_for_send(&m, i).await.expect("read");
             let f = f.expect("read from a file on tmpfs: sendable");
             assert_eq!(file_bytes(&f, b.len()), b);
         }
+        let (b, f) = store.read_chunk_for_send(&m, 2).await.expect("read");
+        assert_eq!((b.len(), f.is_none()), (7, true), "a small chunk is copied");
         // The second read still reads (and checks) the chunk; the file comes from the table.
         let (_, f1) = store.read_chunk_for_send(&m, 0).await.expect("read");
         let (_, f2) = store.read_chunk_for_send(&m, 0).await.expect("read");
@@ -366,7 +381,7 @@ mod tests {
     async fn a_single_chunk_object_is_sent_from_its_meta_file() {
         let Some(dir) = shm_dir() else { return };
         let store = open(dir.path(), 64 << 20, 16 << 20).await;
-        let data = body(40_000, 3);
+        let data = body(300_000, 3);
         let m = put(&store, "small", &data).await;
         let (b, f) = read_with_file(&store, &m, 0).await;
         assert_eq!(b, data);
