@@ -993,7 +993,7 @@ async fn rfc9111_5_2_2_response_directives() {
                 304,
                 &[
                     ("etag", "\"abcd\""),
-                    ("cache-control", "max-age=1, must-revalidate"),
+                    ("cache-control", "max-age=3, must-revalidate"),
                 ],
                 seen,
                 n,
@@ -1002,7 +1002,7 @@ async fn rfc9111_5_2_2_response_directives() {
             answer(
                 200,
                 &[
-                    ("cache-control", "max-age=1, must-revalidate"),
+                    ("cache-control", "max-age=3, must-revalidate"),
                     ("etag", "\"abcd\""),
                 ],
                 seen,
@@ -1013,7 +1013,8 @@ async fn rfc9111_5_2_2_response_directives() {
     tasks.push(task(async move {
         s.get(&[]).await;
         assert_cached(&s, &s.get(&[]).await, 1, 1, "fresh must-revalidate");
-        sleep_ms(1_500).await;
+        // Whole-second Date: a 1 s lifetime can be spent before the second request.
+        sleep_ms(3_500).await;
         let g = s.get(&[]).await;
         assert_eq!((g.status.as_u16(), s.hits()), (200, 2));
         assert_eq!(s.seen(2).header("if-none-match"), "\"abcd\"");
@@ -1321,7 +1322,7 @@ async fn rfc9111_5_2_1_request_directives() {
 
     // only-if-cached: 504 when nothing (usable) is stored, never the origin.
     let s = lab.scenario("rq-only-if-cached", |seen, n| {
-        answer(200, &[("cache-control", "max-age=1")], seen, n)
+        answer(200, &[("cache-control", "max-age=3")], seen, n)
     });
     tasks.push(task(async move {
         let oic = [("cache-control", "only-if-cached")];
@@ -1336,7 +1337,8 @@ async fn rfc9111_5_2_1_request_directives() {
             1,
             "only-if-cached with a fresh answer",
         );
-        sleep_ms(1_500).await;
+        // Whole-second Date: a 1 s lifetime can be spent before the check above.
+        sleep_ms(3_500).await;
         let g = s.get(&oic).await;
         assert_eq!(
             (g.status.as_u16(), s.hits()),
