@@ -656,17 +656,13 @@ impl Proxy {
                     // fill — the guard's waiters will read this fill.
                     tracing::debug!(%key, %object_key, "fill stored under a new variant key");
                 }
-                let mut stored_headers = parts.headers.clone();
-                policy::strip_unstorable_headers(&mut stored_headers);
-                let total_len = respond::content_length(&parts.headers);
-                let object = NewObject {
-                    key: object_key,
-                    status: parts.status.as_u16(),
-                    headers: respond::header_vec(&stored_headers),
-                    request_time_ms: ms(request_time),
-                    response_time_ms: ms(response_time),
-                    total_len,
-                };
+                let object = new_object(
+                    object_key,
+                    parts.status.as_u16(),
+                    parts.headers.clone(),
+                    (request_time, response_time),
+                    respond::content_length(&parts.headers),
+                );
                 match guard
                     .stream(self.store.clone(), object, body, Vec::new())
                     .await
@@ -836,18 +832,16 @@ impl Proxy {
         if !plain || !policy::is_storable(&Method::GET, &ctx.headers, &facts, &ctx.vh.policy) {
             return None;
         }
-        let mut stored = headers.clone();
-        policy::strip_unstorable_headers(&mut stored);
-        stored.remove(header::CONTENT_RANGE);
-        stored.remove(header::CONTENT_LENGTH);
-        let object = NewObject {
-            key: key.to_string(),
-            status: StatusCode::OK.as_u16(),
-            headers: respond::header_vec(&stored),
-            request_time_ms: ms(request_time),
-            response_time_ms: ms(response_time),
-            total_len: Some(cr.complete),
-        };
+        let mut part_fields = headers.clone();
+        part_fields.remove(header::CONTENT_RANGE);
+        part_fields.remove(header::CONTENT_LENGTH);
+        let object = new_object(
+            key.to_string(),
+            StatusCode::OK.as_u16(),
+            part_fields,
+            (request_time, response_time),
+            Some(cr.complete),
+        );
         Some((object, cr))
     }
 
@@ -1074,16 +1068,13 @@ impl Proxy {
         };
         let now = SystemTime::now();
         let (parts, body) = resp.into_parts();
-        let mut stored = parts.headers.clone();
-        policy::strip_unstorable_headers(&mut stored);
-        let object = NewObject {
-            key: primary,
-            status: parts.status.as_u16(),
-            headers: respond::header_vec(&stored),
-            request_time_ms: ms(now),
-            response_time_ms: ms(now),
-            total_len: respond::content_length(&parts.headers),
-        };
+        let object = new_object(
+            primary,
+            parts.status.as_u16(),
+            parts.headers.clone(),
+            (now, now),
+            respond::content_length(&parts.headers),
+        );
         let wait = ctx.rt.cfg.server.cache.fill_wait;
         let fill = match guard
             .stream(self.store.clone(), object, body, Vec::new())
@@ -1131,6 +1122,26 @@ impl Proxy {
             }
         }
         (count, bytes)
+    }
+}
+
+/// The object an origin answer is stored as: its fields without the ones that must not be
+/// stored (`policy::strip_unstorable_headers`), with the times of its request and response.
+fn new_object(
+    key: String,
+    status: u16,
+    mut headers: HeaderMap,
+    (request_time, response_time): (SystemTime, SystemTime),
+    total_len: Option<u64>,
+) -> NewObject {
+    policy::strip_unstorable_headers(&mut headers);
+    NewObject {
+        key,
+        status,
+        headers: respond::header_vec(&headers),
+        request_time_ms: ms(request_time),
+        response_time_ms: ms(response_time),
+        total_len,
     }
 }
 
