@@ -2093,6 +2093,33 @@ async fn rfc9111_4_4_unsafe_methods_invalidate() {
         }
     }
 
+    // Every stored Vary variant of the URL goes with it (the store's group of the URL).
+    let s = lab.scenario("inv-variants", varying("Foo"));
+    tasks.push(task(async move {
+        assert_eq!(n_of(&s.get(&[("foo", "1")]).await), 1);
+        assert_eq!(n_of(&s.get(&[("foo", "2")]).await), 2);
+        assert_cached(&s, &s.get(&[("foo", "1")]).await, 1, 2, "variant 1 stored");
+        let w = s.send("POST", &s.path(), &[], "x").await;
+        assert_eq!(w.status.as_u16(), 200);
+        assert_eq!(
+            n_of(&s.get(&[("foo", "2")]).await),
+            4,
+            "variant 2 must be invalidated"
+        );
+        assert_eq!(
+            n_of(&s.get(&[("foo", "1")]).await),
+            5,
+            "variant 1 must be invalidated"
+        );
+        assert_cached(
+            &s,
+            &s.get(&[("foo", "1")]).await,
+            5,
+            5,
+            "stored again after",
+        );
+    }));
+
     // Location and Content-Location on the same host are invalidated too; other hosts not.
     let s = lab.scenario("inv-locations", |seen, n| {
         if seen.method == "GET" {

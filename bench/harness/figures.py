@@ -278,7 +278,7 @@ def collapse_figure(env, plan, results, counter, servers):
             path = f"/slow/r{rnd}-{s.name}-{os.getpid()}-{time.time_ns()}.bin"
             mark = counter.mark()
             res = load.burst(s.port, path, plan.burst_clients)
-            n, _, _ = counter.since(mark, settle=0.3)
+            n, _, paths = counter.since(mark, settle=0.3)
             check_alive([s])
             ttfb = sorted(t for t, _, ok in res if t is not None)
             ttlb = sorted(t for _, t, ok in res if t is not None)
@@ -293,7 +293,8 @@ def collapse_figure(env, plan, results, counter, servers):
                              f"no complete 200")
             if n != 1:
                 results.warn(f"collapse: {s.label} sent {n} requests to the origin for one "
-                             f"cold object fetched by {plan.burst_clients} clients at once")
+                             f"cold object fetched by {plan.burst_clients} clients at once "
+                             f"(paths: {', '.join(paths)})")
             line.append(f"{s.name} origin×{n} ttfb p50 {1000 * (r['ttfb_p50'] or 0):.0f}ms "
                         f"max {1000 * (r['ttfb_max'] or 0):.0f}ms")
         print(f"  round {rnd + 1}: " + ", ".join(line), flush=True)

@@ -14,8 +14,9 @@ pub struct KeyRules {
     pub apply_query_string: bool,
 }
 
-/// Separates a primary key from its `Vary` variant suffix; never appears in a URL.
-pub const VARIANT_SEPARATOR: char = '\u{0}';
+/// Separates a primary key from its `Vary` variant suffix; never appears in a URL. The store's
+/// group separator, so a URL's variants are one group of the store.
+pub const VARIANT_SEPARATOR: char = super::store::GROUP_SEPARATOR;
 
 /// Builds the primary key of `path_and_query` on `vhost`.
 pub fn cache_key(vhost: &str, path_and_query: &str, rules: KeyRules) -> String {

@@ -1112,11 +1112,9 @@ impl Proxy {
             count += 1;
             bytes += b;
         }
-        let prefix = format!("{primary}{}", key::VARIANT_SEPARATOR);
-        for (k, _) in self.store.keys() {
-            if k.starts_with(&prefix)
-                && let Some(b) = self.store.remove(&k).await
-            {
+        // The variants are the store's group of the primary key: no scan of every key.
+        for k in self.store.group_keys(primary) {
+            if let Some(b) = self.store.remove(&k).await {
                 count += 1;
                 bytes += b;
             }

@@ -177,12 +177,24 @@ impl Entry {
 
 type Map = HashMap<KeyHash, Entry, BuildHasherDefault<IdHasher>>;
 
+/// Separates a key's group from the rest of it: `group\0member`. A group's members are found
+/// without listing every key (the cache keeps a URL's `Vary` variants as one group).
+pub const GROUP_SEPARATOR: char = '\u{0}';
+
+/// The group a key belongs to, if it is a member of one.
+fn group_of(key: &str) -> Option<KeyHash> {
+    key.split_once(GROUP_SEPARATOR)
+        .map(|(group, _)| KeyHash::of(group))
+}
+
 /// All committed objects.
 #[derive(Default)]
 pub(crate) struct Index {
     map: Map,
     /// Heap bytes of the keys held by entries without a memory copy.
     key_bytes: u64,
+    /// Members of each group, by the group's hash (only groups with members are listed).
+    groups: HashMap<KeyHash, Vec<KeyHash>, BuildHasherDefault<IdHasher>>,
 }
 
 impl Index {
@@ -199,9 +211,15 @@ impl Index {
     /// Adds or replaces; returns the replaced entry.
     pub fn insert(&mut self, hash: KeyHash, entry: Entry) -> Option<Entry> {
         self.key_bytes += entry.cold_key_bytes();
+        let group = group_of(entry.key());
         let old = self.map.insert(hash, entry);
-        if let Some(o) = &old {
-            self.key_bytes -= o.cold_key_bytes();
+        match &old {
+            Some(o) => self.key_bytes -= o.cold_key_bytes(),
+            None => {
+                if let Some(g) = group {
+                    self.groups.entry(g).or_default().push(hash);
+                }
+            }
         }
         old
     }
@@ -211,8 +229,34 @@ impl Index {
         let old = self.map.remove(hash);
         if let Some(o) = &old {
             self.key_bytes -= o.cold_key_bytes();
+            if let Some(g) = group_of(o.key())
+                && let Some(members) = self.groups.get_mut(&g)
+            {
+                members.retain(|m| m != hash);
+                if members.is_empty() {
+                    self.groups.remove(&g);
+                }
+            }
         }
         old
+    }
+
+    /// The keys of the members of group `group` (keys `group\0…`), in no particular order.
+    pub fn group_keys(&self, group: &str) -> Vec<String> {
+        let Some(members) = self.groups.get(&KeyHash::of(group)) else {
+            return Vec::new();
+        };
+        members
+            .iter()
+            .filter_map(|h| self.map.get(h))
+            .map(|e| e.key())
+            // Two groups whose names share a hash: keep this one's members only.
+            .filter(|k| {
+                k.split_once(GROUP_SEPARATOR)
+                    .is_some_and(|(g, _)| g == group)
+            })
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Gives the entry of `hash` a memory copy, replacing any, or takes its copy away; the key
@@ -254,7 +298,12 @@ impl Index {
             0 => 0,
             c => (c * 8 / 7).next_power_of_two(),
         };
-        (buckets * slot) as u64 + self.key_bytes
+        let groups: usize = self
+            .groups
+            .values()
+            .map(|m| size_of::<(KeyHash, Vec<KeyHash>)>() + m.capacity() * size_of::<KeyHash>())
+            .sum();
+        (buckets * slot + groups) as u64 + self.key_bytes
     }
 }
 
@@ -291,6 +340,43 @@ mod tests {
         assert_eq!(KeyHash::from_hex(&s), Some(h));
         assert_eq!(KeyHash::from_hex("zz"), None);
         assert_eq!(u8::from_str_radix(&s[..2], 16).ok(), Some(h.subdir()));
+    }
+
+    /// An entry whose key is `key`, memory-less, on no disk.
+    fn entry(key: &str) -> Entry {
+        let meta = ObjectMeta::new(
+            super::super::meta::NewObject {
+                key: key.to_owned(),
+                ..Default::default()
+            },
+            1,
+            1024,
+            None,
+        );
+        Entry::new(&meta, None, NO_DISK, 0, false)
+    }
+
+    #[test]
+    fn group_members_are_listed_without_a_scan_and_leave_with_their_entries() {
+        let mut ix = Index::default();
+        for k in ["h/a", "h/a\0gzip", "h/a\0br", "h/ab\0gzip", "h/b"] {
+            ix.insert(KeyHash::of(k), entry(k));
+        }
+        // Replacing a member does not list it twice.
+        ix.insert(KeyHash::of("h/a\0br"), entry("h/a\0br"));
+        let mut got = ix.group_keys("h/a");
+        got.sort();
+        assert_eq!(got, ["h/a\0br", "h/a\0gzip"]);
+        assert_eq!(ix.group_keys("h/b"), Vec::<String>::new());
+        ix.remove(&KeyHash::of("h/a\0gzip"));
+        assert_eq!(ix.group_keys("h/a"), ["h/a\0br"]);
+        ix.remove(&KeyHash::of("h/a\0br"));
+        assert!(ix.group_keys("h/a").is_empty());
+        assert!(
+            !ix.groups.contains_key(&KeyHash::of("h/a")),
+            "empty groups are dropped"
+        );
+        assert_eq!(ix.group_keys("h/ab"), ["h/ab\0gzip"]);
     }
 
     #[test]

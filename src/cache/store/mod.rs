@@ -43,6 +43,7 @@ use tokio::sync::Notify;
 
 pub use error::StoreError;
 pub use headers::{Headers, HeadersBuilder};
+pub use index::GROUP_SEPARATOR;
 pub use meta::{ChunkSlot, NewObject, ObjectMeta};
 pub use writer::ObjectWriter;
 
@@ -443,6 +444,13 @@ impl Store {
             self.inner.delete_locked(d).await;
         }
         Some(entry.size)
+    }
+
+    /// The keys stored in group `group` (keys `group` + [`GROUP_SEPARATOR`] + anything), found
+    /// without listing every key. Until the background rebuild completes this lists only the
+    /// members indexed so far.
+    pub fn group_keys(&self, group: &str) -> Vec<String> {
+        self.inner.lock().index.group_keys(group)
     }
 
     /// Every indexed key with the body bytes it holds (for purge by pattern). Until the
