@@ -104,6 +104,23 @@ impl std::ops::Deref for StoredView {
 }
 
 impl StoredView {
+    /// Heap bytes it owns beyond its own struct, allocator overhead roughly included: the
+    /// header map's two tables (slots, and a 4-byte index per bucket) and the buffer its
+    /// values share, and the reuse analysis once computed. Charged to the memory tier.
+    pub fn heap_bytes(&self) -> usize {
+        /// A `HeaderMap` slot: hash, links, name and value.
+        const SLOT: usize = 2 * size_of::<usize>()
+            + size_of::<u16>()
+            + size_of::<HeaderName>()
+            + size_of::<HeaderValue>();
+        let h = &self.facts.headers;
+        let cap = h.capacity();
+        let buckets = (cap * 4 / 3).next_power_of_two();
+        let values: usize = h.iter().map(|(_, v)| v.len()).sum();
+        let reuse = 2 * size_of::<usize>() + size_of::<policy::StoredReuse>();
+        cap * SLOT + buckets * 4 + values + 32 + reuse + 48
+    }
+
     /// The reuse analysis under `opts`, computed on first use (and again only if a reload
     /// changed the options it depends on).
     pub fn reuse(&self, opts: &policy::PolicyOptions) -> Arc<policy::StoredReuse> {
@@ -133,7 +150,7 @@ pub fn facts(meta: &ObjectMeta) -> Arc<StoredView> {
         }
     };
     meta.derived
-        .get_or_init(make)
+        .get_or_init(make, StoredView::heap_bytes)
         .unwrap_or_else(|| Arc::new(make()))
 }
 

@@ -34,6 +34,9 @@ pub(crate) struct MemObject {
     /// Bytes charged to the tier: what the meta, this copy and its resident chunks take in
     /// memory, allocator overhead included (and the index slot of a memory-only object).
     pub weight: u64,
+    /// The part of `weight` that is the meta's derived value (see [`ObjectMeta::derived`]):
+    /// it appears after the copy was weighed, on the first hit.
+    derived_charged: u64,
 }
 
 /// Resident chunks of a memory copy. A small object's single chunk needs no table.
@@ -76,6 +79,7 @@ impl MemObject {
     pub fn new(meta: Arc<ObjectMeta>, chunks: Vec<Option<Bytes>>) -> MemObject {
         let body: u64 = chunks.iter().flatten().map(|b| chunk_cost(b.len())).sum();
         let mut m = MemObject {
+            derived_charged: meta.derived.bytes(),
             meta,
             chunks: Resident::from_table(chunks),
             weight: 0,
@@ -95,7 +99,24 @@ impl MemObject {
         } else {
             0
         };
-        self.meta.approx_bytes() + alloc_cost(size_of::<MemObject>()) + table + index
+        self.meta.approx_bytes()
+            + self.derived_charged
+            + alloc_cost(size_of::<MemObject>())
+            + table
+            + index
+    }
+
+    /// Charges the meta's derived value if it appeared (or changed) since the copy was
+    /// weighed; returns the weight before, or None when nothing changed.
+    pub fn charge_derived(&mut self) -> Option<u64> {
+        let now = self.meta.derived.bytes();
+        if now == self.derived_charged {
+            return None;
+        }
+        let before = self.weight;
+        self.weight = self.weight - self.derived_charged + now;
+        self.derived_charged = now;
+        Some(before)
     }
 
     /// Resident chunk `i`.
@@ -145,6 +166,7 @@ impl MemObject {
     /// Replaces the meta (same version, new headers or times), keeping resident chunks.
     pub fn set_meta(&mut self, meta: Arc<ObjectMeta>) {
         let old = self.fixed_cost();
+        self.derived_charged = meta.derived.bytes();
         self.meta = meta;
         self.weight = self.weight - old + self.fixed_cost();
     }

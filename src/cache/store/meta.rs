@@ -71,22 +71,42 @@ pub struct ObjectMeta {
 
 /// A once-per-snapshot slot for data the caller derives from a meta, so a hit does not parse
 /// the stored headers again. Never encoded; a clone starts empty because a copied meta is
-/// usually about to be changed.
+/// usually about to be changed. The value's size is recorded with it: the memory tier charges
+/// it to the object's copy, so parsed headers of hot objects count against the tier's bound.
 #[derive(Default)]
-pub struct Derived(std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>);
+pub struct Derived {
+    value: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
+    /// Heap bytes of the value, allocator overhead included (0 while unset).
+    bytes: std::sync::atomic::AtomicU32,
+}
 
 impl Derived {
-    /// The derived value, computed by `make` on first use. None if a value of another type
-    /// was stored first.
+    /// The derived value, computed by `make` on first use and weighed by `heap_bytes` (the
+    /// bytes it owns beyond its own struct). None if a value of another type was stored first.
     pub fn get_or_init<T: std::any::Any + Send + Sync>(
         &self,
         make: impl FnOnce() -> T,
+        heap_bytes: impl FnOnce(&T) -> usize,
     ) -> Option<Arc<T>> {
-        self.0
-            .get_or_init(|| Arc::new(make()))
+        self.value
+            .get_or_init(|| {
+                let v = make();
+                let total =
+                    alloc_cost(2 * size_of::<usize>() + size_of::<T>()) + heap_bytes(&v) as u64;
+                self.bytes.store(
+                    u32::try_from(total).unwrap_or(u32::MAX),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                Arc::new(v)
+            })
             .clone()
             .downcast::<T>()
             .ok()
+    }
+
+    /// Heap bytes of the value (0 while unset).
+    pub fn bytes(&self) -> u64 {
+        u64::from(self.bytes.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -106,7 +126,7 @@ impl Eq for Derived {}
 
 impl std::fmt::Debug for Derived {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() {
+        f.write_str(if self.value.get().is_some() {
             "Derived(set)"
         } else {
             "Derived(empty)"

@@ -121,10 +121,19 @@ impl State {
                     e.disk_node.touch();
                     e.mem_node.touch();
                 }
-                match e.mem() {
-                    Some(m) => Probe::Hit(Arc::clone(&m.meta)),
-                    None => Probe::Cold,
+                let Some(m) = e.mem_mut() else {
+                    return Probe::Cold;
+                };
+                let meta = Arc::clone(&m.meta);
+                // A hit since the last look may have parsed the meta: charge what that took.
+                if touch && let Some(before) = m.charge_derived() {
+                    let after = m.weight;
+                    self.memory.fifo.reweigh(&e.mem_node, before, after);
+                    if after > before {
+                        self.enforce_memory();
+                    }
                 }
+                Probe::Hit(meta)
             }
             Some(_) => Probe::Miss, // another key with the same 128-bit hash
             None if index_complete || self.evicting.contains(hash) => Probe::Miss,

@@ -128,6 +128,44 @@ async fn memory_only_round_trip() {
 }
 
 #[tokio::test]
+async fn values_derived_from_a_meta_are_charged_to_the_memory_tier() {
+    // A tier with room for a few small objects; each hit object's derived value (the
+    // proxy's parsed headers) is 4,000 bytes here.
+    let store = Store::open(mem_cfg(64 * 1024)).await.expect("open");
+    let keys: Vec<String> = (0..8).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        put(&store, k, &body(k, 100)).await;
+    }
+    let before = store.stats().memory_bytes;
+    let m = store.lookup("k0").await.expect("hit");
+    let v = m.derived.get_or_init(|| vec![0u8; 4000], |v| v.capacity());
+    assert_eq!(v.map(|v| v.len()), Some(4000));
+    assert!(m.derived.bytes() >= 4000);
+    // Charged at the next look at the object, once.
+    store.lookup("k0").await.expect("hit");
+    let after = store.stats().memory_bytes;
+    assert_eq!(after - before, m.derived.bytes(), "{before} -> {after}");
+    store.lookup("k0").await.expect("hit");
+    assert_eq!(store.stats().memory_bytes, after);
+    // Derived values count against the bound: deriving for every object evicts some.
+    for _ in 0..2 {
+        for k in &keys {
+            if let Some(m) = store.lookup(k).await {
+                m.derived
+                    .get_or_init(|| vec![0u8; 12_000], |v| v.capacity());
+            }
+        }
+    }
+    let st = store.stats();
+    assert!(
+        st.memory_bytes <= 64 * 1024,
+        "{} over the bound",
+        st.memory_bytes
+    );
+    assert!(st.memory_evictions > 0);
+}
+
+#[tokio::test]
 async fn memory_only_rejects_objects_above_the_limit() {
     let store = Store::open(mem_cfg(1 << 20)).await.expect("open");
     let big = Some(1 << 20);
