@@ -217,6 +217,10 @@ impl Manager {
                     s.memory_bytes
                 ));
                 body.push_str(&format!(
+                    "# TYPE strata_store_index_bytes gauge\nstrata_store_index_bytes {}\n",
+                    s.index_bytes
+                ));
+                body.push_str(&format!(
                     "# TYPE strata_store_disk_bytes gauge\nstrata_store_disk_bytes {}\n",
                     s.disk_bytes
                 ));

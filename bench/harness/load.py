@@ -89,8 +89,11 @@ def wrk_list(base_url, list_file, conns=16, max_duration=None):
 
 
 class Response:
-    def __init__(self, status, headers, body):
+    def __init__(self, status, headers, body, field_bytes=0):
         self.status, self.headers, self.body = status, headers, body
+        # Bytes of the header field lines (name: value CRLF), without the status line, the
+        # blank line and the connection-management fields: what a cache stores of the head.
+        self.field_bytes = field_bytes
 
     def header(self, name):
         return self.headers.get(name.lower(), "")
@@ -102,10 +105,13 @@ async def _read_response(reader):
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
     headers = {}
+    field_bytes = 0
     for line in lines[1:]:
         if ":" in line:
             k, v = line.split(":", 1)
             headers[k.strip().lower()] = v.strip()
+            if k.strip().lower() not in ("connection", "keep-alive"):
+                field_bytes += len(line) + 2
     if "content-length" in headers:
         body = await reader.readexactly(int(headers["content-length"]))
     elif "chunked" in headers.get("transfer-encoding", "").lower():
@@ -120,7 +126,7 @@ async def _read_response(reader):
         body = b"".join(parts)
     else:
         body = await reader.read()
-    return Response(status, headers, body)
+    return Response(status, headers, body, field_bytes)
 
 
 def get(port, path, timeout=10.0):
