@@ -208,22 +208,14 @@ impl Manager {
             "/metrics" => {
                 let mut body = self.proxy.stats.prometheus();
                 let s = self.proxy.store.stats();
-                body.push_str(&format!(
-                    "# TYPE strata_store_objects gauge\nstrata_store_objects {}\n",
-                    s.objects
-                ));
-                body.push_str(&format!(
-                    "# TYPE strata_store_memory_bytes gauge\nstrata_store_memory_bytes {}\n",
-                    s.memory_bytes
-                ));
-                body.push_str(&format!(
-                    "# TYPE strata_store_index_bytes gauge\nstrata_store_index_bytes {}\n",
-                    s.index_bytes
-                ));
-                body.push_str(&format!(
-                    "# TYPE strata_store_disk_bytes gauge\nstrata_store_disk_bytes {}\n",
-                    s.disk_bytes
-                ));
+                for (name, value) in [
+                    ("strata_store_objects", s.objects),
+                    ("strata_store_memory_bytes", s.memory_bytes),
+                    ("strata_store_index_bytes", s.index_bytes),
+                    ("strata_store_disk_bytes", s.disk_bytes),
+                ] {
+                    body.push_str(&format!("# TYPE {name} gauge\n{name} {value}\n"));
+                }
                 let mut r = Response::new(body::full(body));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,

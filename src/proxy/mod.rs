@@ -18,7 +18,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use hyper::body::Incoming;
 
 use crate::body::{self, Body};
-use crate::cache::fill::{FillState, Fills, Join};
+use crate::cache::fill::{FillGuard, FillState, Fills, Join};
 use crate::cache::key::{self, KeyRules};
 use crate::cache::policy::{self, PolicyOptions, ResponseFacts, Reuse};
 use crate::cache::range;
@@ -663,48 +663,14 @@ impl Proxy {
                     (request_time, response_time),
                     respond::content_length(&parts.headers),
                 );
-                match guard
-                    .stream(self.store.clone(), object, body, Vec::new())
+                let result = if stale.is_some() {
+                    CacheResult::RefMiss
+                } else {
+                    CacheResult::Miss
+                };
+                let asked = (&ctx.method, &ctx.headers);
+                self.stream_and_answer(ctx, guard, object, parts, body, asked, result)
                     .await
-                {
-                    Ok(fill) => {
-                        let meta = match fill.head(wait).await {
-                            Some(FillState::Streaming { meta, .. })
-                            | Some(FillState::Done(meta)) => meta,
-                            _ => {
-                                return Reply::error(
-                                    StatusCode::BAD_GATEWAY,
-                                    "origin fetch failed\n",
-                                );
-                            }
-                        };
-                        let result = if stale.is_some() {
-                            CacheResult::RefMiss
-                        } else {
-                            CacheResult::Miss
-                        };
-                        let mut reply = respond::from_fill(
-                            &self.store,
-                            ctx.vh,
-                            &ctx.method,
-                            &ctx.headers,
-                            meta,
-                            fill,
-                            result,
-                        );
-                        respond::add_unstored_fields(&mut reply, &parts.headers);
-                        reply
-                    }
-                    Err(not_stored) => {
-                        // Too large for the store (or it is closing): pass the answer through.
-                        tracing::debug!(
-                            error = %not_stored,
-                            "cannot store object; answering without caching"
-                        );
-                        let resp = Response::from_parts(parts, not_stored.body);
-                        respond::passed(resp, ctx.vh, &ctx.method, CacheResult::ClientRefreshMiss)
-                    }
-                }
             }
         }
     }
@@ -1075,28 +1041,45 @@ impl Proxy {
             (now, now),
             respond::content_length(&parts.headers),
         );
-        let wait = ctx.rt.cfg.server.cache.fill_wait;
+        // Answered as the GET it now stands for.
+        let asked = (&Method::GET, &HeaderMap::new());
+        self.stream_and_answer(ctx, guard, object, parts, body, asked, CacheResult::Miss)
+            .await
+    }
+
+    /// Stores an origin answer through the fill `guard` leads and answers `asked` (method and
+    /// request headers) from that fill while it streams; an answer the store cannot take is
+    /// passed through uncached.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_and_answer(
+        &self,
+        ctx: &Ctx<'_>,
+        guard: FillGuard,
+        object: NewObject,
+        parts: http::response::Parts,
+        body: Body,
+        (method, req): (&Method, &HeaderMap),
+        result: CacheResult,
+    ) -> Reply {
         let fill = match guard
             .stream(self.store.clone(), object, body, Vec::new())
             .await
         {
             Ok(fill) => fill,
             Err(not_stored) => {
+                // Too large for the store (or it is closing): pass the answer through.
+                tracing::debug!(
+                    error = %not_stored,
+                    "cannot store object; answering without caching"
+                );
                 let resp = Response::from_parts(parts, not_stored.body);
-                return respond::passed(resp, ctx.vh, &ctx.method, CacheResult::ClientRefreshMiss);
+                return respond::passed(resp, ctx.vh, method, CacheResult::ClientRefreshMiss);
             }
         };
-        match fill.head(wait).await {
+        match fill.head(ctx.rt.cfg.server.cache.fill_wait).await {
             Some(FillState::Streaming { meta, .. }) | Some(FillState::Done(meta)) => {
-                let mut reply = respond::from_fill(
-                    &self.store,
-                    ctx.vh,
-                    &Method::GET,
-                    &HeaderMap::new(),
-                    meta,
-                    fill,
-                    CacheResult::Miss,
-                );
+                let mut reply =
+                    respond::from_fill(&self.store, ctx.vh, method, req, meta, fill, result);
                 respond::add_unstored_fields(&mut reply, &parts.headers);
                 reply
             }

@@ -221,21 +221,6 @@ impl Disk {
         Ok(file_cost((CHUNK_HEADER_LEN + data.len()) as u64))
     }
 
-    /// Reads and verifies chunk `index` of `version`: `Missing` when the file is absent,
-    /// `Corrupt` when its header or bytes disagree with what the meta expects.
-    #[cfg(test)]
-    pub fn read_chunk(
-        &self,
-        h: &KeyHash,
-        version: u64,
-        index: u32,
-        len: u64,
-        crc: u32,
-    ) -> Result<Bytes, StoreError> {
-        self.load_chunk_file(h, version, index, len, crc, false)
-            .map(|(b, _)| b)
-    }
-
     /// Chunk `index` of `version` read and verified, looking in the `.meta` file for an
     /// inline chunk 0 (first when `inline_first`, else when chunk 0 has no file of its own).
     /// With `keep`, on a memory-backed directory, the verified file stays open so later hits
@@ -286,7 +271,8 @@ impl Disk {
         Ok((bytes, file.map(|f| FileSpan { file: f, offset })))
     }
 
-    /// Reads and verifies a chunk file (see [`Disk::read_chunk`]).
+    /// Reads and verifies chunk `index` of `version`: `Missing` when the file is absent,
+    /// `Corrupt` when its header or bytes disagree with what the meta expects.
     fn load_chunk_file(
         &self,
         h: &KeyHash,
@@ -483,13 +469,19 @@ mod tests {
         let data = vec![5u8; 1000];
         let crc = crc32fast::hash(&data);
         d.write_chunk(&h, 9, 2, &data, crc).expect("write");
-        assert_eq!(d.read_chunk(&h, 9, 2, 1000, crc).expect("read"), &data[..]);
+        assert_eq!(
+            d.load_chunk_file(&h, 9, 2, 1000, crc, false)
+                .map(|(b, _)| b)
+                .expect("read"),
+            &data[..]
+        );
         assert!(matches!(
-            d.read_chunk(&h, 9, 3, 1000, crc),
+            d.load_chunk_file(&h, 9, 3, 1000, crc, false)
+                .map(|(b, _)| b),
             Err(StoreError::Missing)
         ));
         assert!(matches!(
-            d.read_chunk(&h, 9, 2, 999, crc),
+            d.load_chunk_file(&h, 9, 2, 999, crc, false).map(|(b, _)| b),
             Err(StoreError::Corrupt)
         ));
         let path = d.chunk_path(&h, 9, 2);
@@ -497,7 +489,8 @@ mod tests {
         raw[CHUNK_HEADER_LEN + 500] ^= 1;
         fs::write(&path, raw).expect("rewrite");
         assert!(matches!(
-            d.read_chunk(&h, 9, 2, 1000, crc),
+            d.load_chunk_file(&h, 9, 2, 1000, crc, false)
+                .map(|(b, _)| b),
             Err(StoreError::Corrupt)
         ));
         d.remove_chunks(&h, 9, 3, false);
