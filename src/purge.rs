@@ -27,7 +27,8 @@ pub async fn apply(rt: &Runtime, store: &Store, targets: &str, kind: PurgeKind) 
     let mut last_host = String::new();
     let mut count = 0;
     let mut size = 0;
-    let keys = store.keys();
+    // Listed once, and only when a target has a `*`: an exact URL is found by its key.
+    let mut all_keys: Option<Vec<String>> = None;
     for raw in targets.split('|').map(str::trim).filter(|t| !t.is_empty()) {
         let t = raw
             .trim_start_matches("http://")
@@ -42,27 +43,32 @@ pub async fn apply(rt: &Runtime, store: &Store, targets: &str, kind: PurgeKind) 
             continue;
         };
         let vh = &rt.vhosts[vi];
-        let pattern = if path.contains('*') {
-            format!("{}{}", vh.cfg.name, path)
+        let matched: Vec<String> = if path.contains('*') {
+            let pattern = format!("{}{}", vh.cfg.name, path);
+            all_keys
+                .get_or_insert_with(|| store.keys().into_iter().map(|(k, _)| k).collect())
+                .iter()
+                .filter(|k| glob(&pattern, key::primary_of(k)))
+                .cloned()
+                .collect()
         } else {
-            key::cache_key(&vh.cfg.name, &path, vh.key_rules)
+            // The URL's object and its Vary variants (the store's group of the key).
+            let primary = key::cache_key(&vh.cfg.name, &path, vh.key_rules);
+            let variants = store.group_keys(&primary);
+            std::iter::once(primary).chain(variants).collect()
         };
-        for (k, bytes) in &keys {
-            let primary = key::primary_of(k);
-            if !glob(&pattern, primary) {
-                continue;
-            }
+        for k in &matched {
             let done = match kind {
                 // STON's purge keeps the copy as a fallback: the next request refetches it
                 // unconditionally, but if the origin is down the purged copy is served.
                 PurgeKind::Purge => expire_at(store, k, PURGED).await,
-                PurgeKind::HardPurge => store.remove(k).await.is_some(),
+                PurgeKind::HardPurge => store.remove(k).await,
                 PurgeKind::Expire => expire_at(store, k, ms(SystemTime::now())).await,
                 PurgeKind::ExpireAfter(sec) => {
                     expire_at(store, k, ms(SystemTime::now()) + sec * 1000).await
                 }
             };
-            if done {
+            if let Some(bytes) = done {
                 count += 1;
                 size += bytes;
             }
@@ -71,20 +77,19 @@ pub async fn apply(rt: &Runtime, store: &Store, targets: &str, kind: PurgeKind) 
     (count, size)
 }
 
-/// Sets the expiry override; false when the key is gone or was already purged (STON
-/// does not count an already-purged object again).
-async fn expire_at(store: &Store, key: &str, at_ms: u64) -> bool {
+/// Sets the expiry override; the body bytes the object holds, or None when the key is gone
+/// or was already purged (STON does not count an already-purged object again).
+async fn expire_at(store: &Store, key: &str, at_ms: u64) -> Option<u64> {
     let mut already = false;
-    let found = store
+    let meta = store
         .update_meta(key, |m| {
             already = m.expires_override_ms == Some(PURGED);
             if !already {
                 m.expires_override_ms = Some(at_ms);
             }
         })
-        .await
-        .is_some();
-    found && !already
+        .await?;
+    (!already).then(|| meta.held_bytes())
 }
 
 /// The purge-family request methods accepted on service ports (STON's `PURGE`, `EXPIRE`,

@@ -6,15 +6,19 @@ mod common;
 use common::*;
 
 async fn setup(extra_host: &str) -> (Origin, ConfDir, strata::server::Running) {
-    let o = Origin::start(handler(|req, n| {
-        resp(
-            200,
-            &[
-                ("cache-control", "max-age=600"),
-                ("etag", &format!("\"v{n}\"")),
-            ],
-            format!("{} #{n}", req.uri().path()),
-        )
+    setup_with(extra_host, &[]).await
+}
+
+/// `setup` with more response fields from the origin.
+async fn setup_with(
+    extra_host: &str,
+    fields: &'static [(&'static str, &'static str)],
+) -> (Origin, ConfDir, strata::server::Running) {
+    let o = Origin::start(handler(move |req, n| {
+        let etag = format!("\"v{n}\"");
+        let mut all = vec![("cache-control", "max-age=600"), ("etag", etag.as_str())];
+        all.extend_from_slice(fields);
+        resp(200, &all, format!("{} #{n}", req.uri().path()))
     }))
     .await;
     let conf = ConfDir::new(
@@ -41,8 +45,14 @@ async fn wait_stored(s: &strata::server::Running, key: &str) {
 }
 
 fn json_count(body: &[u8]) -> u64 {
+    json_number(body, "Count")
+}
+
+/// A number field of a purge answer.
+fn json_number(body: &[u8], field: &str) -> u64 {
     let t = String::from_utf8_lossy(body);
-    let i = t.find("\"Count\":").expect("Count in result") + 8;
+    let name = format!("\"{field}\":");
+    let i = t.find(&name).expect("field in result") + name.len();
     t[i..]
         .chars()
         .take_while(|c| c.is_ascii_digit())
@@ -111,6 +121,39 @@ async fn purge_expire_and_hardpurge_by_url_and_pattern() {
     // No url: a clear error.
     let r = get(m, "127.0.0.1", "/command/purge", &[]).await;
     assert_eq!(r.status, 400);
+    s.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn an_exact_url_purge_takes_every_vary_variant_of_the_url() {
+    let (o, _conf, s) = setup_with("", &[("vary", "accept-encoding")]).await;
+    let a = s.http[0];
+    let m = s.manager.unwrap();
+    for enc in ["gzip", "br"] {
+        get(a, "a.com", "/v", &[("accept-encoding", enc)]).await;
+    }
+    get(a, "a.com", "/w", &[("accept-encoding", "gzip")]).await;
+    let t0 = std::time::Instant::now();
+    while s.proxy.store.group_keys("a.com/v").len() < 2 {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "variants never stored"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(o.count(), 3);
+    let r = get(m, "127.0.0.1", "/command/hardpurge?url=a.com/v", &[]).await;
+    assert_eq!(r.status, 200);
+    // Both variants ("/v #1", "/v #2": 5 bytes each); the Vary marker holds no body.
+    assert_eq!(json_count(&r.body), 3, "{:?}", r.body);
+    assert_eq!(json_number(&r.body, "Size"), 10, "{:?}", r.body);
+    assert!(s.proxy.store.group_keys("a.com/v").is_empty());
+    for enc in ["gzip", "br"] {
+        get(a, "a.com", "/v", &[("accept-encoding", enc)]).await;
+    }
+    assert_eq!(o.count(), 5, "both variants refetched");
+    get(a, "a.com", "/w", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(o.count(), 5, "another URL is untouched");
     s.shutdown.cancel();
 }
 
