@@ -213,13 +213,19 @@ impl Index {
         self.key_bytes += entry.cold_key_bytes();
         let group = group_of(entry.key());
         let old = self.map.insert(hash, entry);
-        match &old {
-            Some(o) => self.key_bytes -= o.cold_key_bytes(),
-            None => {
-                if let Some(g) = group {
-                    self.groups.entry(g).or_default().push(hash);
+        let same_key = match &old {
+            Some(o) => {
+                self.key_bytes -= o.cold_key_bytes();
+                let same = self.map.get(&hash).is_some_and(|e| e.key() == o.key());
+                if !same {
+                    self.leave_group(o.key(), &hash);
                 }
+                same
             }
+            None => false,
+        };
+        if let (Some(g), false) = (group, same_key) {
+            self.groups.entry(g).or_default().push(hash);
         }
         old
     }
@@ -229,16 +235,21 @@ impl Index {
         let old = self.map.remove(hash);
         if let Some(o) = &old {
             self.key_bytes -= o.cold_key_bytes();
-            if let Some(g) = group_of(o.key())
-                && let Some(members) = self.groups.get_mut(&g)
-            {
-                members.retain(|m| m != hash);
-                if members.is_empty() {
-                    self.groups.remove(&g);
-                }
-            }
+            self.leave_group(o.key(), hash);
         }
         old
+    }
+
+    /// Takes `hash` (whose key is `key`) out of the key's group, if it is in one.
+    fn leave_group(&mut self, key: &str, hash: &KeyHash) {
+        if let Some(g) = group_of(key)
+            && let Some(members) = self.groups.get_mut(&g)
+        {
+            members.retain(|m| m != hash);
+            if members.is_empty() {
+                self.groups.remove(&g);
+            }
+        }
     }
 
     /// The keys of the members of group `group` (keys `group\0…`), in no particular order.
@@ -377,6 +388,13 @@ mod tests {
             "empty groups are dropped"
         );
         assert_eq!(ix.group_keys("h/ab"), ["h/ab\0gzip"]);
+        // Another key under the same hash (a collision) replaces the entry and its group.
+        let h = KeyHash::of("h/ab\0gzip");
+        ix.insert(h, entry("h/c\0x"));
+        assert!(!ix.groups.contains_key(&KeyHash::of("h/ab")));
+        assert_eq!(ix.group_keys("h/c"), ["h/c\0x"]);
+        ix.remove(&h);
+        assert!(ix.groups.is_empty());
     }
 
     #[test]
