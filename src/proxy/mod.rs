@@ -210,7 +210,7 @@ impl Proxy {
         let mut reply = if cacheable_method && !vh.cfg.options.bypass.get {
             self.cached(&ctx).await
         } else {
-            self.pass_through(&ctx, Some(incoming)).await
+            Box::pin(self.pass_through(&ctx, Some(incoming))).await
         };
 
         // The content chain: while this vhost's answer matches its VhostLink condition, hand
@@ -238,7 +238,7 @@ impl Proxy {
                 ctx.vh = &rt.vhosts[next];
                 ctx.followable_link = followable(&rt.router, ctx.vh, &visited);
                 reply = if ctx.vh.cfg.options.bypass.get {
-                    self.pass_through(&ctx, None).await
+                    Box::pin(self.pass_through(&ctx, None)).await
                 } else {
                     self.cached(&ctx).await
                 };
@@ -275,6 +275,10 @@ impl Proxy {
     }
 
     /// GET/HEAD through the cache.
+    ///
+    /// Fills, partial answers and pass-throughs are awaited boxed: a future holds the state of
+    /// its largest branch, and hyper moves the request's future around, so keeping the miss
+    /// paths out of it halves what every hit moves (6.0 KB → 2.8 KB).
     async fn cached(self: &Arc<Self>, ctx: &Ctx<'_>) -> Reply {
         let primary = key::cache_key(&ctx.vh.cfg.name, &ctx.path_and_query, ctx.vh.key_rules);
         let now = SystemTime::now();
@@ -285,7 +289,7 @@ impl Proxy {
                 return Reply::error(StatusCode::GATEWAY_TIMEOUT, "not cached (only-if-cached)\n");
             }
             // `Vary: *` or an unparseable variant: the cache cannot answer this request.
-            return self.pass_through(ctx, None).await;
+            return Box::pin(self.pass_through(ctx, None)).await;
         };
         // A partly stored object (an earlier 206): fresh, it answers what it holds and
         // fetches only what it lacks; stale, it is refetched like a miss.
@@ -305,8 +309,7 @@ impl Proxy {
                     ),
                 };
                 if fresh && !self.fills.is_filling(&key) {
-                    return self
-                        .from_partial(ctx, &primary, &key, meta, only_if_cached)
+                    return Box::pin(self.from_partial(ctx, &primary, &key, meta, only_if_cached))
                         .await;
                 }
                 None
@@ -334,7 +337,7 @@ impl Proxy {
                 // A newer answer is on its way (a client forced a reload): the most recent
                 // response is the one to use (RFC 9111 §4), so read that fill instead.
                 Reuse::Fresh if !only_if_cached && self.fills.is_filling(&key) => {
-                    return self.fill(ctx, &primary, &key, Some(meta.clone())).await;
+                    return Box::pin(self.fill(ctx, &primary, &key, Some(meta.clone()))).await;
                 }
                 Reuse::Fresh
                     if ctx.followable_link.is_some_and(|l| {
@@ -369,7 +372,7 @@ impl Proxy {
                     {
                         return r;
                     }
-                    return self.fill(ctx, &primary, &key, None).await;
+                    return Box::pin(self.fill(ctx, &primary, &key, None)).await;
                 }
                 Reuse::StaleWhileRevalidate => {
                     if let Some(r) = respond::from_store(
@@ -386,11 +389,11 @@ impl Proxy {
                         self.revalidate_in_background(ctx, &key, meta.clone());
                         return r;
                     }
-                    return self.fill(ctx, &primary, &key, None).await;
+                    return Box::pin(self.fill(ctx, &primary, &key, None)).await;
                 }
                 Reuse::MustRevalidate | Reuse::Unusable if only_if_cached => {}
                 Reuse::MustRevalidate => {
-                    return self.fill(ctx, &primary, &key, Some(meta.clone())).await;
+                    return Box::pin(self.fill(ctx, &primary, &key, Some(meta.clone()))).await;
                 }
                 Reuse::Unusable => {}
             }
@@ -399,7 +402,7 @@ impl Proxy {
             // RFC 9111 §5.2.1.7: answer from the cache or with 504, never from the origin.
             return Reply::error(StatusCode::GATEWAY_TIMEOUT, "not cached (only-if-cached)\n");
         }
-        self.fill(ctx, &primary, &key, stored).await
+        Box::pin(self.fill(ctx, &primary, &key, stored)).await
     }
 
     /// Finds the stored object for this request: the primary key, or the variant its `Vary` selects.
@@ -447,14 +450,14 @@ impl Proxy {
         }
         let wait = ctx.rt.cfg.server.cache.fill_wait;
         match self.fills.join(key) {
-            Join::Bypass => self.pass_through(ctx, None).await,
+            Join::Bypass => Box::pin(self.pass_through(ctx, None)).await,
             // The answer streaming in may not be reused as it is (it must be revalidated, or it
             // is another variant): let it land, then look up again.
             Join::Waiter(fill) if !respond::may_join(&fill, ctx.vh, &ctx.method, &ctx.headers) => {
                 if respond::landed(&fill, wait).await {
                     return Box::pin(self.cached(ctx)).await;
                 }
-                self.pass_through(ctx, None).await
+                Box::pin(self.pass_through(ctx, None)).await
             }
             Join::Waiter(fill) => match fill.head(wait).await {
                 Some(FillState::Streaming { meta, .. })
@@ -483,7 +486,7 @@ impl Proxy {
                     .await
                     {
                         Some(r) => r,
-                        None => self.pass_through(ctx, None).await,
+                        None => Box::pin(self.pass_through(ctx, None)).await,
                     }
                 }
                 Some(FillState::OriginFailed(e)) => self.origin_failed(ctx, stale, e).await,
@@ -495,7 +498,7 @@ impl Proxy {
                 // onto whichever waiter leads now) rather than failing.
                 Some(FillState::Abandoned) => Box::pin(self.fill(ctx, primary, key, stale)).await,
                 // Uncacheable, or the wait ran out: fetch on our own.
-                _ => self.pass_through(ctx, None).await,
+                _ => Box::pin(self.pass_through(ctx, None)).await,
             },
             Join::Leader(guard) => {
                 let mut headers =
@@ -702,7 +705,7 @@ impl Proxy {
             if let Some(r) = r.await {
                 return r;
             }
-            return self.fill(ctx, primary, key, None).await;
+            return Box::pin(self.fill(ctx, primary, key, None)).await;
         };
         if only_if_cached {
             return Reply::error(StatusCode::GATEWAY_TIMEOUT, "not cached (only-if-cached)\n");
@@ -713,13 +716,13 @@ impl Proxy {
         if last - first >= u64::from(meta.chunk_size) {
             // Too much is missing to make the client wait for it to be stored first: fetch
             // it as a miss, streamed (a forwarded range is still combined with this part).
-            return self.fill(ctx, primary, key, None).await;
+            return Box::pin(self.fill(ctx, primary, key, None)).await;
         }
         let total = meta.total_len.unwrap_or(0);
         let Some(if_range) = policy::if_range_for(&facts.headers) else {
             // Without a strong validator the missing bytes could be another version's.
             self.store.remove(key).await;
-            return self.fill(ctx, primary, key, None).await;
+            return Box::pin(self.fill(ctx, primary, key, None)).await;
         };
         let mut headers =
             forward::upstream_headers(&ctx.headers, ctx.peer.addr.ip(), &ctx.rt.hop, true);
@@ -760,7 +763,7 @@ impl Proxy {
                     return r;
                 }
             }
-            return self.fill(ctx, primary, key, None).await;
+            return Box::pin(self.fill(ctx, primary, key, None)).await;
         }
         // Another version (a 200 to our If-Range, or a part that does not match): the
         // stored part is outdated.
@@ -769,7 +772,7 @@ impl Proxy {
             let resp = Response::from_parts(parts, body);
             return respond::passed(resp, ctx.vh, &ctx.method, CacheResult::RefMiss);
         }
-        self.fill(ctx, primary, key, None).await
+        Box::pin(self.fill(ctx, primary, key, None)).await
     }
 
     /// The object a 206 for this request would be stored as (status 200, the complete
