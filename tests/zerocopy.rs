@@ -39,6 +39,22 @@ fn vhost_conf(origin: std::net::SocketAddr) -> String {
     )
 }
 
+/// Strata with its disk tier in `disk` (plus `cache` elements) in front of `origin`; the
+/// configuration directory lives as long as the server is used.
+async fn strata(disk: &Path, cache: &str, origin: &Origin) -> (ConfDir, strata::server::Running) {
+    let conf = ConfDir::new(&server_conf(disk, cache), &vhost_conf(origin.addr));
+    let s = start(&conf).await;
+    (conf, s)
+}
+
+/// An origin answering every request with `body`, cacheable for ten minutes.
+async fn origin_of(body: bytes::Bytes) -> Origin {
+    Origin::start(handler(move |_, _| {
+        resp(200, &[("cache-control", "max-age=600")], body.clone())
+    }))
+    .await
+}
+
 /// The tests of this file run one at a time: they read the process-wide count of bytes
 /// sent from files.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -102,11 +118,7 @@ async fn large_hits_are_sent_from_files_whole_and_in_ranges() {
         resp(200, &[("cache-control", "max-age=600")], body)
     }))
     .await;
-    let conf = ConfDir::new(
-        &server_conf(disk.path(), "<MemorySize>64MB</MemorySize>"),
-        &vhost_conf(origin.addr),
-    );
-    let s = start(&conf).await;
+    let (_conf, s) = strata(disk.path(), "<MemorySize>64MB</MemorySize>", &origin).await;
     let addr = s.http[0];
 
     for (path, body) in [("/big", &big), ("/mid", &mid)] {
@@ -144,16 +156,8 @@ async fn a_chunk_file_damaged_after_its_check_is_never_sent() {
         return;
     };
     let big = pattern(2 * 1024 * 1024, 41);
-    let b = big.clone();
-    let origin = Origin::start(handler(move |_, _| {
-        resp(200, &[("cache-control", "max-age=600")], b.clone())
-    }))
-    .await;
-    let conf = ConfDir::new(
-        &server_conf(disk.path(), "<MemorySize>64MB</MemorySize>"),
-        &vhost_conf(origin.addr),
-    );
-    let s = start(&conf).await;
+    let origin = origin_of(big.clone()).await;
+    let (_conf, s) = strata(disk.path(), "<MemorySize>64MB</MemorySize>", &origin).await;
     let addr = s.http[0];
     let before = strata::zerocopy::sent_bytes();
     assert!(until_sent_from_files(addr, "/big", &big, before).await);
@@ -193,19 +197,9 @@ async fn zero_copy_off_copies_every_byte() {
         return;
     };
     let big = pattern(2 * 1024 * 1024 + 3, 51);
-    let b = big.clone();
-    let origin = Origin::start(handler(move |_, _| {
-        resp(200, &[("cache-control", "max-age=600")], b.clone())
-    }))
-    .await;
-    let conf = ConfDir::new(
-        &server_conf(
-            disk.path(),
-            "<MemorySize>64MB</MemorySize><ZeroCopy>OFF</ZeroCopy>",
-        ),
-        &vhost_conf(origin.addr),
-    );
-    let s = start(&conf).await;
+    let origin = origin_of(big.clone()).await;
+    let cache = "<MemorySize>64MB</MemorySize><ZeroCopy>OFF</ZeroCopy>";
+    let (_conf, s) = strata(disk.path(), cache, &origin).await;
     let before = strata::zerocopy::sent_bytes();
     for _ in 0..10 {
         let g = get(s.http[0], "a.com", "/big", &[]).await;

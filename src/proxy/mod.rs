@@ -659,20 +659,14 @@ impl Proxy {
                     // fill — the guard's waiters will read this fill.
                     tracing::debug!(%key, %object_key, "fill stored under a new variant key");
                 }
-                let object = new_object(
-                    object_key,
-                    parts.status.as_u16(),
-                    parts.headers.clone(),
-                    (request_time, response_time),
-                    respond::content_length(&parts.headers),
-                );
                 let result = if stale.is_some() {
                     CacheResult::RefMiss
                 } else {
                     CacheResult::Miss
                 };
                 let asked = (&ctx.method, &ctx.headers);
-                self.stream_and_answer(ctx, guard, object, parts, body, asked, result)
+                let times = (request_time, response_time);
+                self.stream_and_answer(ctx, guard, object_key, times, (parts, body), asked, result)
                     .await
             }
         }
@@ -1036,34 +1030,43 @@ impl Proxy {
             return respond::passed(resp, ctx.vh, &ctx.method, CacheResult::ClientRefreshMiss);
         };
         let now = SystemTime::now();
-        let (parts, body) = resp.into_parts();
-        let object = new_object(
-            primary,
-            parts.status.as_u16(),
-            parts.headers.clone(),
-            (now, now),
-            respond::content_length(&parts.headers),
-        );
         // Answered as the GET it now stands for.
         let asked = (&Method::GET, &HeaderMap::new());
-        self.stream_and_answer(ctx, guard, object, parts, body, asked, CacheResult::Miss)
-            .await
+        let answer = resp.into_parts();
+        self.stream_and_answer(
+            ctx,
+            guard,
+            primary,
+            (now, now),
+            answer,
+            asked,
+            CacheResult::Miss,
+        )
+        .await
     }
 
-    /// Stores an origin answer through the fill `guard` leads and answers `asked` (method and
-    /// request headers) from that fill while it streams; an answer the store cannot take is
-    /// passed through uncached.
+    /// Stores an origin answer under `key` (fetched at `times`: request sent, response
+    /// received) through the fill `guard` leads, and answers `asked` (method and request
+    /// headers) from that fill while it streams; an answer the store cannot take is passed
+    /// through uncached.
     #[allow(clippy::too_many_arguments)]
     async fn stream_and_answer(
         &self,
         ctx: &Ctx<'_>,
         guard: FillGuard,
-        object: NewObject,
-        parts: http::response::Parts,
-        body: Body,
+        key: String,
+        times: (SystemTime, SystemTime),
+        (parts, body): (http::response::Parts, Body),
         (method, req): (&Method, &HeaderMap),
         result: CacheResult,
     ) -> Reply {
+        let object = new_object(
+            key,
+            parts.status.as_u16(),
+            parts.headers.clone(),
+            times,
+            respond::content_length(&parts.headers),
+        );
         let fill = match guard
             .stream(self.store.clone(), object, body, Vec::new())
             .await

@@ -401,16 +401,8 @@ mod tests {
         let data = body(2 * CHUNK as usize, 4);
         let m = put(&store, "k", &data).await;
         // Damage chunk 1's file before its first read for sending.
-        let chunk1 = std::fs::read_dir(dir.path())
-            .expect("ls")
-            .flatten()
-            .flat_map(|sub| {
-                std::fs::read_dir(sub.path())
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-            })
-            .map(|f| f.path())
+        let chunk1 = super::super::tests::files(dir.path())
+            .into_iter()
             .find(|p| p.extension().is_some_and(|e| e == "1"))
             .expect("chunk file 1");
         let mut raw = std::fs::read(&chunk1).expect("read");

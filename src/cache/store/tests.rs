@@ -83,7 +83,7 @@ async fn get(store: &Store, key: &str) -> Option<Vec<u8>> {
 }
 
 /// Every regular file under `dir`.
-fn files(dir: &Path) -> Vec<PathBuf> {
+pub(super) fn files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
