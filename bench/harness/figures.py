@@ -203,17 +203,23 @@ def hit_figures(env, plan, results, counter, mode):
         for i, (fig, label, path, size, conns, with_ref) in enumerate(HIT_LOADS):
             names = [s.name for s in targets(i)]
 
-            def med(f):
-                return {n: median([f(r) for r in runs[(i, n)]]) for n in names}
+            def each(f):
+                """One metric: each server's value per round (for the rounds' own ratios)."""
+                return {n: [f(r) for r in runs[(i, n)]] for n in names}
 
-            rps = med(lambda r: r["rps"])
-            p50 = med(lambda r: r["p50_us"] / 1000)
-            p99 = med(lambda r: r["p99_us"] / 1000)
-            cores = med(lambda r: r["cpu_s"] / (r["duration_us"] / 1e6))
-            per_core = med(lambda r: r["requests"] / r["cpu_s"] if r["cpu_s"] > 0 else None)
-            mbs = med(lambda r: r["rps"] * size / 1e6)
-            cpu_gb = med(lambda r: r["cpu_s"] / (r["requests"] * size / 1e9)
-                         if r["requests"] else None)
+            rps = each(lambda r: r["rps"])
+            p50 = each(lambda r: r["p50_us"] / 1000)
+            p99 = each(lambda r: r["p99_us"] / 1000)
+            cores = each(lambda r: r["cpu_s"] / (r["duration_us"] / 1e6))
+            per_core = each(lambda r: r["requests"] / r["cpu_s"] if r["cpu_s"] > 0 else None)
+            mbs = each(lambda r: r["rps"] * size / 1e6)
+            cpu_gb = each(lambda r: r["cpu_s"] / (r["requests"] * size / 1e9)
+                          if r["requests"] else None)
+
+            def row(metric, unit, per_round, better=None, target=None, fmt="{:,.0f}"):
+                medians = {n: median(xs) for n, xs in per_round.items()}
+                return Row(figname, metric, unit, medians, better, target, fmt=fmt,
+                           rounds=per_round)
             flags = {}
             for n in names:
                 err = sum(r["errors"] for r in runs[(i, n)])
@@ -231,30 +237,27 @@ def hit_figures(env, plan, results, counter, mode):
                 head = pinned and conns == 64
                 unp64 = not pinned and conns == 64
                 rows = [
-                    Row(figname, f"req/s, {key}", "req/s", rps, "high",
+                    row(f"req/s, {key}", "req/s", rps, "high",
                         1.2 if head else (1.1 if unp64 else None)),
-                    Row(figname, f"p50, {key}", "ms", p50, "low", fmt="{:.2f}"),
-                    Row(figname, f"p99, {key}", "ms", p99, "low",
-                        1.0 if (head or unp64) else None, fmt="{:.2f}"),
-                    Row(figname, f"req/s per server core, {key}", "req/s/core", per_core,
-                        "high"),
-                    Row(figname, f"server cores busy, {key}", "cores", cores, None,
+                    row(f"p50, {key}", "ms", p50, "low", fmt="{:.2f}"),
+                    row(f"p99, {key}", "ms", p99, "low", 1.0 if (head or unp64) else None,
                         fmt="{:.2f}"),
+                    row(f"req/s per server core, {key}", "req/s/core", per_core, "high"),
+                    row(f"server cores busy, {key}", "cores", cores, fmt="{:.2f}"),
                 ]
             else:
                 figname = "Figure 2: large hits"
                 key = f"{label}, {mode}, {conns} conns"
                 rows = [
-                    Row(figname, f"throughput, {key}", "MB/s", mbs, "high", 1.0),
-                    Row(figname, f"p99, {key}", "ms", p99, "low", fmt="{:.1f}"),
-                    Row(figname, f"server CPU per GB, {key}", "CPU s/GB", cpu_gb, "low",
+                    row(f"throughput, {key}", "MB/s", mbs, "high", 1.0),
+                    row(f"p99, {key}", "ms", p99, "low", fmt="{:.1f}"),
+                    row(f"server CPU per GB, {key}", "CPU s/GB", cpu_gb, "low",
                         1.0 if size == 10 * MIB else None, fmt="{:.3f}"),
-                    Row(figname, f"server cores busy, {key}", "cores", cores, None,
-                        fmt="{:.2f}"),
+                    row(f"server cores busy, {key}", "cores", cores, fmt="{:.2f}"),
                 ]
-            for row in rows:
-                row.flags = flags
-                results.add(row)
+            for r in rows:
+                r.flags = flags
+                results.add(r)
 
         if not pinned:
             collapse_figure(env, plan, results, counter, servers)

@@ -9,12 +9,18 @@ COLUMNS = (("strata", "Strata"), ("nginx", "nginx"), ("varnish", "Varnish"),
 
 class Row:
     """One figure row: a value per server (medians), which way is better, an optional target
-    on the ratio Strata / best peer (or on Strata's own value), and warnings per server."""
+    on the ratio Strata / best peer (or on Strata's own value), and warnings per server.
+
+    With `rounds` (each server's value in each interleaved round, in round order) the ratio
+    is the median of the rounds' own ratios: Strata against the best peer *in the same
+    round*. Rounds run back to back, so they share the machine's state of the moment; a
+    ratio of medians can pair a fast pass of one server with a slow pass of another."""
 
     def __init__(self, figure, metric, unit, values, better=None, target=None, fmt="{:,.0f}",
-                 absolute=False):
+                 absolute=False, rounds=None):
         self.figure, self.metric, self.unit = figure, metric, unit
         self.values = values          # {"strata": x, "nginx": y, ...}; None = not measured
+        self.rounds = rounds or {}    # {"strata": [x1, x2, x3], ...}; optional
         self.better = better          # "high", "low" or None (informative only)
         self.target = target          # ratio (or absolute value when absolute=True)
         self.fmt = fmt
@@ -32,13 +38,33 @@ class Row:
         return p, v
 
     def ratio(self):
+        per_round = self.round_ratios()
+        if per_round:
+            return statistics.median(per_round)
         s = self.values.get("strata")
         p, v = self.best_peer()
         if s is None or v is None:
             return None
-        if v == 0:
-            return None if s != 0 else 1.0
-        return s / v
+        return _ratio(s, v)
+
+    def round_ratios(self):
+        """Strata / the best peer of the same round, for each round ([] without rounds)."""
+        if self.better is None:
+            return []
+        mine = self.rounds.get("strata") or []
+        theirs = [self.rounds[p] for p in PEERS
+                  if p not in self.exclude and len(self.rounds.get(p) or []) == len(mine)]
+        pick = max if self.better == "high" else min
+        out = []
+        for i, s in enumerate(mine):
+            peers = [r[i] for r in theirs if r[i] is not None]
+            if s is None or not peers:
+                return []
+            r = _ratio(s, pick(peers))
+            if r is None:
+                return []
+            out.append(r)
+        return out
 
     def met(self):
         if self.target is None:
@@ -77,6 +103,12 @@ def _figure_number(row):
         return 99
 
 
+def _ratio(s, v):
+    if v == 0:
+        return None if s != 0 else 1.0
+    return s / v
+
+
 def median(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -106,9 +138,13 @@ class Results:
         rows = sorted(self.rows, key=_figure_number)  # stable: keeps each figure's order
         targeted = [r for r in rows if r.target is not None]
         if targeted:
-            out += ["", "## Targets (Strata / best of nginx and Varnish, medians)", "",
-                    "| figure | metric | Strata | best peer | ratio | target | met |",
-                    "|---|---|---|---|---|---|---|"]
+            out += ["", "## Targets (Strata / best of nginx and Varnish)", "",
+                    "Values are medians over the rounds. Where a row lists rounds, its ratio "
+                    "is the median of the rounds' own ratios (Strata / the best peer of the "
+                    "same round): the machine's drift between passes moves it less than a "
+                    "ratio of medians.", "",
+                    "| figure | metric | Strata | best peer | ratio | rounds | target | met |",
+                    "|---|---|---|---|---|---|---|---|"]
             for r in targeted:
                 p, v = r.best_peer()
                 ratio = r.ratio()
@@ -116,7 +152,9 @@ class Results:
                 out.append(
                     f"| {r.figure} | {r.metric} ({r.unit}) | {r.cell('strata')} | "
                     f"{'–' if p is None else dict(COLUMNS)[p] + ' ' + r.fmt.format(v)} | "
-                    f"{'–' if ratio is None else f'{ratio:.2f}×'} | {r.target_text()} | "
+                    f"{'–' if ratio is None else f'{ratio:.2f}×'} | "
+                    f"{' '.join(f'{x:.2f}' for x in r.round_ratios()) or '–'} | "
+                    f"{r.target_text()} | "
                     f"{'–' if met is None else ('yes' if met else '**no**')} |")
         figures = []
         for r in rows:
