@@ -52,6 +52,8 @@ class Row:
         if self.better is None:
             return []
         mine = self.rounds.get("strata") or []
+        if not mine:
+            return []
         theirs = [self.rounds[p] for p in PEERS
                   if p not in self.exclude and len(self.rounds.get(p) or []) == len(mine)]
         pick = max if self.better == "high" else min
