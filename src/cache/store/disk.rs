@@ -39,6 +39,17 @@ pub(crate) fn file_cost(len: u64) -> u64 {
     len.div_ceil(BLOCK).max(1) * BLOCK
 }
 
+/// `bytes` (a disk charge, so a multiple of the block) in blocks, as the index keeps it:
+/// 32 bits of 4 KiB blocks reach 16 TiB per object; a larger charge is clamped there.
+pub(crate) fn blocks(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(BLOCK)).unwrap_or(u32::MAX)
+}
+
+/// The bytes of `blocks` disk blocks.
+pub(crate) fn blocks_bytes(blocks: u32) -> u64 {
+    u64::from(blocks) * BLOCK
+}
+
 /// Disk bytes charged for one stored version: its `.meta` file plus every chunk file.
 pub(crate) fn object_cost(meta: &ObjectMeta, meta_file_len: u64, inline0: bool) -> u64 {
     let chunks: u64 = (0..meta.chunk_slots().len() as u32)

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
+use super::disk;
 use super::memory::MemObject;
 use super::meta::{ObjectMeta, alloc_cost};
 use super::s3fifo::{FifoKey, FifoNode, Nodes};
@@ -102,8 +103,9 @@ pub(crate) struct Entry {
     pub version: u64,
     /// Body bytes held (sum of present chunk lengths).
     pub size: u64,
-    /// Bytes charged to the disk quota (0 when memory-only).
-    pub disk_bytes: u64,
+    /// Bytes charged to the disk quota, in disk blocks (0 when memory-only): see
+    /// [`Entry::disk_bytes`].
+    disk_blocks: u32,
     /// Memory-tier policy state.
     pub mem_node: FifoNode,
     /// Disk-tier policy state.
@@ -131,7 +133,7 @@ impl Entry {
             mem,
             version: meta.version,
             size: meta.held_bytes(),
-            disk_bytes,
+            disk_blocks: disk::blocks(disk_bytes),
             mem_node: FifoNode::default(),
             disk_node: FifoNode::default(),
             chunk_count: meta.chunk_slots().len() as u32,
@@ -162,6 +164,16 @@ impl Entry {
     /// Heap bytes of the key held here (none when the memory copy holds it).
     fn cold_key_bytes(&self) -> u64 {
         self.cold_key.as_ref().map_or(0, |k| alloc_cost(k.len()))
+    }
+
+    /// Bytes charged to the disk quota (0 when memory-only).
+    pub fn disk_bytes(&self) -> u64 {
+        disk::blocks_bytes(self.disk_blocks)
+    }
+
+    /// Changes the bytes charged to the disk quota (a multiple of the disk block).
+    pub fn set_disk_bytes(&mut self, bytes: u64) {
+        self.disk_blocks = disk::blocks(bytes);
     }
 
     /// The disk holding the object, if any.
@@ -335,7 +347,8 @@ pub(crate) struct DiskNodes<'a>(pub &'a mut Index);
 impl Nodes<KeyHash> for DiskNodes<'_> {
     fn node(&mut self, key: KeyHash) -> Option<(&mut FifoNode, u64)> {
         let e = self.0.map.get_mut(&key)?;
-        Some((&mut e.disk_node, e.disk_bytes))
+        let bytes = e.disk_bytes();
+        Some((&mut e.disk_node, bytes))
     }
 }
 
@@ -453,7 +466,7 @@ mod tests {
     fn entry_is_compact() {
         // The per-object budget is 200 bytes including the key; keep the fixed part small.
         assert!(
-            size_of::<(KeyHash, Entry)>() <= 96,
+            size_of::<(KeyHash, Entry)>() <= 80,
             "{}",
             size_of::<(KeyHash, Entry)>()
         );

@@ -166,11 +166,10 @@ impl State {
         let old = self.remove_entry(&hash);
         if let Some(d) = entry.disk() {
             let fifo = &mut self.disks[d as usize].fifo;
+            let bytes = entry.disk_bytes();
             match place {
-                Placement::New => fifo.insert(hash, &mut entry.disk_node, entry.disk_bytes),
-                Placement::Established => {
-                    fifo.insert_main(hash, &mut entry.disk_node, entry.disk_bytes)
-                }
+                Placement::New => fifo.insert(hash, &mut entry.disk_node, bytes),
+                Placement::Established => fifo.insert_main(hash, &mut entry.disk_node, bytes),
             }
         }
         if entry.mem().is_some() {
@@ -187,9 +186,8 @@ impl State {
         let w = e.mem_weight();
         self.memory.fifo.remove(&mut e.mem_node, w);
         if let Some(d) = e.disk() {
-            self.disks[d as usize]
-                .fifo
-                .remove(&mut e.disk_node, e.disk_bytes);
+            let bytes = e.disk_bytes();
+            self.disks[d as usize].fifo.remove(&mut e.disk_node, bytes);
         }
         Some(e)
     }
@@ -241,8 +239,8 @@ impl State {
         if let (Some(new), Some(d)) = (disk_bytes, e.disk()) {
             self.disks[d as usize]
                 .fifo
-                .reweigh(&e.disk_node, e.disk_bytes, new);
-            e.disk_bytes = new;
+                .reweigh(&e.disk_node, e.disk_bytes(), new);
+            e.set_disk_bytes(new);
         }
         if let Some(m) = e.mem_mut() {
             let old = m.weight;
