@@ -166,8 +166,12 @@ class Results:
             fig_rows = [r for r in rows if r.figure == fig]
             cols = [(k, t) for k, t in COLUMNS
                     if any(r.values.get(k) is not None for r in fig_rows)]
-            out += ["", f"## {fig}", "",
-                    "| metric | " + " | ".join(t for _, t in cols) + " | Strata / best peer |",
+            out += ["", f"## {fig}", ""]
+            if any(r.round_ratios() for r in fig_rows):
+                out += ["Values are medians of the rounds; the last column is the median of "
+                        "the rounds' own ratios, so it need not equal the quotient of the "
+                        "medians beside it.", ""]
+            out += ["| metric | " + " | ".join(t for _, t in cols) + " | Strata / best peer |",
                     "|---|" + "---|" * len(cols) + "---|"]
             for r in fig_rows:
                 ratio = r.ratio()
