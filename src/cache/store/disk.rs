@@ -446,6 +446,16 @@ mod tests {
     }
 
     #[test]
+    fn disk_charges_round_trip_through_blocks() {
+        for len in [0, 1, 4095, 4096, 4097, 1 << 20, 5 << 30] {
+            let cost = file_cost(len);
+            assert_eq!(blocks_bytes(blocks(cost)), cost, "{len}");
+        }
+        // Beyond 16 TiB the index's 32 bits of blocks saturate rather than wrap.
+        assert_eq!(blocks(u64::MAX), u32::MAX);
+    }
+
+    #[test]
     fn names_round_trip() {
         let h = KeyHash::of("a");
         let d = Disk::new(PathBuf::from("/x"), 0, 7, false);
