@@ -171,9 +171,11 @@ impl Entry {
         disk::blocks_bytes(self.disk_blocks)
     }
 
-    /// Changes the bytes charged to the disk quota (a multiple of the disk block).
-    pub fn set_disk_bytes(&mut self, bytes: u64) {
+    /// Changes the bytes charged to the disk quota; returns the charge as now held (whole
+    /// blocks, saturating), which is what the disk policy must be charged.
+    pub fn set_disk_bytes(&mut self, bytes: u64) -> u64 {
         self.disk_blocks = disk::blocks(bytes);
+        self.disk_bytes()
     }
 
     /// The disk holding the object, if any.

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::disk;
 use super::index::{DiskNodes, Entry, IdHasher, Index, KeyHash, MemNodes};
 use super::memory::{MemObject, MemoryTier, Pending};
 use super::meta::ObjectMeta;
@@ -238,13 +237,10 @@ impl State {
             return;
         }
         if let (Some(new), Some(d)) = (disk_bytes, e.disk()) {
-            // The policy is charged what the entry will hold (whole blocks, saturating), so
-            // the charge taken off at removal matches.
-            let new = disk::blocks_bytes(disk::blocks(new));
-            self.disks[d as usize]
-                .fifo
-                .reweigh(&e.disk_node, e.disk_bytes(), new);
-            e.set_disk_bytes(new);
+            // The policy is charged what the entry holds, so removal takes off the same.
+            let old = e.disk_bytes();
+            let new = e.set_disk_bytes(new);
+            self.disks[d as usize].fifo.reweigh(&e.disk_node, old, new);
         }
         if let Some(m) = e.mem_mut() {
             let old = m.weight;
