@@ -257,6 +257,28 @@ def server_cpu(server):
     return procs.cpu_seconds(server.pids())
 
 
+def tcp_counters():
+    """The machine's TCP counters that show how loopback traffic was carried: segments sent
+    (data and ACKs, both directions: on loopback every segment is sent once and received
+    once) and segments the receiving side merged into the one queued before it (on arrival
+    or from the socket's backlog). From /proc/net/snmp and /proc/net/netstat."""
+    got = {}
+    for path in ("/proc/net/snmp", "/proc/net/netstat"):
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        # Each group is a line of names followed by a line of values, both "Group: ...".
+        for names, values in zip(lines[::2], lines[1::2]):
+            group, _, ns = names.partition(": ")
+            for n, v in zip(ns.split(), values.partition(": ")[2].split()):
+                got[f"{group}.{n}"] = int(v)
+    return {"segments": got.get("Tcp.OutSegs", 0),
+            "merged": got.get("TcpExt.TCPRcvCoalesce", 0)
+            + got.get("TcpExt.TCPBacklogCoalesce", 0)}
+
+
 def wait_closed(port, timeout=10.0):
     """Waits until nothing accepts on the port (a stopped server's port is free again)."""
     deadline = time.monotonic() + timeout
