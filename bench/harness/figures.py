@@ -224,12 +224,13 @@ def hit_figures(env, plan, results, counter, mode):
             cores = each(lambda r: r["cpu_s"] / (r["duration_us"] / 1e6))
             per_core = each(lambda r: r["requests"] / r["cpu_s"] if r["cpu_s"] > 0 else None)
             mbs = each(lambda r: r["rps"] * size / 1e6)
-            cpu_gb = each(lambda r: r["cpu_s"] / (r["requests"] * size / 1e9)
-                          if r["requests"] else None)
 
-            def per_gb(counter):
-                return each(lambda r: r["tcp"][counter] / (r["requests"] * size / 1e9)
+            def per_gb(f):
+                """A run's amount f(r) per GB of body served."""
+                return each(lambda r: f(r) / (r["requests"] * size / 1e9)
                             if r["requests"] else None)
+
+            cpu_gb = per_gb(lambda r: r["cpu_s"])
 
             def row(metric, unit, per_round, better=None, target=None, fmt="{:,.0f}"):
                 medians = {n: median(xs) for n, xs in per_round.items()}
@@ -274,9 +275,9 @@ def hit_figures(env, plan, results, counter, mode):
                     # Why the 10 MiB rows come out as they do (see the note on figure 2).
                     rows += [
                         row(f"loopback TCP segments per GB, {key}", "segments/GB",
-                            per_gb("segments")),
+                            per_gb(lambda r: r["tcp"]["segments"])),
                         row(f"segments merged by the receiver per GB, {key}", "merges/GB",
-                            per_gb("merged")),
+                            per_gb(lambda r: r["tcp"]["merged"])),
                     ]
             for r in rows:
                 r.flags = flags
