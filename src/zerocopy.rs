@@ -14,12 +14,18 @@
 //! simply take the copying path. The frame always carries the real bytes, so any path that
 //! does not know about the lane still sends the right ones.
 //!
+//! How the file's bytes reach the socket: a whole segment at a time by `tee` from a pipe that
+//! holds the file's pages (see [`tee`]), else by `sendfile`.
+//!
 //! Integrity: a [`SendFile`] is opened by the store, which reads it and checks its CRC before
-//! handing it out, and it is `fstat`ed before every send: once its size, times or inode
-//! differ from what was verified it is never sent from again (the verified bytes in memory
-//! are written instead, and the store drops the handle). Only memory-backed file systems
-//! qualify (see [`memory_backed`]): nothing decays under the page cache there after the
-//! check, and `sendfile` never waits for a device, so it is safe on the event loop.
+//! handing it out, and it is `fstat`ed before every `sendfile` and every segment teed: once its
+//! size, times or inode differ from what was verified it is never sent from again (the
+//! verified bytes in memory are written instead, and the store drops the handle). Only
+//! memory-backed file systems qualify (see [`memory_backed`]): nothing decays under the page
+//! cache there after the check, and neither `sendfile` nor `splice` waits for a device, so
+//! both are safe on the event loop.
+
+pub mod tee;
 
 use std::fs::File;
 use std::future::Future;
@@ -88,6 +94,8 @@ pub struct SendFile {
     file: File,
     stamp: Stamp,
     stale: AtomicBool,
+    /// Pipes holding the file's pages, made on first send.
+    masters: tee::Masters,
 }
 
 impl SendFile {
@@ -99,6 +107,7 @@ impl SendFile {
             file,
             stamp,
             stale: AtomicBool::new(false),
+            masters: tee::Masters::default(),
         })
     }
 
@@ -326,6 +335,17 @@ impl hyper::body::Body for OneFrame {
 pub struct ZcStream {
     tcp: TcpStream,
     lane: Lane,
+    pipe: PipeState,
+}
+
+/// The connection's pipe for teed segments, made on its first large send.
+enum PipeState {
+    /// Not needed yet.
+    Untried,
+    /// Made (it may hold bytes not yet in the socket).
+    Ready(tee::ConnPipe<SendFile>),
+    /// The kernel refused one: this connection sends with `sendfile` only.
+    Refused,
 }
 
 impl ZcStream {
@@ -336,6 +356,7 @@ impl ZcStream {
             ZcStream {
                 tcp,
                 lane: lane.clone(),
+                pipe: PipeState::Untried,
             },
             lane,
         )
@@ -363,6 +384,59 @@ impl ZcStream {
             match r {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    /// Sends up to `len` bytes of `file` from `offset` through the connection's pipe: the
+    /// bytes already waiting there, or a segment teed in from the file's master.
+    /// `Ok(None)` when the pipe cannot serve `offset` (the caller uses `sendfile`). The
+    /// caller has checked the file's stamp unless the bytes already wait in the pipe.
+    fn poll_pipe(
+        &mut self,
+        cx: &mut Context<'_>,
+        file: &Arc<SendFile>,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<Option<usize>>> {
+        if matches!(self.pipe, PipeState::Untried) {
+            self.pipe = match tee::ConnPipe::new() {
+                Ok(p) => PipeState::Ready(p),
+                Err(e) => {
+                    tracing::debug!(error = %e, "zero-copy: no connection pipe, using sendfile");
+                    PipeState::Refused
+                }
+            };
+        }
+        let PipeState::Ready(pipe) = &mut self.pipe else {
+            return Poll::Ready(Ok(None));
+        };
+        let waiting = match pipe.holds(file, offset) {
+            Some(n) => n,
+            None => {
+                if pipe.holds_other() {
+                    // Bytes of another place wait (a write that never continued them): a
+                    // pipe cannot drop them, so it goes and the next write makes a new one.
+                    self.pipe = PipeState::Untried;
+                    return Poll::Ready(Ok(None));
+                }
+                match pipe.refill(&file.masters, file, &file.file, offset, len) {
+                    Some(n) => n,
+                    None => return Poll::Ready(Ok(None)),
+                }
+            }
+        };
+        // More follows at once when the frame goes on past the pipe's bytes.
+        let more = len > waiting;
+        loop {
+            ready!(self.tcp.poll_write_ready(cx))?;
+            let r = self
+                .tcp
+                .try_io(Interest::WRITABLE, || pipe.splice_to(&self.tcp, more));
+            match r {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(0) => return Poll::Ready(Ok(None)),
+                r => return Poll::Ready(r.map(Some)),
             }
         }
     }
@@ -432,9 +506,16 @@ impl AsyncWrite for ZcStream {
             Plan::Plain => {}
             Plan::Prefix(n) => return self.poll_write_more(cx, &bufs[..n]),
             Plan::File(span, at) => {
-                if span.file.still_verified() {
-                    let len = bufs[0].len();
-                    if let Some(n) = ready!(self.poll_sendfile(cx, &span.file, at, len))? {
+                let len = bufs[0].len();
+                let waiting =
+                    matches!(&self.pipe, PipeState::Ready(p) if p.holds(&span.file, at).is_some());
+                // Bytes already in the pipe were checked when they were teed in.
+                if waiting || span.file.still_verified() {
+                    let mut sent = ready!(self.poll_pipe(cx, &span.file, at, len))?;
+                    if sent.is_none() {
+                        sent = ready!(self.poll_sendfile(cx, &span.file, at, len))?;
+                    }
+                    if let Some(n) = sent {
                         SENT.fetch_add(n as u64, Ordering::Relaxed);
                         self.lane.sent(bufs[0].as_ptr() as usize, n);
                         return Poll::Ready(Ok(n));
