@@ -622,6 +622,134 @@ mod tests {
         assert!(got[head.len()..] == data[..], "body bytes differ");
     }
 
+    /// Offers `data` (held by `sf` from byte 7) on `zc`'s lane, then writes it as hyper does,
+    /// continuing wherever the kernel stopped; `between` runs after each write with the body
+    /// bytes written so far. Returns what the client read.
+    async fn send_offered(
+        mut zc: ZcStream,
+        lane: &Lane,
+        mut client: TcpStream,
+        sf: &Arc<SendFile>,
+        data: &[u8],
+        mut between: impl FnMut(usize),
+    ) -> Vec<u8> {
+        let body = Bytes::from(data.to_vec());
+        let span = FileSpan {
+            file: sf.clone(),
+            offset: 7,
+        };
+        scope(lane.clone(), async { offer(&body, &span) }).await;
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut sent = 0;
+        while sent < body.len() {
+            let rest = body.slice(sent..);
+            let bufs = [IoSlice::new(&rest)];
+            sent += std::future::poll_fn(|cx| Pin::new(&mut zc).poll_write_vectored(cx, &bufs))
+                .await
+                .unwrap();
+            between(sent);
+        }
+        zc.shutdown().await.unwrap();
+        drop(zc);
+        reader.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_frame_of_several_segments_goes_out_whole_through_the_pipe() {
+        let data = pattern(2 * tee::SEGMENT + 12_345);
+        let Some((_tmp, sf)) = shm_file(&data) else {
+            return;
+        };
+        let (zc, lane, client) = pair().await;
+        // A small send buffer, so most writes stop inside a segment.
+        rustix::net::sockopt::set_socket_send_buffer_size(&zc.tcp, 64 * 1024).unwrap();
+        let before = sent_bytes();
+        let got = send_offered(zc, &lane, client, &sf, &data, |_| {}).await;
+        assert!(got == data, "body bytes differ");
+        assert_eq!(sf.masters.count(), 3, "one master per segment");
+        assert!(
+            sent_bytes() - before >= data.len() as u64,
+            "sent from the file"
+        );
+        assert_eq!(lane.0.count.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn bytes_left_in_the_pipe_by_an_abandoned_write_never_go_out() {
+        let a = pattern(tee::SEGMENT);
+        let b: Vec<u8> = pattern(tee::SEGMENT + 1).into_iter().map(|x| !x).collect();
+        let (Some((_ta, fa)), Some((_tb, fb))) = (shm_file(&a), shm_file(&b)) else {
+            return;
+        };
+        let (mut zc, lane, mut client) = pair().await;
+        rustix::net::sockopt::set_socket_send_buffer_size(&zc.tcp, 64 * 1024).unwrap();
+        let (ba, bb) = (Bytes::from(a.clone()), Bytes::from(b.clone()));
+        scope(lane.clone(), async {
+            offer(
+                &ba,
+                &FileSpan {
+                    file: fa.clone(),
+                    offset: 7,
+                },
+            );
+            offer(
+                &bb,
+                &FileSpan {
+                    file: fb.clone(),
+                    offset: 7,
+                },
+            );
+        })
+        .await;
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        // Part of `a` goes out; the rest of its segment waits in the pipe...
+        let bufs = [IoSlice::new(&ba)];
+        let n = std::future::poll_fn(|cx| Pin::new(&mut zc).poll_write_vectored(cx, &bufs))
+            .await
+            .unwrap();
+        assert!(n < a.len(), "the small send buffer stops the first write");
+        // ...and the writer moves on to `b` instead.
+        zc.write_all(&bb).await.unwrap();
+        zc.shutdown().await.unwrap();
+        drop(zc);
+        let got = reader.await.unwrap();
+        assert_eq!(got.len(), n + b.len());
+        assert!(got[..n] == a[..n] && got[n..] == b[..], "bytes differ");
+    }
+
+    #[tokio::test]
+    async fn a_file_changed_between_segments_is_not_sent_from_again() {
+        let data = pattern(2 * tee::SEGMENT);
+        let Some((tmp, sf)) = shm_file(&data) else {
+            return;
+        };
+        let (zc, lane, client) = pair().await;
+        let path = tmp.path().to_path_buf();
+        let mut changed = false;
+        let got = send_offered(zc, &lane, client, &sf, &data, |sent| {
+            // The first segment has gone out whole: rewrite the file before the second.
+            if sent >= tee::SEGMENT && !changed {
+                changed = true;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let mut bad = b"HEADER:".to_vec();
+                bad.extend(std::iter::repeat_n(0xAAu8, data.len()));
+                std::fs::write(&path, &bad).unwrap();
+            }
+        })
+        .await;
+        assert!(changed);
+        assert!(got == data, "the verified bytes, not the file's");
+        assert!(sf.is_stale());
+    }
+
     #[tokio::test]
     async fn a_changed_file_is_never_sent_from() {
         let data = pattern(MIN_SEND + 1000);

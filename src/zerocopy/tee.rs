@@ -71,6 +71,11 @@ impl Drop for Master {
 pub struct Masters(Mutex<Vec<Master>>);
 
 impl Masters {
+    /// Masters made for the file so far, failed ones included.
+    pub fn count(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// `tee`s up to `len` bytes of `file` from `at` into `into` (the write end of an empty
     /// pipe of [`PIPE_BYTES`]), making the master for `at` first if needed. `None` when no
     /// master can serve `at`.
