@@ -340,7 +340,7 @@ pub struct ZcStream {
 
 /// The connection's pipe for teed segments, made on its first large send.
 enum PipeState {
-    /// Not needed yet.
+    /// Not made yet (or the process held its share of pipes when last tried).
     Untried,
     /// Made (it may hold bytes not yet in the socket).
     Ready(tee::ConnPipe<SendFile>),
@@ -401,7 +401,10 @@ impl ZcStream {
     ) -> Poll<io::Result<Option<usize>>> {
         if matches!(self.pipe, PipeState::Untried) {
             self.pipe = match tee::ConnPipe::new() {
-                Ok(p) => PipeState::Ready(p),
+                Ok(Some(p)) => PipeState::Ready(p),
+                // The process's share of pipes is taken: this write goes by sendfile, a
+                // later one tries again.
+                Ok(None) => return Poll::Ready(Ok(None)),
                 Err(e) => {
                     tracing::debug!(error = %e, "zero-copy: no connection pipe, using sendfile");
                     PipeState::Refused

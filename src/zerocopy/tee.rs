@@ -38,15 +38,37 @@ const PIPE_BYTES: usize = 1024 * 1024;
 /// Masters one file keeps (a chunk of the default 1 MiB needs two; ranges add a few).
 pub const MAX_PER_FILE: usize = 8;
 
-/// Masters alive in the process. Each costs a descriptor and a kernel table of 256 slots
-/// (about 10 KiB); the pages themselves are the file's.
+/// Masters alive in the process at most. Each costs a descriptor and a kernel table of 256
+/// slots (about 10 KiB); the pages themselves are the file's. Fewer when descriptors are
+/// scarce (see [`fd_budget`]).
 pub const MAX_LIVE: usize = 1024;
 
+/// Masters alive now.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
-/// Masters alive now (all files).
-pub fn live() -> usize {
-    LIVE.load(Ordering::Relaxed)
+/// Connection pipes alive now.
+static CONN_PIPES: AtomicUsize = AtomicUsize::new(0);
+
+/// Descriptors each of masters and connection pipes may hold: an eighth of the open-files
+/// limit, so that together with the store's open chunk files (a quarter) they leave most
+/// descriptors to connections, which must never be refused for a pipe's sake.
+fn fd_budget() -> usize {
+    static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(u64::MAX);
+        usize::try_from(limit / 8).unwrap_or(usize::MAX)
+    })
+}
+
+/// Takes one of `max` places counted by `live`; false (nothing taken) when all are taken.
+fn take_place(live: &AtomicUsize, max: usize) -> bool {
+    if live.fetch_add(1, Ordering::Relaxed) >= max {
+        live.fetch_sub(1, Ordering::Relaxed);
+        return false;
+    }
+    true
 }
 
 /// A pipe holding `len` bytes of a file from offset `at`, never read from, only teed.
@@ -111,8 +133,7 @@ impl Master {
             len: 0,
             read: None,
         };
-        if LIVE.fetch_add(1, Ordering::Relaxed) >= MAX_LIVE {
-            LIVE.fetch_sub(1, Ordering::Relaxed);
+        if !take_place(&LIVE, MAX_LIVE.min(fd_budget())) {
             return failed;
         }
         match fill_pipe(file, at, len) {
@@ -183,15 +204,30 @@ pub struct ConnPipe<F> {
     held: Option<Held<F>>,
 }
 
+impl<F> Drop for ConnPipe<F> {
+    fn drop(&mut self) {
+        CONN_PIPES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl<F> ConnPipe<F> {
-    /// A new, empty pipe; an error when the kernel refuses one of [`PIPE_BYTES`].
-    pub fn new() -> io::Result<ConnPipe<F>> {
-        let (read, write) = new_pipe()?;
-        Ok(ConnPipe {
-            read,
-            write,
-            held: None,
-        })
+    /// A new, empty pipe: `Ok(None)` when the process holds its share of pipes already,
+    /// an error when the kernel refuses a pipe of [`PIPE_BYTES`].
+    pub fn new() -> io::Result<Option<ConnPipe<F>>> {
+        if !take_place(&CONN_PIPES, fd_budget() / 2) {
+            return Ok(None);
+        }
+        match new_pipe() {
+            Ok((read, write)) => Ok(Some(ConnPipe {
+                read,
+                write,
+                held: None,
+            })),
+            Err(e) => {
+                CONN_PIPES.fetch_sub(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
     }
 
     /// Bytes waiting in the pipe when they are `file`'s from offset `at`.
@@ -270,7 +306,7 @@ mod tests {
         let masters = Masters::default();
         let owner = Arc::new(());
         for _ in 0..3 {
-            let mut pipe = ConnPipe::new().unwrap();
+            let mut pipe = ConnPipe::new().unwrap().unwrap();
             // From offset 3: a segment that starts mid-page.
             let n = pipe
                 .refill(&masters, &owner, &file, 3, data.len() - 3)
@@ -305,7 +341,7 @@ mod tests {
             return;
         };
         let masters = Masters::default();
-        let mut pipe = ConnPipe::<()>::new().unwrap();
+        let mut pipe = ConnPipe::<()>::new().unwrap().unwrap();
         let owner = Arc::new(());
         assert!(pipe.refill(&masters, &owner, &file, 0, 5000).is_none());
         assert!(!pipe.holds_other());
