@@ -129,6 +129,12 @@ async fn large_hits_are_sent_from_files_whole_and_in_ranges() {
         );
     }
     assert_eq!(origin.count(), 2, "every later GET was a hit");
+    // The chunks went by tee: pipes holding their pages are alive (the store keeps the
+    // verified files, and their pipes, open for later hits).
+    assert!(
+        strata::zerocopy::tee::masters_alive() > 0,
+        "no chunk was sent through a pipe"
+    );
 
     // Ranges within a chunk, across chunks and of the inline body: the right bytes.
     for (path, body, from, to) in [

@@ -161,7 +161,8 @@ pub struct CacheConfig {
     /// `<Cache><FillWaitTimeout>`: how long a waiting client waits for a fill's headers (default 30 s).
     pub fill_wait: Duration,
     /// `<Cache><ZeroCopy>`: large hits on plain HTTP/1.1 are sent straight from the disk
-    /// tier's files when it is on tmpfs (`sendfile`), not copied (Strata extension; default ON).
+    /// tier's files when it is on tmpfs (`tee`/`splice` or `sendfile`), not copied (Strata
+    /// extension; default ON).
     pub zero_copy: bool,
 }
 

@@ -49,6 +49,11 @@ static LIVE: AtomicUsize = AtomicUsize::new(0);
 /// Connection pipes alive now.
 static CONN_PIPES: AtomicUsize = AtomicUsize::new(0);
 
+/// Masters alive now (all files of the process).
+pub fn masters_alive() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
 /// Descriptors each of masters and connection pipes may hold: an eighth of the open-files
 /// limit, so that together with the store's open chunk files (a quarter) they leave most
 /// descriptors to connections, which must never be refused for a pipe's sake.

@@ -131,7 +131,7 @@ pub(crate) struct Disk {
     /// fsync files before rename and directories after (power-loss durability).
     sync: bool,
     tmp_seq: AtomicU64,
-    /// The directory is on tmpfs/ramfs: its files may be sent with `sendfile` (`zerocopy`).
+    /// The directory is on tmpfs/ramfs: its files may be sent from without a copy (`zerocopy`).
     memory_backed: AtomicBool,
 }
 
@@ -148,7 +148,7 @@ impl Disk {
         }
     }
 
-    /// Whether files here may be sent from with `sendfile` (known after [`Disk::prepare`]).
+    /// Whether files here may be sent from without a copy (known after [`Disk::prepare`]).
     pub fn memory_backed(&self) -> bool {
         self.memory_backed.load(Ordering::Relaxed)
     }

@@ -1,10 +1,11 @@
 //! Chunk files kept open, verified, for zero-copy sends (see `crate::zerocopy`).
 //!
-//! A chunk on a memory-backed disk can be sent with `sendfile` instead of being copied into
-//! the socket, but only from a file whose bytes were checked against the chunk's CRC. Checking
-//! costs a read of the chunk, so a checked file is kept open here and reused by later hits:
-//! the CRC is verified once per load into this table, not on every send (the send itself
-//! re-checks the file's `fstat` stamp, which catches any later change).
+//! A chunk on a memory-backed disk can be sent from its file (by `tee` from pipes holding its
+//! pages, or `sendfile`) instead of being copied into the socket, but only from a file whose
+//! bytes were checked against the chunk's CRC. Checking costs a read of the chunk, so a
+//! checked file is kept open here and reused by later hits: the CRC is verified once per load
+//! into this table, not on every send (each send re-checks the file's `fstat` stamp, which
+//! catches any later change). The file's pipes live as long as its entry here.
 //!
 //! The table is bounded (open descriptors), least recently used out first. Entries leave it
 //! when their version's files are deleted, so an open handle never holds a deleted file's
