@@ -625,6 +625,15 @@ mod tests {
         assert!(got[head.len()..] == data[..], "body bytes differ");
     }
 
+    /// Rewrites a file made by `shm_file` with `len` other bytes, as someone might after it
+    /// was verified (late enough for its times to change).
+    fn rewrite(path: &std::path::Path, len: usize) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut bad = b"HEADER:".to_vec();
+        bad.extend(std::iter::repeat_n(0xAAu8, len));
+        std::fs::write(path, &bad).unwrap();
+    }
+
     /// Offers `data` (held by `sf` from byte 7) on `zc`'s lane, then writes it as hyper does,
     /// continuing wherever the kernel stopped; `between` runs after each write with the body
     /// bytes written so far. Returns what the client read.
@@ -741,10 +750,7 @@ mod tests {
             // The first segment has gone out whole: rewrite the file before the second.
             if sent >= tee::SEGMENT && !changed {
                 changed = true;
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                let mut bad = b"HEADER:".to_vec();
-                bad.extend(std::iter::repeat_n(0xAAu8, data.len()));
-                std::fs::write(&path, &bad).unwrap();
+                rewrite(&path, data.len());
             }
         })
         .await;
@@ -759,30 +765,10 @@ mod tests {
         let Some((tmp, sf)) = shm_file(&data) else {
             return;
         };
-        // Someone rewrites the file after it was verified.
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let mut bad = b"HEADER:".to_vec();
-        bad.extend(std::iter::repeat_n(0xAAu8, data.len()));
-        std::fs::write(tmp.path(), &bad).unwrap();
-        let (mut zc, lane, mut client) = pair().await;
-        let body = Bytes::from(data.clone());
-        let span = FileSpan {
-            file: sf.clone(),
-            offset: 7,
-        };
-        scope(lane.clone(), async { offer(&body, &span) }).await;
-        let reader = tokio::spawn(async move {
-            let mut got = Vec::new();
-            client.read_to_end(&mut got).await.unwrap();
-            got
-        });
-        zc.write_all(&body).await.unwrap();
-        zc.shutdown().await.unwrap();
-        drop(zc);
-        assert!(
-            reader.await.unwrap() == data,
-            "the verified bytes, not the file's"
-        );
+        rewrite(tmp.path(), data.len());
+        let (zc, lane, client) = pair().await;
+        let got = send_offered(zc, &lane, client, &sf, &data, |_| {}).await;
+        assert!(got == data, "the verified bytes, not the file's");
         assert!(sf.is_stale());
         assert_eq!(lane.0.count.load(Ordering::Relaxed), 0);
     }

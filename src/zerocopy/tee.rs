@@ -341,6 +341,16 @@ mod tests {
     }
 
     #[test]
+    fn places_run_out_and_come_back() {
+        let live = AtomicUsize::new(0);
+        assert!(take_place(&live, 2) && take_place(&live, 2));
+        assert!(!take_place(&live, 2), "the third of two places");
+        assert_eq!(live.load(Ordering::Relaxed), 2, "a refusal takes nothing");
+        live.fetch_sub(1, Ordering::Relaxed);
+        assert!(take_place(&live, 2));
+    }
+
+    #[test]
     fn a_short_file_makes_no_master() {
         let Some((_tmp, file)) = shm_file(&[7u8; 1000]) else {
             return;
