@@ -429,13 +429,16 @@ impl ZcStream {
                 }
             }
         };
-        // More follows at once when the frame goes on past the pipe's bytes.
+        // More follows at once when the frame goes on past the pipe's bytes. hyper hands the
+        // rest of the frame, so `len` covers the waiting bytes; the bound is for safety: a
+        // byte past `len` is one hyper never handed over, and would go out twice.
         let more = len > waiting;
+        let max = len.min(waiting);
         loop {
             ready!(self.tcp.poll_write_ready(cx))?;
             let r = self
                 .tcp
-                .try_io(Interest::WRITABLE, || pipe.splice_to(&self.tcp, more));
+                .try_io(Interest::WRITABLE, || pipe.splice_to(&self.tcp, max, more));
             match r {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Ok(0) => return Poll::Ready(Ok(None)),

@@ -269,8 +269,14 @@ impl<F> ConnPipe<F> {
         Some(n)
     }
 
-    /// Splices up to the waiting bytes into `socket` (`more`: further bytes follow at once).
-    pub fn splice_to(&mut self, socket: &impl std::os::fd::AsFd, more: bool) -> io::Result<usize> {
+    /// Splices up to `max` of the waiting bytes into `socket` (`more`: further bytes follow
+    /// at once).
+    pub fn splice_to(
+        &mut self,
+        socket: &impl std::os::fd::AsFd,
+        max: usize,
+        more: bool,
+    ) -> io::Result<usize> {
         let Some(held) = self.held.as_mut() else {
             return Ok(0);
         };
@@ -279,7 +285,7 @@ impl<F> ConnPipe<F> {
         } else {
             SpliceFlags::NONBLOCK
         };
-        let n = rustix::pipe::splice(&self.read, None, socket, None, held.len, flags)?;
+        let n = rustix::pipe::splice(&self.read, None, socket, None, held.len.min(max), flags)?;
         held.at += n as u64;
         held.len -= n.min(held.len);
         if held.len == 0 {
@@ -328,7 +334,7 @@ mod tests {
             let b = std::os::fd::OwnedFd::from(b);
             let mut sent = 0;
             while sent < n {
-                sent += pipe.splice_to(&b, false).unwrap();
+                sent += pipe.splice_to(&b, usize::MAX, false).unwrap();
             }
             assert!(pipe.holds(&owner, 3).is_none() && !pipe.holds_other());
             drop(b);
