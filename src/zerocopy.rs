@@ -694,6 +694,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_the_kernel_refused_a_pipe_sends_by_sendfile() {
+        let data = pattern(tee::SEGMENT + 70_000);
+        let Some((_tmp, sf)) = shm_file(&data) else {
+            return;
+        };
+        let (mut zc, lane, client) = pair().await;
+        zc.pipe = PipeState::Refused; // as for an unprivileged user over its pipe quota
+        rustix::net::sockopt::set_socket_send_buffer_size(&zc.tcp, 64 * 1024).unwrap();
+        let before = sent_bytes();
+        let got = send_offered(zc, &lane, client, &sf, &data, |_| {}).await;
+        assert!(got == data, "body bytes differ");
+        assert_eq!(sf.masters.count(), 0, "no pipe was made");
+        assert!(
+            sent_bytes() - before >= data.len() as u64,
+            "sent from the file"
+        );
+    }
+
+    #[tokio::test]
     async fn bytes_left_in_the_pipe_by_an_abandoned_write_never_go_out() {
         let a = pattern(tee::SEGMENT);
         let b: Vec<u8> = pattern(tee::SEGMENT + 1).into_iter().map(|x| !x).collect();
