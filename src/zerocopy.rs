@@ -706,6 +706,9 @@ mod tests {
         let got = send_offered(zc, &lane, client, &sf, &data, |_| {}).await;
         assert!(got == data, "body bytes differ");
         assert_eq!(sf.masters.count(), 0, "no pipe was made");
+        // The offer was taken and the file never failed a send (a failure marks it stale):
+        // sendfile sent the bytes.
+        assert!(!sf.is_stale(), "the file stayed sendable");
         assert!(
             sent_bytes() - before >= data.len() as u64,
             "sent from the file"
