@@ -216,6 +216,18 @@ impl Manager {
                 ] {
                     body.push_str(&format!("# TYPE {name} gauge\n{name} {value}\n"));
                 }
+                // Zero-copy: bytes sent from cache files, and the pipes holding their pages
+                // (none at all means large hits are being copied).
+                body.push_str(&format!(
+                    "# TYPE strata_zero_copy_sent_bytes_total counter\n\
+                     strata_zero_copy_sent_bytes_total {}\n\
+                     # TYPE strata_zero_copy_pipes gauge\n\
+                     strata_zero_copy_pipes{{kind=\"master\"}} {}\n\
+                     strata_zero_copy_pipes{{kind=\"connection\"}} {}\n",
+                    crate::zerocopy::sent_bytes(),
+                    crate::zerocopy::tee::masters_alive(),
+                    crate::zerocopy::tee::connection_pipes_alive(),
+                ));
                 let mut r = Response::new(body::full(body));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,

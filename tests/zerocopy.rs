@@ -130,11 +130,22 @@ async fn large_hits_are_sent_from_files_whole_and_in_ranges() {
     }
     assert_eq!(origin.count(), 2, "every later GET was a hit");
     // The chunks went by tee: pipes holding their pages are alive (the store keeps the
-    // verified files, and their pipes, open for later hits).
+    // verified files, and their pipes, open for later hits). The manager's metrics say so.
     assert!(
         strata::zerocopy::tee::masters_alive() > 0,
         "no chunk was sent through a pipe"
     );
+    let m = get(s.manager.expect("manager"), "127.0.0.1", "/metrics", &[]).await;
+    assert_eq!(m.status, 200);
+    let text = String::from_utf8_lossy(&m.body);
+    let metric = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    assert!(metric("strata_zero_copy_sent_bytes_total") >= big.len() as u64);
+    assert!(metric("strata_zero_copy_pipes{kind=\"master\"}") > 0);
+    assert!(metric("strata_store_objects") >= 2);
 
     // Ranges within a chunk, across chunks and of the inline body: the right bytes.
     for (path, body, from, to) in [

@@ -54,6 +54,11 @@ pub fn masters_alive() -> usize {
     LIVE.load(Ordering::Relaxed)
 }
 
+/// Connection pipes alive now.
+pub fn connection_pipes_alive() -> usize {
+    CONN_PIPES.load(Ordering::Relaxed)
+}
+
 /// Descriptors each of masters and connection pipes may hold: an eighth of the open-files
 /// limit, so that together with the store's open chunk files (a quarter) they leave most
 /// descriptors to connections, which must never be refused for a pipe's sake.
