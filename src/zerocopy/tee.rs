@@ -59,7 +59,7 @@ pub fn connection_pipes_alive() -> usize {
     CONN_PIPES.load(Ordering::Relaxed)
 }
 
-/// Descriptors each of masters and connection pipes may hold: an eighth of the open-files
+/// Descriptors each of masters and connection pipes may hold: a sixteenth of the open-files
 /// limit, so that together with the store's open chunk files (a quarter) they leave most
 /// descriptors to connections, which must never be refused for a pipe's sake.
 fn fd_budget() -> usize {
@@ -68,7 +68,7 @@ fn fd_budget() -> usize {
         let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
             .current
             .unwrap_or(u64::MAX);
-        usize::try_from(limit / 8).unwrap_or(usize::MAX)
+        usize::try_from(limit / 16).unwrap_or(usize::MAX)
     })
 }
 
