@@ -1,6 +1,7 @@
 //! End-to-end tests of zero-copy hits: with the disk tier on tmpfs, large hits are sent from
-//! the chunk files (`sendfile`) over plain HTTP/1.1 — whole, byte for byte, also for ranges —
-//! and a file damaged after it was verified is never sent from.
+//! the chunk files (`tee`/`splice` from pipes holding their pages, else `sendfile`) over plain
+//! HTTP/1.1 — whole, byte for byte, also for ranges — and a file damaged after it was verified
+//! is never sent from.
 //!
 //! They need /dev/shm (tmpfs); without it they pass without checking anything.
 
