@@ -53,6 +53,15 @@ pub const MIN_SEND: usize = 256 * 1024;
 /// Bytes sent from files since the process started (all connections).
 static SENT: AtomicU64 = AtomicU64::new(0);
 
+/// `1/divisor` of the process's open-files limit (unbounded when the limit is): the share of
+/// descriptors one kind of zero-copy handle (the store's verified files, the pipes) may hold
+/// beside the connections.
+pub fn fd_share(divisor: u64) -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map_or(u64::MAX, |limit| limit / divisor)
+}
+
 /// Bytes sent from files since the process started: what zero-copy saved from copying.
 pub fn sent_bytes() -> u64 {
     SENT.load(Ordering::Relaxed)

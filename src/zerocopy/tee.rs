@@ -64,12 +64,7 @@ pub fn connection_pipes_alive() -> usize {
 /// descriptors to connections, which must never be refused for a pipe's sake.
 fn fd_budget() -> usize {
     static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *BUDGET.get_or_init(|| {
-        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-            .current
-            .unwrap_or(u64::MAX);
-        usize::try_from(limit / 16).unwrap_or(usize::MAX)
-    })
+    *BUDGET.get_or_init(|| usize::try_from(super::fd_share(16)).unwrap_or(usize::MAX))
 }
 
 /// Takes one of `max` places counted by `live`; false (nothing taken) when all are taken.

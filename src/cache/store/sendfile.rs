@@ -48,12 +48,9 @@ pub(crate) struct SendFiles {
 impl SendFiles {
     /// A table sized to a quarter of the open-files limit (connections need the rest).
     pub fn new() -> SendFiles {
-        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-            .current
-            .unwrap_or(MAX_FILES * 4);
         SendFiles {
             map: Mutex::new(HashMap::new()),
-            capacity: (limit / 4).min(MAX_FILES) as usize,
+            capacity: zerocopy::fd_share(4).min(MAX_FILES) as usize,
             tick: AtomicU64::new(0),
         }
     }
