@@ -202,7 +202,8 @@ def hit_figures(env, plan, results, counter, mode):
             results.notes.append(
                 "Figure 2, segments and merges at 10 MiB: the machine's TCP counters over each "
                 "run (Tcp OutSegs; TcpExt TCPRcvCoalesce + TCPBacklogCoalesce) per GB of body. "
-                "A segment sent from the page cache (sendfile) holds 16 page-sized fragments, "
+                "A segment sent from the page cache (sendfile, or splice from a pipe) holds 16 "
+                "page-sized fragments, "
                 "and the receiver merges queued segments only up to 17 fragments, so it never "
                 "merges two of them; copied data sits in a few large fragments and does merge. "
                 "Unmerged, wrk handles and acknowledges every segment: more segments per GB is "
