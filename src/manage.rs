@@ -216,6 +216,12 @@ impl Manager {
                 ] {
                     body.push_str(&format!("# TYPE {name} gauge\n{name} {value}\n"));
                 }
+                // A failing disk tier: objects kept in memory only, or fills that failed.
+                body.push_str(&format!(
+                    "# TYPE strata_store_disk_write_errors_total counter\n\
+                     strata_store_disk_write_errors_total {}\n",
+                    s.disk_write_errors
+                ));
                 // Zero-copy: bytes sent from cache files, and the pipes holding their pages
                 // (none at all means large hits are being copied).
                 body.push_str(&format!(

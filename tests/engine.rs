@@ -15,10 +15,8 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -274,99 +272,6 @@ fn key_of(s: &strata::server::Running, path: &str) -> String {
     let rt = s.proxy.runtime.load();
     let vh = &rt.vhosts[0];
     strata::cache::key::cache_key(&vh.cfg.name, path, vh.key_rules)
-}
-
-/// The real `strata` binary as a child process. Killed (SIGKILL, by PID) when dropped, so a
-/// failing test never leaves it behind.
-struct ChildStrata {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl ChildStrata {
-    /// Starts `strata run --conf dir` and waits until it logs its HTTP address.
-    async fn start(conf: &Path) -> ChildStrata {
-        let mut child = Command::new(strata_bin())
-            .arg("run")
-            .arg("--conf")
-            .arg(conf)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn strata");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
-        let log2 = log.clone();
-        // Drains stderr for the child's whole life (a full pipe would block it).
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("serving HTTP on ").nth(1) {
-                    let token: String = rest
-                        .chars()
-                        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                        .collect();
-                    if let Ok(a) = token.parse() {
-                        let _ = tx.send(a);
-                    }
-                }
-                if let Ok(mut l) = log2.lock()
-                    && l.len() < 10_000
-                {
-                    l.push(line);
-                }
-            }
-        });
-        let mut me = ChildStrata {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            log,
-        };
-        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
-            .await
-            .expect("join");
-        match addr {
-            Ok(a) => me.addr = a,
-            Err(_) => panic!("strata did not start:\n{}", me.log_text()),
-        }
-        me
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log_text(&self) -> String {
-        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
-    }
-
-    /// A `kB` field of /proc/<pid>/status (VmRSS, VmHWM).
-    fn status_kb(&self, field: &str) -> Option<u64> {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        s.lines()
-            .find(|l| l.starts_with(field))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    }
-
-    /// SIGKILL, then reap.
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ChildStrata {
-    fn drop(&mut self) {
-        self.kill9();
-    }
 }
 
 /// An origin serving large generated objects by path: `(seed, size)`; requests counted per

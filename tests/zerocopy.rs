@@ -1,7 +1,7 @@
 //! End-to-end tests of zero-copy hits: with the disk tier on tmpfs, large hits are sent from
 //! the chunk files (`tee`/`splice` from pipes holding their pages, else `sendfile`) over plain
-//! HTTP/1.1 — whole, byte for byte, also for ranges — and a file damaged after it was verified
-//! is never sent from.
+//! HTTP/1.1, whole, byte for byte, also for ranges; a file damaged after it was verified is
+//! never sent from; and a server short of descriptors loses no byte.
 //!
 //! They need /dev/shm (tmpfs); without it they pass without checking anything.
 
@@ -136,17 +136,10 @@ async fn large_hits_are_sent_from_files_whole_and_in_ranges() {
         strata::zerocopy::tee::masters_alive() > 0,
         "no chunk was sent through a pipe"
     );
-    let m = get(s.manager.expect("manager"), "127.0.0.1", "/metrics", &[]).await;
-    assert_eq!(m.status, 200);
-    let text = String::from_utf8_lossy(&m.body);
-    let metric = |name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-    };
-    assert!(metric("strata_zero_copy_sent_bytes_total") >= big.len() as u64);
-    assert!(metric("strata_zero_copy_pipes{kind=\"master\"}") > 0);
-    assert!(metric("strata_store_objects") >= 2);
+    let manager = s.manager.expect("manager");
+    assert!(metric(manager, "strata_zero_copy_sent_bytes_total").await >= big.len() as u64);
+    assert!(metric(manager, "strata_zero_copy_pipes{kind=\"master\"}").await > 0);
+    assert!(metric(manager, "strata_store_objects").await >= 2);
 
     // Ranges within a chunk, across chunks and of the inline body: the right bytes.
     for (path, body, from, to) in [
@@ -230,4 +223,155 @@ async fn zero_copy_off_copies_every_byte() {
         "nothing sent from files"
     );
     assert_eq!(origin.count(), 1);
+}
+
+/// The value of the unlabelled metric `name` on the manager at `manager`.
+async fn metric(manager: std::net::SocketAddr, name: &str) -> u64 {
+    let m = get(manager, "127.0.0.1", "/metrics", &[]).await;
+    assert_eq!(m.status, 200);
+    let text = String::from_utf8_lossy(&m.body);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// What one client connection got for its requests: each response's status and body, or the
+/// error that ended the connection.
+type ConnOutcome = Result<Vec<(u16, bytes::Bytes)>, String>;
+
+/// Opens `clients` connections to `addr` first (they wait in the listen queue when the server
+/// cannot take them yet), then sends `per_conn` GETs of `path` on each, one after another.
+async fn many_clients(
+    addr: std::net::SocketAddr,
+    path: &'static str,
+    clients: usize,
+    per_conn: usize,
+) -> Vec<ConnOutcome> {
+    use http_body_util::BodyExt;
+    let mut streams = Vec::new();
+    for _ in 0..clients {
+        streams.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|stream| {
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(conn);
+                let mut got = Vec::new();
+                for _ in 0..per_conn {
+                    let req = http::Request::get(path)
+                        .header("host", "a.com")
+                        .body(http_body_util::Empty::<bytes::Bytes>::new())
+                        .map_err(|e| e.to_string())?;
+                    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+                    let status = resp.status().as_u16();
+                    let body = resp
+                        .into_body()
+                        .collect()
+                        .await
+                        .map_err(|e| format!("body after status {status}: {e}"))?
+                        .to_bytes();
+                    got.push((status, body));
+                }
+                Ok(got)
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        let r = tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("a client waited over a minute");
+        out.push(r.unwrap_or_else(|e| Err(e.to_string())));
+    }
+    out
+}
+
+/// A server short of descriptors (an open-files limit of 64) under more clients than it can
+/// hold: the listener backs off and takes them as others leave, zero-copy stays within its
+/// share of descriptors, and every large hit is whole and exact. A cold object fetched by all
+/// of them at once, whose chunk files the disk then cannot take, is kept in memory and reaches
+/// every client whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_short_of_descriptors_loses_no_byte() {
+    let _serial = SERIAL.lock().await;
+    let Ok(disk) = tempfile::tempdir_in("/dev/shm") else {
+        return;
+    };
+    let big = pattern(3 * 1024 * 1024 + 7, 61);
+    let cold = pattern(2 * 1024 * 1024 + 11, 62);
+    let (b, c) = (big.clone(), cold.clone());
+    let origin = Origin::start(handler(move |req, _| {
+        let body = if req.uri().path() == "/big" {
+            b.clone()
+        } else {
+            c.clone()
+        };
+        resp(200, &[("cache-control", "max-age=600")], body)
+    }))
+    .await;
+    let conf = ConfDir::new(
+        &server_conf(disk.path(), "<MemorySize>64MB</MemorySize>"),
+        &vhost_conf(origin.addr),
+    );
+    let mut s = ChildStrata::start_with_nofile(conf.path(), 64).await;
+
+    // Warm, then hit: 96 connections, 3 hits each.
+    let g = get(s.addr, "a.com", "/big", &[]).await;
+    assert!(g.status == 200 && g.body == big, "first fetch");
+    for outcome in many_clients(s.addr, "/big", 96, 3).await {
+        let got = outcome.unwrap_or_else(|e| panic!("a hit failed: {e}\n{}", s.log_text()));
+        for (status, body) in got {
+            assert_eq!(status, 200);
+            assert!(body == big, "a hit's body differs ({} bytes)", body.len());
+        }
+    }
+    assert!(s.running(), "strata died:\n{}", s.log_text());
+    assert!(
+        s.log_text().contains("accept failed"),
+        "the clients never exhausted the descriptors, so this tested nothing:\n{}",
+        s.log_text()
+    );
+    assert_eq!(origin.count(), 1, "every later GET was a hit");
+
+    // Zero-copy kept working within its budget: bytes went out from files.
+    let sent = metric(s.manager().await, "strata_zero_copy_sent_bytes_total").await;
+    assert!(sent > 0, "no hit was sent from files");
+
+    // A cold object, all at once. Its chunk files cannot all be created (the descriptors are
+    // taken): the store keeps it in memory instead, so every client that got an answer got
+    // the exact bytes; the only failure allowed is an error status (no descriptor left for
+    // the origin connection), never a body cut short.
+    let mut exact = 0;
+    for outcome in many_clients(s.addr, "/cold", 96, 1).await {
+        let got = outcome.unwrap_or_else(|e| panic!("a cold fetch broke: {e}\n{}", s.log_text()));
+        for (status, body) in got {
+            if status == 200 {
+                assert!(
+                    body == cold,
+                    "a 200 with wrong bytes ({} bytes)",
+                    body.len()
+                );
+                exact += 1;
+            } else {
+                assert!(status >= 500, "status {status}");
+            }
+        }
+    }
+    assert!(exact > 0, "no client got the cold object");
+    // The disk did refuse a chunk file (else this tested nothing).
+    let refused = metric(s.manager().await, "strata_store_disk_write_errors_total").await;
+    assert!(
+        refused >= 1,
+        "the disk never refused a write:\n{}",
+        s.log_text()
+    );
+    assert!(s.running(), "strata died:\n{}", s.log_text());
+    // With the descriptors back, the object is served whole.
+    let g = get(s.addr, "a.com", "/cold", &[]).await;
+    assert!(g.status == 200 && g.body == cold);
 }

@@ -255,3 +255,150 @@ pub fn pattern(len: usize, seed: u64) -> Bytes {
 pub fn strata_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_strata"))
 }
+
+/// The real `strata` binary as a child process. Killed (SIGKILL, by PID) when dropped, so a
+/// failing test never leaves it behind.
+pub struct ChildStrata {
+    child: std::process::Child,
+    /// Its first HTTP listener.
+    pub addr: SocketAddr,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// An address the child logged: `serving HTTP on A` or `management on A`.
+fn logged_addr(line: &str, after: &str) -> Option<SocketAddr> {
+    let rest = line.split(after).nth(1)?;
+    let token: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    token.parse().ok()
+}
+
+impl ChildStrata {
+    /// Starts `strata run --conf dir` and waits until it logs its HTTP address.
+    pub async fn start(conf: &Path) -> ChildStrata {
+        Self::spawn(conf, None).await
+    }
+
+    /// [`ChildStrata::start`] with the child's open-files limit (soft and hard) set to
+    /// `nofile`: a server short of descriptors.
+    pub async fn start_with_nofile(conf: &Path, nofile: u64) -> ChildStrata {
+        Self::spawn(conf, Some(nofile)).await
+    }
+
+    async fn spawn(conf: &Path, nofile: Option<u64>) -> ChildStrata {
+        use std::io::{BufRead, BufReader};
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+
+        let mut cmd = Command::new(strata_bin());
+        cmd.arg("run")
+            .arg("--conf")
+            .arg(conf)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(n) = nofile {
+            let limit = rustix::process::Rlimit {
+                current: Some(n),
+                maximum: Some(n),
+            };
+            // SAFETY: between fork and exec the closure makes one system call (setrlimit),
+            // which is async-signal-safe; it allocates nothing and takes no lock.
+            unsafe {
+                cmd.pre_exec(move || {
+                    rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn strata");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+        let log2 = log.clone();
+        // Drains stderr for the child's whole life (a full pipe would block it).
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(a) = logged_addr(&line, "serving HTTP on ") {
+                    let _ = tx.send(a);
+                }
+                if let Ok(mut l) = log2.lock()
+                    && l.len() < 10_000
+                {
+                    l.push(line);
+                }
+            }
+        });
+        let mut me = ChildStrata {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
+        };
+        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+            .await
+            .expect("join");
+        match addr {
+            Ok(a) => me.addr = a,
+            Err(_) => panic!("strata did not start:\n{}", me.log_text()),
+        }
+        me
+    }
+
+    /// The management address the child logged (it logs it right after its HTTP ones).
+    pub async fn manager(&self) -> SocketAddr {
+        for _ in 0..100 {
+            let found = self.log.lock().ok().and_then(|l| {
+                l.iter()
+                    .find_map(|line| logged_addr(line, "management on "))
+            });
+            if let Some(a) = found {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no management address logged:\n{}", self.log_text())
+    }
+
+    /// The child's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the child is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Everything the child logged so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// A `kB` field of /proc/<pid>/status (VmRSS, VmHWM).
+    pub fn status_kb(&self, field: &str) -> Option<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        s.lines()
+            .find(|l| l.starts_with(field))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildStrata {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -133,6 +133,9 @@ pub struct StoreStats {
     pub disk_evictions: u64,
     /// Chunks or metas that failed their integrity check (object removed each time).
     pub corrupt: u64,
+    /// Chunk or meta writes the disk refused (the object went on in memory only where the
+    /// memory tier could hold it; otherwise its fill failed).
+    pub disk_write_errors: u64,
 }
 
 /// Where one object currently lives (for diagnostics and tests; does not count as a hit).
@@ -499,6 +502,7 @@ impl Store {
             memory_evictions: c.memory_evictions,
             disk_evictions: c.disk_evictions,
             corrupt: c.corrupt,
+            disk_write_errors: c.disk_write_errors,
         }
     }
 

@@ -25,6 +25,7 @@ pub(crate) struct Counters {
     pub memory_evictions: u64,
     pub disk_evictions: u64,
     pub corrupt: u64,
+    pub disk_write_errors: u64,
 }
 
 /// Quota accounting of one disk.

@@ -1006,3 +1006,108 @@ async fn concurrent_replacing_and_reading_never_mixes_versions() {
         }
     }
 }
+
+/// Makes the disk refuse every write for `key`: its fan-out directory becomes a plain file.
+fn break_disk_for(dir: &Path, key: &str) -> PathBuf {
+    let sub = dir.join(format!("{:02x}", KeyHash::of(key).subdir()));
+    std::fs::remove_dir_all(&sub).expect("remove fan-out dir");
+    std::fs::write(&sub, b"not a directory").expect("plant a file");
+    sub
+}
+
+#[tokio::test]
+async fn a_disk_that_refuses_writes_leaves_the_object_in_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(disk_cfg(dir.path(), 1 << 20, 1 << 30))
+        .await
+        .expect("open");
+    let data = body("k", 3 * CHUNK as usize + 9);
+    let mut w = store
+        .begin(new_obj("k", Some(data.len() as u64)))
+        .await
+        .expect("begin");
+    let parts: Vec<&[u8]> = data.chunks(CHUNK as usize).collect();
+    // Two chunks reach the disk, then it fails.
+    for (i, c) in parts.iter().enumerate().take(2) {
+        let m = w
+            .write_chunk(i as u32, Bytes::copy_from_slice(c))
+            .await
+            .expect("write");
+        assert_eq!(m.disk, Some(0));
+    }
+    break_disk_for(dir.path(), "k");
+    let mut snapshot = None;
+    for (i, c) in parts.iter().enumerate().skip(2) {
+        let m = w
+            .write_chunk(i as u32, Bytes::copy_from_slice(c))
+            .await
+            .expect("the write goes on in memory");
+        assert_eq!(m.disk, None, "the object left the disk");
+        snapshot = Some(m);
+    }
+    // Readers of the fill read every chunk, the early ones too.
+    let snapshot = snapshot.expect("snapshot");
+    assert_eq!(read_all(&store, &snapshot).await.expect("read"), data);
+    let meta = w.commit(data.len() as u64).await.expect("commit");
+    assert_eq!(meta.disk, None);
+    assert_eq!(get(&store, "k").await.as_deref(), Some(&data[..]));
+    let st = store.stats();
+    assert!(st.disk_write_errors >= 1);
+    assert_eq!(st.disk_reserved_bytes, 0, "the quota reservation went back");
+    assert_eq!(st.memory_pending_bytes, 0);
+    store.close().await;
+    // The chunk files written before the failure are deleted.
+    assert_eq!(chunk_files_of(dir.path(), meta.version), 0);
+}
+
+#[tokio::test]
+async fn a_disk_that_refuses_the_meta_leaves_the_object_in_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(disk_cfg(dir.path(), 1 << 20, 1 << 30))
+        .await
+        .expect("open");
+    // One chunk: it waits in memory to be inlined, so the first write is the meta's.
+    let data = body("one", 700);
+    let mut w = store
+        .begin(new_obj("one", Some(data.len() as u64)))
+        .await
+        .expect("begin");
+    w.write_chunk(0, Bytes::from(data.clone()))
+        .await
+        .expect("write");
+    break_disk_for(dir.path(), "one");
+    let meta = w.commit(data.len() as u64).await.expect("commit in memory");
+    assert_eq!(meta.disk, None);
+    assert_eq!(get(&store, "one").await.as_deref(), Some(&data[..]));
+    assert!(store.stats().disk_write_errors >= 1);
+}
+
+#[tokio::test]
+async fn a_disk_that_refuses_a_body_too_large_for_memory_fails_the_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(disk_cfg(dir.path(), 1 << 20, 1 << 30))
+        .await
+        .expect("open");
+    // Above memory_max_object (64 KiB): only the disk could hold it.
+    let data = body("big", 20 * CHUNK as usize);
+    let mut w = store
+        .begin(new_obj("big", Some(data.len() as u64)))
+        .await
+        .expect("begin");
+    w.write_chunk(0, Bytes::copy_from_slice(&data[..CHUNK as usize]))
+        .await
+        .expect("write");
+    break_disk_for(dir.path(), "big");
+    let r = w
+        .write_chunk(
+            1,
+            Bytes::copy_from_slice(&data[CHUNK as usize..2 * CHUNK as usize]),
+        )
+        .await;
+    assert!(matches!(r, Err(StoreError::Io(_))), "{:?}", r.err());
+    w.abort().await;
+    assert!(store.lookup("big").await.is_none());
+    let st = store.stats();
+    assert_eq!((st.disk_reserved_bytes, st.memory_pending_bytes), (0, 0));
+    assert!(st.disk_write_errors >= 1);
+}

@@ -9,6 +9,10 @@
 //!
 //! Chunk 0 is held back in memory while it is the only chunk: if the object turns out to be a
 //! single chunk it is stored inline in the `.meta` file, one file instead of two.
+//!
+//! A disk that refuses a write (out of descriptors, out of space, gone read-only) does not fail
+//! the fill when the memory tier may hold the whole body: the object goes on in memory only
+//! and its files on that disk are deleted. Only a body too large for memory fails with the disk.
 
 use std::sync::Arc;
 
@@ -115,8 +119,10 @@ impl ObjectWriter {
         let crc = crc32fast::hash(&data);
         self.max_index = self.max_index.max(index + 1);
 
-        if let Some(d) = m.disk {
-            self.store_on_disk(d, &m, index, &data, crc).await?;
+        if let Some(d) = m.disk
+            && let Err(e) = self.store_on_disk(d, &m, index, &data, crc).await
+        {
+            self.leave_disk(&mut m, len, e)?;
         }
         self.hold_in_memory(&m, index, data)?;
 
@@ -152,8 +158,10 @@ impl ObjectWriter {
         let mut m = (**m0).clone();
         let crc = crc32fast::hash(&data);
         self.max_index = self.max_index.max(index + 1);
-        if let Some(d) = m.disk {
-            self.store_on_disk(d, &m, index, &data, crc).await?;
+        if let Some(d) = m.disk
+            && let Err(e) = self.store_on_disk(d, &m, index, &data, crc).await
+        {
+            self.leave_disk(&mut m, len, e)?;
         }
         self.hold_in_memory(&m, index, data)?;
         m.chunks[index as usize] = ChunkSlot::Part {
@@ -216,6 +224,58 @@ impl ObjectWriter {
             }
         }
         Ok(())
+    }
+
+    /// The disk refused a write (`e`) for the object `m` describes, `extra` more bytes on the
+    /// way. When every chunk so far is held in memory and the memory tier may hold the whole
+    /// body, the object goes on in memory only: its files are deleted and its quota released,
+    /// and the fill's clients never notice the disk. Otherwise `e` stands (the fill fails
+    /// visibly). A quota refusal (`TooLarge`) is not a failing disk and always stands.
+    fn leave_disk(
+        &mut self,
+        m: &mut ObjectMeta,
+        extra: u64,
+        e: StoreError,
+    ) -> Result<(), StoreError> {
+        let Some(d) = m.disk else {
+            return Err(e);
+        };
+        if !matches!(e, StoreError::Io(_)) {
+            return Err(e);
+        }
+        let body = m.total_len.unwrap_or(self.kept_bytes + extra);
+        {
+            let mut st = self.inner.lock();
+            st.counters.disk_write_errors += 1;
+            if !(self.keep && st.memory.admits_body(body)) {
+                return Err(e);
+            }
+            let r = &mut st.disks[d as usize].reserved;
+            *r = r.saturating_sub(self.reserved);
+        }
+        tracing::warn!(key = %m.key, error = %e, "cache store: the disk refused a write; the object is kept in memory only");
+        self.reserved = 0;
+        self.remove_files(d, m.version);
+        // Held in memory with the other chunks now, no longer waiting to be inlined.
+        self.deferred0 = false;
+        m.disk = None;
+        Ok(())
+    }
+
+    /// Deletes, in the background, every chunk file this writer may have written on disk `d`.
+    fn remove_files(&self, d: u8, version: u64) {
+        if self.max_index == 0 {
+            return;
+        }
+        let (hash, count) = (self.hash, self.max_index);
+        let inner = Arc::clone(&self.inner);
+        self.inner.spawn_tracked(async move {
+            let _ = inner
+                .blocking(move |i| i.disks[d as usize].remove_chunks(&hash, version, count, false))
+                .await;
+            // Open handles would keep the deleted files' space in use.
+            inner.send_files.forget(&hash, version);
+        });
     }
 
     /// Reserves `cost` bytes on disk `d`, evicting to make room, and waits until the evicted
@@ -331,7 +391,7 @@ impl ObjectWriter {
 
     /// Writes the meta (the commit point on disk), then swaps the index entry, then deletes
     /// the replaced version's files. On error `self` drops and cleans up.
-    async fn finish(mut self, m: ObjectMeta) -> Result<Arc<ObjectMeta>, StoreError> {
+    async fn finish(mut self, mut m: ObjectMeta) -> Result<Arc<ObjectMeta>, StoreError> {
         let inner = Arc::clone(&self.inner);
         let hash = self.hash;
         let version = m.version;
@@ -348,13 +408,20 @@ impl ObjectWriter {
                     return Err(StoreError::Invalid("deferred chunk lost"));
                 }
                 let (mm, inl) = (m.clone(), inline.clone());
-                let file_len = inner
+                let written = inner
                     .blocking(move |i| i.disks[d as usize].write_meta(&hash, &mm, inl.as_deref()))
-                    .await??;
-                (
-                    disk::object_cost(&m, file_len, inline.is_some()),
-                    inline.is_some(),
-                )
+                    .await
+                    .and_then(|r| r.map_err(StoreError::from));
+                match written {
+                    Ok(file_len) => (
+                        disk::object_cost(&m, file_len, inline.is_some()),
+                        inline.is_some(),
+                    ),
+                    Err(e) => {
+                        self.leave_disk(&mut m, 0, e)?;
+                        (0, false)
+                    }
+                }
             }
             None => (0, false),
         };
@@ -424,19 +491,8 @@ impl ObjectWriter {
             }
         }
         self.reserved = 0;
-        if let Some(d) = disk
-            && self.max_index > 0
-        {
-            let hash = self.hash;
-            let count = self.max_index;
-            let inner = Arc::clone(&self.inner);
-            self.inner.spawn_tracked(async move {
-                let _ = inner
-                    .blocking(move |i| {
-                        i.disks[d as usize].remove_chunks(&hash, version, count, false)
-                    })
-                    .await;
-            });
+        if let Some(d) = disk {
+            self.remove_files(d, version);
         }
     }
 }
