@@ -26,13 +26,14 @@
 //! both are safe on the event loop.
 
 pub mod tee;
+pub mod view;
 
 use std::fs::File;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -105,6 +106,8 @@ pub struct SendFile {
     stale: AtomicBool,
     /// Pipes holding the file's pages, made on first send.
     masters: tee::Masters,
+    /// The file mapped read-only, made on first [`SendFile::view`] (`None`: it cannot be).
+    mapping: OnceLock<Option<Arc<view::Mapping>>>,
 }
 
 impl SendFile {
@@ -117,7 +120,34 @@ impl SendFile {
             stamp,
             stale: AtomicBool::new(false),
             masters: tee::Masters::default(),
+            mapping: OnceLock::new(),
         })
+    }
+
+    /// The verified bytes `offset..offset + len` without reading them: a view of the file,
+    /// mapped on first use (see [`view`]). `None` once the file changed, or when it cannot be
+    /// mapped or is shorter.
+    pub fn view(&self, offset: u64, len: usize) -> Option<Bytes> {
+        if self.is_stale() {
+            return None;
+        }
+        let map = self.mapping.get_or_init(|| {
+            let len = usize::try_from(self.stamp.size).ok()?;
+            view::Mapping::of(&self.file, len)
+                .map_err(|e| tracing::debug!(error = %e, "zero-copy: cannot map a cache file"))
+                .ok()
+                .map(Arc::new)
+        });
+        map.as_ref()?.view(usize::try_from(offset).ok()?, len)
+    }
+
+    /// Whether `p` points into a view of this file: such bytes are the file's, and are never
+    /// written to a client once it changed.
+    pub fn shows(&self, p: *const u8) -> bool {
+        self.mapping
+            .get()
+            .and_then(Option::as_ref)
+            .is_some_and(|m| m.contains(p))
     }
 
     /// The file, for the caller's verifying read.
@@ -137,7 +167,7 @@ impl SendFile {
         }
         let same = Stamp::of(&self.file).is_ok_and(|s| s == self.stamp);
         if !same {
-            tracing::warn!("cache file changed after it was verified; sending from memory");
+            tracing::warn!("cache file changed after it was verified; never sending from it again");
             self.stale.store(true, Ordering::Relaxed);
         }
         same
@@ -291,12 +321,23 @@ pub fn active() -> bool {
 
 /// Offers `bytes` (about to be handed to hyper as a body frame) for sending from `span`,
 /// which holds the same bytes. A no-op outside a connection with a lane, and for small frames.
-pub fn offer(bytes: &Bytes, span: &FileSpan) {
-    if bytes.len() < MIN_SEND || span.file.is_stale() {
-        return;
+/// An error when `bytes` are a view of a file that changed since it was verified: they are
+/// not the verified bytes any more, and the frame must not be sent.
+pub fn offer(bytes: &Bytes, span: &FileSpan) -> Result<(), BoxError> {
+    if span.file.is_stale() {
+        if span.file.shows(bytes.as_ptr()) {
+            return Err(CHANGED.into());
+        }
+        return Ok(());
     }
-    let _ = LANE.try_with(|lane| lane.add(bytes, span));
+    if bytes.len() >= MIN_SEND {
+        let _ = LANE.try_with(|lane| lane.add(bytes, span));
+    }
+    Ok(())
 }
+
+/// Why a response whose bytes were a view of a cache file fails mid-body.
+const CHANGED: &str = "cache file changed after it was verified";
 
 /// A body of the one frame `bytes`, offered for sending from `span` (which holds the same
 /// bytes) when hyper takes it.
@@ -327,7 +368,9 @@ impl hyper::body::Body for OneFrame {
         let Some(bytes) = self.bytes.take() else {
             return Poll::Ready(None);
         };
-        offer(&bytes, &self.span);
+        if let Err(e) = offer(&bytes, &self.span) {
+            return Poll::Ready(Some(Err(e)));
+        }
         Poll::Ready(Some(Ok(Frame::data(bytes))))
     }
 
@@ -538,6 +581,10 @@ impl AsyncWrite for ZcStream {
                     span.file.stale.store(true, Ordering::Relaxed);
                 }
                 self.lane.withdraw(&span.file);
+                if span.file.shows(bufs[0].as_ptr()) {
+                    // A view of the changed file: there are no verified bytes to copy.
+                    return Poll::Ready(Err(io::Error::other(CHANGED)));
+                }
             }
         }
         Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
@@ -599,7 +646,9 @@ mod tests {
             file: sf.clone(),
             offset: 7,
         };
-        scope(lane.clone(), async { offer(&body, &span) }).await;
+        scope(lane.clone(), async { offer(&body, &span) })
+            .await
+            .expect("offer");
         assert_eq!(lane.0.count.load(Ordering::Relaxed), 1);
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
@@ -662,7 +711,9 @@ mod tests {
             file: sf.clone(),
             offset: 7,
         };
-        scope(lane.clone(), async { offer(&body, &span) }).await;
+        scope(lane.clone(), async { offer(&body, &span) })
+            .await
+            .expect("offer");
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
             client.read_to_end(&mut got).await.unwrap();
@@ -741,14 +792,16 @@ mod tests {
                     file: fa.clone(),
                     offset: 7,
                 },
-            );
+            )
+            .expect("offer");
             offer(
                 &bb,
                 &FileSpan {
                     file: fb.clone(),
                     offset: 7,
                 },
-            );
+            )
+            .expect("offer");
         })
         .await;
         let reader = tokio::spawn(async move {
@@ -808,6 +861,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_view_of_a_file_that_changed_is_never_written() {
+        let data = pattern(2 * tee::SEGMENT);
+        let Some((tmp, sf)) = shm_file(&data) else {
+            return;
+        };
+        let view = sf.view(7, data.len()).expect("view");
+        assert!(view == data && sf.shows(view.as_ptr()));
+        let (mut zc, lane, mut client) = pair().await;
+        let span = FileSpan {
+            file: sf.clone(),
+            offset: 7,
+        };
+        scope(lane.clone(), async { offer(&view, &span) })
+            .await
+            .expect("offer");
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let _ = client.read_to_end(&mut got).await;
+            got
+        });
+        // Write as hyper does; once a segment is out, the file changes in place.
+        let mut sent = 0;
+        let failed = loop {
+            let rest = view.slice(sent..);
+            let bufs = [IoSlice::new(&rest)];
+            match std::future::poll_fn(|cx| Pin::new(&mut zc).poll_write_vectored(cx, &bufs)).await
+            {
+                Ok(n) => sent += n,
+                Err(e) => break e,
+            }
+            assert!(
+                sent < view.len(),
+                "the whole view went out after the change"
+            );
+            if sent >= tee::SEGMENT {
+                rewrite(tmp.path(), data.len());
+            }
+        };
+        assert_eq!(failed.to_string(), CHANGED);
+        drop(zc);
+        let got = reader.await.unwrap();
+        assert!(
+            got.len() < data.len() && got[..] == data[..got.len()],
+            "only verified bytes"
+        );
+        // A later frame of the same view is refused before it reaches hyper.
+        assert!(sf.is_stale() && sf.view(7, 10).is_none());
+        assert!(offer(&view.slice(10..), &span.skip(10)).is_err());
+    }
+
+    #[tokio::test]
     async fn nothing_is_offered_outside_a_lane_or_below_the_minimum() {
         let data = pattern(MIN_SEND);
         let Some((_tmp, sf)) = shm_file(&data) else {
@@ -818,11 +922,11 @@ mod tests {
             offset: 7,
         };
         assert!(!active());
-        offer(&Bytes::from(data.clone()), &span); // no lane: ignored
+        offer(&Bytes::from(data.clone()), &span).expect("no lane: ignored");
         let lane = Lane::default();
         scope(lane.clone(), async {
             assert!(active());
-            offer(&Bytes::from(vec![1u8; MIN_SEND - 1]), &span);
+            offer(&Bytes::from(vec![1u8; MIN_SEND - 1]), &span).expect("too small: ignored");
         })
         .await;
         assert_eq!(lane.0.count.load(Ordering::Relaxed), 0);

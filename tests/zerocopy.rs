@@ -201,6 +201,68 @@ async fn a_chunk_file_damaged_after_its_check_is_never_sent() {
     assert_eq!(origin.count(), 2, "the damaged object was refetched");
 }
 
+/// A large object the memory tier may not hold (`MemoryMaxObject` below its size): once its
+/// chunk files are verified, hits hand hyper views of them (nothing is read or copied) and go
+/// out from the files. A file damaged in place after its check fails the response that would
+/// have sent it (the client sees a short body), never sends its bytes, and the object is then
+/// fetched again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_not_in_memory_go_out_from_files_without_a_read() {
+    let _serial = SERIAL.lock().await;
+    let Ok(disk) = tempfile::tempdir_in("/dev/shm") else {
+        return;
+    };
+    let big = pattern(3 * 1024 * 1024 + 5, 71);
+    let origin = origin_of(big.clone()).await;
+    let cache = "<MemorySize>64MB</MemorySize><MemoryMaxObject>1MB</MemoryMaxObject>";
+    let (_conf, s) = strata(disk.path(), cache, &origin).await;
+    let addr = s.http[0];
+    // The first hits verify the chunk files (reading them once).
+    let before = strata::zerocopy::sent_bytes();
+    assert!(until_sent_from_files(addr, "/big", &big, before).await);
+    let (st0, sent0) = (s.proxy.store.stats(), strata::zerocopy::sent_bytes());
+    for _ in 0..5 {
+        let g = get(addr, "a.com", "/big", &[]).await;
+        assert!(g.status == 200 && g.body == big);
+    }
+    let (st1, sent1) = (s.proxy.store.stats(), strata::zerocopy::sent_bytes());
+    // Three chunks of 1 MiB per hit went out from files; the last 5 bytes were copied.
+    assert!(
+        sent1 - sent0 >= 5 * 3 * 1024 * 1024,
+        "{} bytes from files",
+        sent1 - sent0
+    );
+    assert_eq!(
+        st1.memory_hits, st0.memory_hits,
+        "no chunk came from memory"
+    );
+    assert!(
+        st1.memory_bytes < 1024 * 1024,
+        "no chunk was promoted into memory"
+    );
+    assert_eq!(origin.count(), 1);
+
+    // Damage chunk 1 in place: its verified handle sees the change.
+    let chunk1 = cache_files(disk.path())
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "1"))
+        .expect("chunk file 1");
+    let mut raw = std::fs::read(&chunk1).expect("read chunk");
+    let at = raw.len() / 2;
+    raw[at] ^= 0x40;
+    std::fs::write(&chunk1, &raw).expect("write chunk");
+    let t0 = Instant::now();
+    while origin.count() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "never refetched");
+        // A body cut short is an error here: the client knows. A complete one must be exact.
+        if let Ok(g) = request("GET", addr, "a.com", "/big", &[], bytes::Bytes::new()).await {
+            assert!(g.body == big, "a complete body with damaged bytes");
+        }
+    }
+    let g = get(addr, "a.com", "/big", &[]).await;
+    assert!(g.status == 200 && g.body == big);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_copy_off_copies_every_byte() {
     let _serial = SERIAL.lock().await;

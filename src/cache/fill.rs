@@ -747,13 +747,14 @@ impl hyper::body::Body for StoredBody {
         this.pos = base + to as u64;
         let frame = chunk.slice(from..to);
         if let Some(f) = file {
-            zerocopy::offer(
-                &frame,
-                &FileSpan {
-                    offset: f.offset + from as u64,
-                    file: f.file,
-                },
-            );
+            let span = FileSpan {
+                offset: f.offset + from as u64,
+                file: f.file,
+            };
+            if let Err(e) = zerocopy::offer(&frame, &span) {
+                this.pos = this.end + 1;
+                return Poll::Ready(Some(Err(e)));
+            }
         }
         Poll::Ready(Some(Ok(hyper::body::Frame::data(frame))))
     }

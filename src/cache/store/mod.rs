@@ -310,22 +310,16 @@ impl Store {
         };
         let hash = KeyHash::of(&meta.key);
         let version = meta.version;
-        let inline_hint = {
-            let mut st = self.inner.lock();
-            if let Some(b) = st.mem_chunk(&hash, version, index) {
-                st.counters.memory_hits += 1;
-                return Ok((b, None));
-            }
-            if let Some(b) = st.pending_chunk(version, index) {
-                st.counters.memory_hits += 1;
-                return Ok((b, None));
-            }
-            index == 0
-                && st
-                    .index
-                    .get(&hash)
-                    .is_some_and(|e| e.version == version && e.inline0)
-        };
+        if let Some(b) = self.memory_chunk(&hash, version, index) {
+            return Ok((b, None));
+        }
+        let inline_hint = index == 0
+            && self
+                .inner
+                .lock()
+                .index
+                .get(&hash)
+                .is_some_and(|e| e.version == version && e.inline0);
         let Some(d) = meta.disk else {
             return Err(StoreError::Missing);
         };
@@ -366,6 +360,17 @@ impl Store {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Chunk `index` of `version` when memory holds it: the memory tier, or the version's
+    /// writer while it is being filled.
+    fn memory_chunk(&self, hash: &KeyHash, version: u64, index: u32) -> Option<Bytes> {
+        let mut st = self.inner.lock();
+        let b = st
+            .mem_chunk(hash, version, index)
+            .or_else(|| st.pending_chunk(version, index))?;
+        st.counters.memory_hits += 1;
+        Some(b)
     }
 
     /// Changes the stored meta of `key` in place (e.g. fresh headers after a 304, an expiry

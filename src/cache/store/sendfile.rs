@@ -5,7 +5,9 @@
 //! bytes were checked against the chunk's CRC. Checking costs a read of the chunk, so a
 //! checked file is kept open here and reused by later hits: the CRC is verified once per load
 //! into this table, not on every send (each send re-checks the file's `fstat` stamp, which
-//! catches any later change). The file's pipes live as long as its entry here.
+//! catches any later change). The file's pipes, and its read-only mapping (the bytes handed to
+//! hyper for a chunk that is not in memory), live as long as its entry here and the responses
+//! using them.
 //!
 //! The table is bounded (open descriptors), least recently used out first. Entries leave it
 //! when their version's files are deleted, so an open handle never holds a deleted file's
@@ -144,7 +146,9 @@ impl Store {
     /// [`Store::read_chunk`] for a response about to be written on a connection that can send
     /// from files: the chunk's bytes and, when a verified file on a memory-backed disk holds
     /// them, that file. The first hit on a chunk held in memory gets no file: its file is
-    /// opened and verified in the background, for the hits after it.
+    /// opened and verified in the background, for the hits after it. Once the file is
+    /// verified, a chunk not in memory comes as a view of the file (`zerocopy::view`): no
+    /// read, no CRC, no copy on the hits after the first.
     pub async fn read_chunk_for_send(
         &self,
         meta: &ObjectMeta,
@@ -161,6 +165,19 @@ impl Store {
         }
         let key = (KeyHash::of(&meta.key), meta.version, index);
         let known = self.inner.send_files.get(&key);
+        if let Some(Some(span)) = &known {
+            // A verified file: the bytes from memory when it holds them, else a view of the
+            // file. Nothing is read, checked or promoted: the file was verified when it was
+            // opened, and its stamp is checked before every send.
+            if let Some(b) = self.memory_chunk(&key.0, key.1, index) {
+                return Ok((b, Some(span.clone())));
+            }
+            let len = usize::try_from(meta.stored_len(index)).unwrap_or(usize::MAX);
+            if let Some(b) = span.file.view(span.offset, len) {
+                self.inner.lock().counters.disk_hits += 1;
+                return Ok((b, Some(span.clone())));
+            }
+        }
         let (bytes, opened) = self.load_chunk(meta, index, known.is_none()).await?;
         match (known, opened) {
             (Some(span), _) => Ok((bytes, span)),
@@ -367,12 +384,35 @@ mod tests {
         }
         let (b, f) = store.read_chunk_for_send(&m, 2).await.expect("read");
         assert_eq!((b.len(), f.is_none()), (7, true), "a small chunk is copied");
-        // The second read still reads (and checks) the chunk; the file comes from the table.
-        let (_, f1) = store.read_chunk_for_send(&m, 0).await.expect("read");
-        let (_, f2) = store.read_chunk_for_send(&m, 0).await.expect("read");
+        // Later reads come from the table's verified file, as views of it: nothing is read.
+        let (b1, f1) = store.read_chunk_for_send(&m, 0).await.expect("read");
+        let (b2, f2) = store.read_chunk_for_send(&m, 0).await.expect("read");
         let (f1, f2) = (f1.expect("file"), f2.expect("file"));
         assert!(Arc::ptr_eq(&f1.file, &f2.file), "one open file per chunk");
-        assert_eq!(store.stats().disk_hits, 5);
+        assert!(b1 == data[..CHUNK as usize] && b2 == b1);
+        assert!(f1.file.shows(b1.as_ptr()) && f2.file.shows(b2.as_ptr()));
+        let st = store.stats();
+        assert_eq!((st.disk_hits, st.memory_hits), (5, 0));
+    }
+
+    #[tokio::test]
+    async fn a_view_outlives_its_object() {
+        let Some(dir) = shm_dir() else { return };
+        let store = open(dir.path(), 64 << 20, 1024).await;
+        let data = body(CHUNK as usize + 9, 7);
+        let m = put(&store, "k", &data).await;
+        let (_, f) = store.read_chunk_for_send(&m, 0).await.expect("verify");
+        assert!(f.is_some());
+        let (view, f) = store.read_chunk_for_send(&m, 0).await.expect("view");
+        assert!(f.expect("file").file.shows(view.as_ptr()));
+        // Evicted or replaced mid-response: the files go, the view still shows their bytes.
+        assert!(store.remove("k").await.is_some());
+        assert!(
+            super::super::tests::files(dir.path())
+                .iter()
+                .all(|p| { !p.to_string_lossy().contains(&KeyHash::of("k").hex()) })
+        );
+        assert_eq!(view, data[..CHUNK as usize]);
     }
 
     #[tokio::test]
