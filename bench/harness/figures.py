@@ -11,7 +11,7 @@ import time
 
 from . import load, procs
 from .results import Row, median
-from .servers import NginxCache, StaticRef, Strata, Varnish
+from .servers import NginxCache, StaticRef, Strata, StrataDiskOnly, Varnish
 
 KIB, MIB = 1024, 1024 * 1024
 
@@ -143,15 +143,20 @@ def hit_figures(env, plan, results, counter, mode):
         Varnish(env, f"hits-{mode}", size="512m", cpus=cpus),
     ]
     ref = StaticRef(env, cpus=cpus, workers=1 if pinned else "auto")
+    # The 10 MiB object once more, from a Strata whose memory tier may not hold it.
+    disk_only = StrataDiskOnly(env, f"hits-{mode}-disk", disk=env.path(f"strata-disk-only-{mode}"),
+                               cpus=cpus, workers=workers)
     wrk_cpus, wrk_threads = (1, 1) if pinned else (None, 2)
     title = ("pinned: server on core 0 (1 worker), wrk on core 1" if pinned
              else "unpinned: servers with workers = cores, wrk -t2, sharing both cores")
     print(f"\n== figures 1-2, {title}", flush=True)
     try:
-        for s in servers + [ref]:
+        for s in servers + [ref, disk_only]:
             s.start()
         objects = sorted({(p, size) for _, _, p, size, _, _ in HIT_LOADS})
         warm(servers, objects, counter, results, f"{mode} warm-up")
+        warm([disk_only], [(p, size) for p, size in objects if size == 10 * MIB], counter,
+             results, f"{mode} warm-up")
 
         runs = {}  # (load index, server name) -> [summary]
 
@@ -179,7 +184,8 @@ def hit_figures(env, plan, results, counter, mode):
             return r
 
         def targets(i):
-            return servers + ([ref] if HIT_LOADS[i][5] else [])
+            return (servers + ([ref] if HIT_LOADS[i][5] else [])
+                    + ([disk_only] if HIT_LOADS[i][3] == 10 * MIB else []))
 
         for i in range(len(HIT_LOADS)):  # warm-up runs, not counted
             for s in targets(i):
@@ -208,6 +214,13 @@ def hit_figures(env, plan, results, counter, mode):
                 "merges two of them; copied data sits in a few large fragments and does merge. "
                 "Unmerged, wrk handles and acknowledges every segment: more segments per GB is "
                 "more of its (bottleneck) core per byte.")
+            results.notes.append(
+                "Figure 2, 10 MiB from the disk tier only: a second Strata whose memory tier "
+                "holds no body over 1 MB (`<MemoryMaxObject>1MB</MemoryMaxObject>`), so the "
+                "object lives only in its disk tier (tmpfs), as a catalogue of large files "
+                "behind a small memory tier does. Its values stand in Strata's column beside "
+                "the same rounds of nginx (whose cache is files in the page cache anyway) and "
+                "Varnish.")
         if other > 0.15:
             results.warn(f"{mode}: the machine was not quiet: other processes used "
                          f"{other:.2f} cores (median) during the load runs; absolute numbers "
@@ -273,6 +286,18 @@ def hit_figures(env, plan, results, counter, mode):
                     row(f"server cores busy, {key}", "cores", cores, fmt="{:.2f}"),
                 ]
                 if size == 10 * MIB:
+                    def disk_tier(per_round):
+                        # The disk-only Strata in Strata's column, beside the same peers' runs.
+                        return {("strata" if n == "strata_disk" else n): v
+                                for n, v in per_round.items() if n != "strata"}
+                    where = f"{label} from the disk tier only, {mode}, {conns} conns"
+                    extra = [
+                        row(f"throughput, {where}", "MB/s", disk_tier(mbs), "high"),
+                        row(f"server CPU per GB, {where}", "CPU s/GB", disk_tier(cpu_gb), "low",
+                            fmt="{:.3f}"),
+                    ]
+                    for r in extra:
+                        r.flags = disk_tier(flags)
                     # Why the 10 MiB rows come out as they do (see the note on figure 2).
                     rows += [
                         row(f"loopback TCP segments per GB, {key}", "segments/GB",
@@ -283,11 +308,14 @@ def hit_figures(env, plan, results, counter, mode):
             for r in rows:
                 r.flags = flags
                 results.add(r)
+            if fig == "2" and size == 10 * MIB:
+                for r in extra:
+                    results.add(r)
 
         if not pinned:
             collapse_figure(env, plan, results, counter, servers)
     finally:
-        _stop(servers + [ref])
+        _stop(servers + [ref, disk_only])
 
 
 # -- figure 3 -----------------------------------------------------------------------------

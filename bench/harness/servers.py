@@ -5,6 +5,7 @@ bench/conf/. All listen on 127.0.0.1 only, on fixed ports derived from --base-po
     slow        python origin for figure 3 (reached through the origin nginx at /slow/)
     static      nginx serving the same files, no proxy: the reference ceiling (not a peer)
     strata      Strata (target/release/strata run --conf DIR)
+    strata_disk Strata whose memory tier may not hold the 10 MiB object (figure 2)
     nginx       nginx proxy_cache
     varnish     varnishd, malloc storage
 """
@@ -49,11 +50,14 @@ class Ports:
         self.static = base + 2
         self.strata = base + 10
         self.strata_manager = base + 11
+        self.strata_disk = base + 12
+        self.strata_disk_manager = base + 13
         self.nginx = base + 20
         self.varnish = base + 30
 
     def all(self):
         return [self.origin, self.slow, self.static, self.strata, self.strata_manager,
+                self.strata_disk, self.strata_disk_manager,
                 self.nginx, self.varnish]
 
 
@@ -170,15 +174,17 @@ class StaticRef(Server):
 
 
 class Strata(Server):
-    """Strata. disk=None: memory only; otherwise the disk tier's directory."""
+    """Strata. disk=None: memory only; otherwise the disk tier's directory. max_object: the
+    largest body the memory tier holds (`<MemoryMaxObject>`)."""
 
     name, label = "strata", "Strata"
 
-    def __init__(self, env, tag, memory="512MB", disk=None, cpus=None, workers=None):
+    def __init__(self, env, tag, memory="512MB", disk=None, cpus=None, workers=None,
+                 max_object="16MB"):
         super().__init__()
         self.env, self.tag, self.memory, self.disk = env, tag, memory, disk
-        self.cpus, self.workers = cpus, workers
-        self.port = env.ports.strata
+        self.cpus, self.workers, self.max_object = cpus, workers, max_object
+        self.port, self.manager_port = env.ports.strata, env.ports.strata_manager
         self.conf_dir = env.path(f"strata-{tag}")
 
     def write_conf(self):
@@ -188,8 +194,8 @@ class Strata(Server):
             os.makedirs(self.disk, exist_ok=True)
             storage = f'<Storage><Disk Quota="8GB">{self.disk}</Disk></Storage>'
         render("strata-server.xml.tmpl", os.path.join(self.conf_dir, "server.xml"),
-               MANAGER_PORT=self.env.ports.strata_manager, STORAGE=storage,
-               MEMORY_SIZE=self.memory)
+               MANAGER_PORT=self.manager_port, STORAGE=storage,
+               MEMORY_SIZE=self.memory, MEMORY_MAX_OBJECT=self.max_object)
         render("strata-vhosts.xml.tmpl", os.path.join(self.conf_dir, "vhosts.xml"),
                PORT=self.port, ORIGIN_PORT=self.env.ports.origin)
 
@@ -205,6 +211,18 @@ class Strata(Server):
         if wait:
             self.proc.wait_port(self.port)
         return self
+
+
+class StrataDiskOnly(Strata):
+    """Strata whose memory tier holds no body over 1 MB: the 10 MiB object lives only in the
+    disk tier (tmpfs), as a large-file catalogue does behind a small memory tier."""
+
+    name, label = "strata_disk", "Strata, disk tier only"
+
+    def __init__(self, env, tag, disk, cpus=None, workers=None):
+        super().__init__(env, tag, memory="512MB", disk=disk, cpus=cpus, workers=workers,
+                         max_object="1MB")
+        self.port, self.manager_port = env.ports.strata_disk, env.ports.strata_disk_manager
 
 
 class NginxCache(Server):
