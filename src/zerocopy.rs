@@ -322,17 +322,22 @@ pub fn active() -> bool {
 /// Offers `bytes` (about to be handed to hyper as a body frame) for sending from `span`,
 /// which holds the same bytes. A no-op outside a connection with a lane, and for small frames.
 /// An error when `bytes` are a view of a file that changed since it was verified: they are
-/// not the verified bytes any more, and the frame must not be sent.
+/// not the verified bytes any more, and the frame must not be sent (a small frame of a view,
+/// which is copied, has the file's stamp checked here).
 pub fn offer(bytes: &Bytes, span: &FileSpan) -> Result<(), BoxError> {
-    if span.file.is_stale() {
-        if span.file.shows(bytes.as_ptr()) {
+    let view = span.file.shows(bytes.as_ptr());
+    if bytes.len() < MIN_SEND {
+        // Copied, not sent from the file: a view is checked against its stamp here, as the
+        // file would be before a send.
+        if view && !span.file.still_verified() {
             return Err(CHANGED.into());
         }
         return Ok(());
     }
-    if bytes.len() >= MIN_SEND {
-        let _ = LANE.try_with(|lane| lane.add(bytes, span));
+    if span.file.is_stale() {
+        return if view { Err(CHANGED.into()) } else { Ok(()) };
     }
+    let _ = LANE.try_with(|lane| lane.add(bytes, span));
     Ok(())
 }
 
@@ -909,6 +914,27 @@ mod tests {
         // A later frame of the same view is refused before it reaches hyper.
         assert!(sf.is_stale() && sf.view(7, 10).is_none());
         assert!(offer(&view.slice(10..), &span.skip(10)).is_err());
+        assert!(offer(&view.slice(10..110), &span.skip(10)).is_err());
+    }
+
+    #[test]
+    fn a_small_frame_of_a_view_is_checked_before_it_is_copied() {
+        let data = pattern(MIN_SEND * 2);
+        let Some((tmp, sf)) = shm_file(&data) else {
+            return;
+        };
+        let view = sf.view(7, data.len()).expect("view");
+        let span = FileSpan {
+            file: sf.clone(),
+            offset: 7,
+        };
+        // Small frames are copied, not sent from the file: fine while the file is unchanged.
+        offer(&view.slice(100..1100), &span.skip(100)).expect("unchanged");
+        rewrite(tmp.path(), data.len());
+        assert!(offer(&view.slice(100..1100), &span.skip(100)).is_err());
+        assert!(sf.is_stale());
+        // Bytes that are not a view (held in memory, verified) still go.
+        offer(&Bytes::from(data[..1000].to_vec()), &span).expect("memory bytes");
     }
 
     #[tokio::test]
