@@ -56,6 +56,20 @@ async fn origin_of(body: bytes::Bytes) -> Origin {
     .await
 }
 
+/// An origin answering `/big` with `big` and every other path with `other`, both cacheable
+/// for ten minutes.
+async fn origin_of_big_and(big: bytes::Bytes, other: bytes::Bytes) -> Origin {
+    Origin::start(handler(move |req, _| {
+        let body = if req.uri().path() == "/big" {
+            big.clone()
+        } else {
+            other.clone()
+        };
+        resp(200, &[("cache-control", "max-age=600")], body)
+    }))
+    .await
+}
+
 /// The tests of this file run one at a time: they read the process-wide count of bytes
 /// sent from files.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -109,16 +123,7 @@ async fn large_hits_are_sent_from_files_whole_and_in_ranges() {
     };
     let big = pattern(3 * 1024 * 1024 + 5, 31); // 4 chunks of 1 MiB, the last of 5 bytes
     let mid = pattern(600 * 1024, 32); // one chunk, inline in its .meta file
-    let (b, m) = (big.clone(), mid.clone());
-    let origin = Origin::start(handler(move |req, _| {
-        let body = if req.uri().path() == "/big" {
-            b.clone()
-        } else {
-            m.clone()
-        };
-        resp(200, &[("cache-control", "max-age=600")], body)
-    }))
-    .await;
+    let origin = origin_of_big_and(big.clone(), mid.clone()).await;
     let (_conf, s) = strata(disk.path(), "<MemorySize>64MB</MemorySize>", &origin).await;
     let addr = s.http[0];
 
@@ -366,16 +371,7 @@ async fn a_server_short_of_descriptors_loses_no_byte() {
     };
     let big = pattern(3 * 1024 * 1024 + 7, 61);
     let cold = pattern(2 * 1024 * 1024 + 11, 62);
-    let (b, c) = (big.clone(), cold.clone());
-    let origin = Origin::start(handler(move |req, _| {
-        let body = if req.uri().path() == "/big" {
-            b.clone()
-        } else {
-            c.clone()
-        };
-        resp(200, &[("cache-control", "max-age=600")], body)
-    }))
-    .await;
+    let origin = origin_of_big_and(big.clone(), cold.clone()).await;
     let conf = ConfDir::new(
         &server_conf(disk.path(), "<MemorySize>64MB</MemorySize>"),
         &vhost_conf(origin.addr),

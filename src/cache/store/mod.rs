@@ -313,13 +313,7 @@ impl Store {
         if let Some(b) = self.memory_chunk(&hash, version, index) {
             return Ok((b, None));
         }
-        let inline_hint = index == 0
-            && self
-                .inner
-                .lock()
-                .index
-                .get(&hash)
-                .is_some_and(|e| e.version == version && e.inline0);
+        let inline_hint = self.inline_hint(&hash, version, index);
         let Some(d) = meta.disk else {
             return Err(StoreError::Missing);
         };
@@ -360,6 +354,18 @@ impl Store {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether chunk `index` of `version` is the inline body of its `.meta` file (as far as
+    /// the index knows; the disk read checks).
+    fn inline_hint(&self, hash: &KeyHash, version: u64, index: u32) -> bool {
+        index == 0
+            && self
+                .inner
+                .lock()
+                .index
+                .get(hash)
+                .is_some_and(|e| e.version == version && e.inline0)
     }
 
     /// Chunk `index` of `version` when memory holds it: the memory tier, or the version's

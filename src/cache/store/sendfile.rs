@@ -220,13 +220,7 @@ impl Store {
         }
         let (hash, version, _) = key;
         let len = meta.stored_len(index);
-        let inline_hint = index == 0
-            && self
-                .inner
-                .lock()
-                .index
-                .get(&hash)
-                .is_some_and(|e| e.version == version && e.inline0);
+        let inline_hint = self.inline_hint(&hash, version, index);
         let store = self.clone();
         let name = meta.key.clone();
         self.inner.spawn_tracked(async move {
