@@ -213,6 +213,7 @@ impl Manager {
                     ("strata_store_memory_bytes", s.memory_bytes),
                     ("strata_store_index_bytes", s.index_bytes),
                     ("strata_store_disk_bytes", s.disk_bytes),
+                    ("strata_store_disks_failing", s.disks_failing),
                 ] {
                     body.push_str(&format!("# TYPE {name} gauge\n{name} {value}\n"));
                 }

@@ -1,8 +1,8 @@
 //! End-to-end tests of the cache engine (issue "The cache engine"): request collapsing with
 //! event-driven streaming, fills that break mid-body, bounded memory under slow clients,
-//! restart and `kill -9` mid-fill, corrupted files on disk, scan resistance, the disk quota,
-//! ranges from the store (also while filling), client disconnects and hit-for-miss — all
-//! over real sockets, against real origins on loopback.
+//! restart and `kill -9` mid-fill, corrupted files on disk, a disk tier that dies, scan
+//! resistance, the disk quota, ranges from the store (also while filling), client disconnects
+//! and hit-for-miss — all over real sockets, against real origins on loopback.
 //!
 //! Two tests run the real `strata` binary as a child process (RSS is measured on it, and it
 //! is killed with SIGKILL mid-fill); the others run Strata in-process so they can look at
@@ -909,7 +909,7 @@ async fn restart_and_kill9_mid_fill_keep_complete_objects_and_refetch_the_interr
 }
 
 // ---------------------------------------------------------------------------------------
-// 5. Corrupted files on disk
+// 5. Corrupted files on disk, and a disk that dies
 // ---------------------------------------------------------------------------------------
 
 /// A byte flipped in a chunk file is detected: the client never receives the damaged bytes
@@ -1016,6 +1016,74 @@ async fn corrupted_chunk_and_inline_body_are_detected_and_refetched() {
     assert!(get(addr, "a.com", "/small", &[]).await.body == small_body);
     assert_eq!(origin.count(), 4, "and stored again");
     s.shutdown.cancel();
+}
+
+/// The disk tier dies under a running server (its directory becomes a file). The first fill
+/// of an object too large for memory fails visibly (the client's body is cut short, never
+/// complete with wrong bytes); after that, large objects pass through whole, uncached, and
+/// small ones are kept in memory and served as hits, while the disk keeps refusing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_tier_that_dies_costs_at_most_one_response() {
+    let big_body = pattern(3 * 1024 * 1024 + 5, 23); // over MemoryMaxObject: disk only
+    let small_body = pattern(100_000, 24);
+    let (bb, sb) = (big_body.clone(), small_body.clone());
+    let origin = Origin::start(handler(move |req, _| {
+        let b = if req.uri().path() == "/big" {
+            bb.clone()
+        } else {
+            sb.clone()
+        };
+        resp(200, &[("cache-control", "max-age=600")], b)
+    }))
+    .await;
+    let conf = ConfDir::new(
+        &server_conf(
+            r#"<Storage><Disk Quota="1GB">{DIR}/cache</Disk></Storage>
+               <MemorySize>16</MemorySize><MemoryMaxObject>1</MemoryMaxObject>"#,
+        ),
+        &vhost_conf("a.com", origin.addr),
+    );
+    let s = start(&conf).await;
+    let addr = s.http[0];
+    let cache = conf.path().join("cache");
+    std::fs::remove_dir_all(&cache).expect("remove the disk tier");
+    std::fs::write(&cache, b"not a directory").expect("plant a file");
+
+    let first = request("GET", addr, "a.com", "/big", &[], Bytes::new()).await;
+    if let Ok(g) = &first {
+        assert!(g.body == big_body, "wrong bytes as a complete body");
+    }
+    assert!(
+        first.is_err(),
+        "the fill failed mid-body: the client must see it"
+    );
+    for _ in 0..3 {
+        let g = get(addr, "a.com", "/big", &[]).await;
+        assert!(
+            g.status == 200 && g.body == big_body,
+            "passed through whole"
+        );
+    }
+    assert_eq!(
+        origin.count(),
+        4,
+        "not stored: every GET went to the origin"
+    );
+    for _ in 0..3 {
+        let g = get(addr, "a.com", "/small", &[]).await;
+        assert!(g.status == 200 && g.body == small_body);
+    }
+    assert_eq!(
+        origin.count(),
+        5,
+        "the small object is kept in memory and hit"
+    );
+    let st = s.proxy.store.stats();
+    assert!(st.disk_write_errors >= 1);
+    assert_eq!(st.disks_failing, 1);
+    let m = get(s.manager.expect("manager"), "127.0.0.1", "/metrics", &[]).await;
+    let text = String::from_utf8_lossy(&m.body);
+    assert!(text.contains("strata_store_disks_failing 1"), "{text}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -27,6 +27,12 @@ pub enum StoreError {
     /// object limit in a memory-only store.
     #[error("object too large for this store")]
     TooLarge,
+    /// The disk tier refused a write a short while ago, and the object may not live in memory
+    /// alone (too large for the memory tier, or of unknown length): it is not stored until the
+    /// disk is tried again (`state::DISK_RETRY`), so it passes through uncached instead of
+    /// failing mid-body.
+    #[error("the disk tier is refusing writes; the object is not stored")]
+    DiskFailing,
     /// The store was closed; no new writes are accepted.
     #[error("store is closed")]
     Closed,

@@ -35,7 +35,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::runtime::Handle;
@@ -136,6 +136,8 @@ pub struct StoreStats {
     /// Chunk or meta writes the disk refused (the object went on in memory only where the
     /// memory tier could hold it; otherwise its fill failed).
     pub disk_write_errors: u64,
+    /// Disks new objects keep away from for now, after a refused write.
+    pub disks_failing: u64,
 }
 
 /// Where one object currently lives (for diagnostics and tests; does not count as a hit).
@@ -270,21 +272,36 @@ impl Store {
             return Err(StoreError::Closed);
         }
         let hash = KeyHash::of(&obj.key);
-        let disk = self.inner.choose_disk(&hash);
+        let chosen = self.inner.choose_disk(&hash);
         let version = self.inner.next_version.fetch_add(1, Ordering::Relaxed);
-        {
+        let disk = {
             let mut st = self.inner.lock();
-            let fits = match disk {
-                Some(d) => obj
-                    .total_len
-                    .is_none_or(|t| t <= self.inner.disks[d as usize].quota),
-                None => st.memory.admits_body(obj.total_len.unwrap_or(0)),
-            };
-            if !fits {
-                return Err(StoreError::TooLarge);
+            // A disk that just refused a write is skipped: the object lives in memory only
+            // if it may, else it is not stored at all (it passes through, whole).
+            let disk = chosen.filter(|&d| !st.disks[d as usize].failing(Instant::now()));
+            match disk {
+                Some(d)
+                    if obj
+                        .total_len
+                        .is_some_and(|t| t > self.inner.disks[d as usize].quota) =>
+                {
+                    return Err(StoreError::TooLarge);
+                }
+                Some(_) => {}
+                None if chosen.is_some() => {
+                    if !obj.total_len.is_some_and(|t| st.memory.admits_body(t)) {
+                        return Err(StoreError::DiskFailing);
+                    }
+                }
+                None => {
+                    if !st.memory.admits_body(obj.total_len.unwrap_or(0)) {
+                        return Err(StoreError::TooLarge);
+                    }
+                }
             }
             st.pending.insert(version, memory::Pending::default());
-        }
+            disk
+        };
         let meta = ObjectMeta::new(obj, version, self.inner.chunk_size, disk);
         Ok(ObjectWriter::new(Arc::clone(&self.inner), hash, meta))
     }
@@ -514,6 +531,11 @@ impl Store {
             disk_evictions: c.disk_evictions,
             corrupt: c.corrupt,
             disk_write_errors: c.disk_write_errors,
+            disks_failing: st
+                .disks
+                .iter()
+                .filter(|d| d.failing(Instant::now()))
+                .count() as u64,
         }
     }
 

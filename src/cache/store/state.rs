@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -34,6 +35,19 @@ pub(crate) struct DiskTier {
     pub fifo: S3Fifo<KeyHash>,
     /// Bytes written by in-progress writers, not yet committed (or aborted).
     pub reserved: u64,
+    /// After the disk refused a write: new objects are not given to it before this time.
+    pub failing_until: Option<Instant>,
+}
+
+/// How long new objects keep away from a disk after it refused a write. The first object
+/// after that tries it again.
+pub(crate) const DISK_RETRY: Duration = Duration::from_secs(10);
+
+impl DiskTier {
+    /// Whether the disk refused a write less than [`DISK_RETRY`] ago.
+    pub fn failing(&self, now: Instant) -> bool {
+        self.failing_until.is_some_and(|t| now < t)
+    }
 }
 
 /// Where a newly indexed object enters the disk policy.
@@ -106,6 +120,7 @@ impl State {
                 .map(|&q| DiskTier {
                     fifo: S3Fifo::new(q),
                     reserved: 0,
+                    failing_until: None,
                 })
                 .collect(),
             pending: HashMap::default(),

@@ -1110,4 +1110,26 @@ async fn a_disk_that_refuses_a_body_too_large_for_memory_fails_the_write() {
     let st = store.stats();
     assert_eq!((st.disk_reserved_bytes, st.memory_pending_bytes), (0, 0));
     assert!(st.disk_write_errors >= 1);
+
+    // For a while new objects keep off the disk: what memory may hold goes there, the rest is
+    // not stored (it passes through) rather than failing mid-body.
+    assert_eq!(st.disks_failing, 1);
+    let refused =
+        |r: Result<super::ObjectWriter, StoreError>| matches!(r, Err(StoreError::DiskFailing));
+    assert!(refused(
+        store.begin(new_obj("big2", Some(data.len() as u64))).await
+    ));
+    assert!(refused(store.begin(new_obj("unknown", None)).await));
+    let small = body("small", 3000);
+    let meta = put(&store, "small", &small).await;
+    assert_eq!(meta.disk, None, "kept in memory, not tried on the disk");
+    assert_eq!(get(&store, "small").await.as_deref(), Some(&small[..]));
+    // Once the time is up, the disk is tried again.
+    store.inner.lock().disks[0].failing_until = Some(Instant::now());
+    assert_eq!(store.stats().disks_failing, 0);
+    let w = store
+        .begin(new_obj("big3", Some(data.len() as u64)))
+        .await
+        .expect("the disk is tried again");
+    assert_eq!(w.meta().disk, Some(0));
 }

@@ -13,8 +13,11 @@
 //! A disk that refuses a write (out of descriptors, out of space, gone read-only) does not fail
 //! the fill when the memory tier may hold the whole body: the object goes on in memory only
 //! and its files on that disk are deleted. Only a body too large for memory fails with the disk.
+//! For a while after (`state::DISK_RETRY`) new objects skip that disk (`Store::begin`): in
+//! memory if it may hold them, else not stored at all, so they pass through whole.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -24,7 +27,7 @@ use super::error::StoreError;
 use super::index::{Entry, KeyHash, NO_DISK};
 use super::memory::MemObject;
 use super::meta::{ChunkSlot, ObjectMeta};
-use super::state::{Doomed, Placement};
+use super::state::{DISK_RETRY, Doomed, Placement};
 
 /// Lifecycle of a writer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -247,6 +250,8 @@ impl ObjectWriter {
         {
             let mut st = self.inner.lock();
             st.counters.disk_write_errors += 1;
+            // New objects keep off this disk for a while (see `Store::begin`).
+            st.disks[d as usize].failing_until = Some(Instant::now() + DISK_RETRY);
             if !(self.keep && st.memory.admits_body(body)) {
                 return Err(e);
             }
