@@ -170,8 +170,10 @@ def hit_figures(env, plan, results, counter, mode):
             r["tcp"] = {k: v - tcp0[k] for k, v in load.tcp_counters().items()}
             # What else ran meanwhile (other people's builds on a shared box, the harness):
             # machine busy time minus the server's and wrk's.
+            wrk_s = load.children_cpu() - wrk0
+            r["wrk_cores"] = wrk_s / (r["duration_us"] / 1e6)
             r["other_cores"] = ((load.machine_cpu() - box0) - r["cpu_s"]
-                                - (load.children_cpu() - wrk0)) / (r["duration_us"] / 1e6)
+                                - wrk_s) / (r["duration_us"] / 1e6)
             r["origin"], _, seen = counter.since(mark)
             check_alive([s])
             if r["errors"]:
@@ -236,6 +238,7 @@ def hit_figures(env, plan, results, counter, mode):
             p50 = each(lambda r: r["p50_us"] / 1000)
             p99 = each(lambda r: r["p99_us"] / 1000)
             cores = each(lambda r: r["cpu_s"] / (r["duration_us"] / 1e6))
+            wrk_cores = each(lambda r: r["wrk_cores"])
             per_core = each(lambda r: r["requests"] / r["cpu_s"] if r["cpu_s"] > 0 else None)
             mbs = each(lambda r: r["rps"] * size / 1e6)
 
@@ -274,6 +277,7 @@ def hit_figures(env, plan, results, counter, mode):
                         fmt="{:.2f}"),
                     row(f"req/s per server core, {key}", "req/s/core", per_core, "high"),
                     row(f"server cores busy, {key}", "cores", cores, fmt="{:.2f}"),
+                    row(f"wrk cores busy, {key}", "cores", wrk_cores, fmt="{:.2f}"),
                 ]
             else:
                 figname = "Figure 2: large hits"
@@ -284,6 +288,11 @@ def hit_figures(env, plan, results, counter, mode):
                     row(f"server CPU per GB, {key}", "CPU s/GB", cpu_gb, "low",
                         1.0 if size == 10 * MIB else None, fmt="{:.3f}"),
                     row(f"server cores busy, {key}", "cores", cores, fmt="{:.2f}"),
+                    row(f"wrk cores busy, {key}", "cores", wrk_cores, fmt="{:.2f}"),
+                    # What each server's bytes cost the load generator (its bottleneck when
+                    # wrk is ~1 core busy per thread).
+                    row(f"wrk CPU per GB, {key}", "CPU s/GB",
+                        per_gb(lambda r: r["wrk_cores"] * r["duration_us"] / 1e6), fmt="{:.3f}"),
                 ]
                 if size == 10 * MIB:
                     def disk_tier(per_round):
