@@ -920,16 +920,7 @@ async fn restart_and_kill9_mid_fill_keep_complete_objects_and_refetch_the_interr
 async fn corrupted_chunk_and_inline_body_are_detected_and_refetched() {
     let big_body = pattern(1536 * 1024 + 5, 21); // 7 chunks of 256 KiB, all on disk only
     let small_body = pattern(10_000, 22); // inline in its .meta
-    let (bb, sb) = (big_body.clone(), small_body.clone());
-    let origin = Origin::start(handler(move |req, _| {
-        let b = if req.uri().path() == "/big" {
-            bb.clone()
-        } else {
-            sb.clone()
-        };
-        resp(200, &[("cache-control", "max-age=600")], b)
-    }))
-    .await;
+    let origin = origin_of_big_and(big_body.clone(), small_body.clone()).await;
     // Bodies over 1 MiB never have chunks in memory: reads of /big go to disk.
     let conf = ConfDir::new(
         &server_conf(
@@ -1026,16 +1017,7 @@ async fn corrupted_chunk_and_inline_body_are_detected_and_refetched() {
 async fn a_disk_tier_that_dies_costs_at_most_one_response() {
     let big_body = pattern(3 * 1024 * 1024 + 5, 23); // over MemoryMaxObject: disk only
     let small_body = pattern(100_000, 24);
-    let (bb, sb) = (big_body.clone(), small_body.clone());
-    let origin = Origin::start(handler(move |req, _| {
-        let b = if req.uri().path() == "/big" {
-            bb.clone()
-        } else {
-            sb.clone()
-        };
-        resp(200, &[("cache-control", "max-age=600")], b)
-    }))
-    .await;
+    let origin = origin_of_big_and(big_body.clone(), small_body.clone()).await;
     let conf = ConfDir::new(
         &server_conf(
             r#"<Storage><Disk Quota="1GB">{DIR}/cache</Disk></Storage>

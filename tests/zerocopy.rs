@@ -56,20 +56,6 @@ async fn origin_of(body: bytes::Bytes) -> Origin {
     .await
 }
 
-/// An origin answering `/big` with `big` and every other path with `other`, both cacheable
-/// for ten minutes.
-async fn origin_of_big_and(big: bytes::Bytes, other: bytes::Bytes) -> Origin {
-    Origin::start(handler(move |req, _| {
-        let body = if req.uri().path() == "/big" {
-            big.clone()
-        } else {
-            other.clone()
-        };
-        resp(200, &[("cache-control", "max-age=600")], body)
-    }))
-    .await
-}
-
 /// The tests of this file run one at a time: they read the process-wide count of bytes
 /// sent from files.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -235,6 +235,20 @@ pub async fn request(
     })
 }
 
+/// An origin answering `/big` with `big` and every other path with `other`, both cacheable
+/// for ten minutes.
+pub async fn origin_of_big_and(big: Bytes, other: Bytes) -> Origin {
+    Origin::start(handler(move |req, _| {
+        let body = if req.uri().path() == "/big" {
+            big.clone()
+        } else {
+            other.clone()
+        };
+        resp(200, &[("cache-control", "max-age=600")], body)
+    }))
+    .await
+}
+
 /// Deterministic pseudo-random bytes (so bodies are checkable without storing them).
 pub fn pattern(len: usize, seed: u64) -> Bytes {
     let mut out = Vec::with_capacity(len);
