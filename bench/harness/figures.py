@@ -253,6 +253,7 @@ def hit_figures(env, plan, results, counter, mode):
                 medians = {n: median(xs) for n, xs in per_round.items()}
                 return Row(figname, metric, unit, medians, better, target, fmt=fmt,
                            rounds=per_round)
+            extra = []  # rows with their own flags (the disk-only Strata's)
             flags = {}
             for n in names:
                 err = sum(r["errors"] for r in runs[(i, n)])
@@ -300,7 +301,7 @@ def hit_figures(env, plan, results, counter, mode):
                         return {("strata" if n == "strata_disk" else n): v
                                 for n, v in per_round.items() if n != "strata"}
                     where = f"{label} from the disk tier only, {mode}, {conns} conns"
-                    extra = [
+                    extra += [
                         row(f"throughput, {where}", "MB/s", disk_tier(mbs), "high"),
                         row(f"server CPU per GB, {where}", "CPU s/GB", disk_tier(cpu_gb), "low",
                             fmt="{:.3f}"),
@@ -317,9 +318,8 @@ def hit_figures(env, plan, results, counter, mode):
             for r in rows:
                 r.flags = flags
                 results.add(r)
-            if fig == "2" and size == 10 * MIB:
-                for r in extra:
-                    results.add(r)
+            for r in extra:
+                results.add(r)
 
         if not pinned:
             collapse_figure(env, plan, results, counter, servers)

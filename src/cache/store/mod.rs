@@ -279,25 +279,21 @@ impl Store {
             // A disk that just refused a write is skipped: the object lives in memory only
             // if it may, else it is not stored at all (it passes through, whole).
             let disk = chosen.filter(|&d| !st.disks[d as usize].failing(Instant::now()));
-            match disk {
-                Some(d)
-                    if obj
-                        .total_len
-                        .is_some_and(|t| t > self.inner.disks[d as usize].quota) =>
-                {
-                    return Err(StoreError::TooLarge);
-                }
-                Some(_) => {}
-                None if chosen.is_some() => {
-                    if !obj.total_len.is_some_and(|t| st.memory.admits_body(t)) {
-                        return Err(StoreError::DiskFailing);
-                    }
-                }
-                None => {
-                    if !st.memory.admits_body(obj.total_len.unwrap_or(0)) {
-                        return Err(StoreError::TooLarge);
-                    }
-                }
+            let skipped = disk.is_none() && chosen.is_some();
+            let fits = match disk {
+                Some(d) => obj
+                    .total_len
+                    .is_none_or(|t| t <= self.inner.disks[d as usize].quota),
+                // In memory instead of a failing disk: only with a length memory admits.
+                None if skipped => obj.total_len.is_some_and(|t| st.memory.admits_body(t)),
+                None => st.memory.admits_body(obj.total_len.unwrap_or(0)),
+            };
+            if !fits {
+                return Err(if skipped {
+                    StoreError::DiskFailing
+                } else {
+                    StoreError::TooLarge
+                });
             }
             st.pending.insert(version, memory::Pending::default());
             disk
@@ -511,6 +507,7 @@ impl Store {
     pub fn stats(&self) -> StoreStats {
         let st = self.inner.lock();
         let c = st.counters;
+        let now = Instant::now();
         StoreStats {
             memory_bytes: st.memory.fifo.used(),
             memory_capacity: st.memory.fifo.capacity(),
@@ -531,11 +528,7 @@ impl Store {
             disk_evictions: c.disk_evictions,
             corrupt: c.corrupt,
             disk_write_errors: c.disk_write_errors,
-            disks_failing: st
-                .disks
-                .iter()
-                .filter(|d| d.failing(Instant::now()))
-                .count() as u64,
+            disks_failing: st.disks.iter().filter(|d| d.failing(now)).count() as u64,
         }
     }
 
