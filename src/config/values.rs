@@ -19,9 +19,8 @@ pub fn parse_on_off(s: &str) -> Option<bool> {
     }
 }
 
-/// A size: a number with an optional binary unit (`B`, `K`/`KB`/`KiB`, `M`/`MB`/`MiB`,
-/// `G`/`GB`/`GiB`, `T`/`TB`/`TiB`, case-insensitive); a bare number is in `bare_unit` bytes.
-pub fn parse_size(s: &str, bare_unit: u64) -> Result<u64, String> {
+/// A value's leading whole number and the unit after it (trimmed, lower case).
+fn number_and_unit(s: &str) -> Result<(u64, String), String> {
     let s = s.trim();
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     if digits == 0 {
@@ -30,7 +29,13 @@ pub fn parse_size(s: &str, bare_unit: u64) -> Result<u64, String> {
     let n: u64 = s[..digits]
         .parse()
         .map_err(|_| "the number is too large".to_string())?;
-    let unit = s[digits..].trim().to_ascii_lowercase();
+    Ok((n, s[digits..].trim().to_ascii_lowercase()))
+}
+
+/// A size: a number with an optional binary unit (`B`, `K`/`KB`/`KiB`, `M`/`MB`/`MiB`,
+/// `G`/`GB`/`GiB`, `T`/`TB`/`TiB`, case-insensitive); a bare number is in `bare_unit` bytes.
+pub fn parse_size(s: &str, bare_unit: u64) -> Result<u64, String> {
+    let (n, unit) = number_and_unit(s)?;
     let mult: u64 = match unit.as_str() {
         "" => bare_unit,
         "b" => 1,
@@ -46,15 +51,8 @@ pub fn parse_size(s: &str, bare_unit: u64) -> Result<u64, String> {
 
 /// A duration: a bare number is seconds; `s` and `ms` suffixes are accepted.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    if digits == 0 {
-        return Err("it does not start with a number".to_string());
-    }
-    let n: u64 = s[..digits]
-        .parse()
-        .map_err(|_| "the number is too large".to_string())?;
-    match s[digits..].trim().to_ascii_lowercase().as_str() {
+    let (n, unit) = number_and_unit(s)?;
+    match unit.as_str() {
         "" | "s" => Ok(Duration::from_secs(n)),
         "ms" => Ok(Duration::from_millis(n)),
         other => Err(format!("unknown unit \"{other}\" (use s or ms)")),

@@ -304,6 +304,35 @@ fn conn_builder() -> auto::Builder<TokioExecutor> {
 
 type Graceful = Arc<std::sync::Mutex<Option<GracefulShutdown>>>;
 
+/// A watcher for a new connection; `None` once the graceful shutdown has begun, when no
+/// new connection is served.
+fn watcher(graceful: &Graceful) -> Option<hyper_util::server::graceful::Watcher> {
+    graceful
+        .lock()
+        .ok()
+        .and_then(|g| g.as_ref().map(|g| g.watcher()))
+}
+
+/// The next accepted connection; `None` once `stop` fires.
+async fn next_connection(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok(x) => return Some(x),
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 fn spawn_accept(
     listener: TcpListener,
     proxy: Arc<Proxy>,
@@ -314,17 +343,8 @@ fn spawn_accept(
     tokio::spawn(async move {
         let builder = Arc::new(conn_builder());
         loop {
-            let (stream, peer) = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // Out of descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+            let Some((stream, peer)) = next_connection(&listener, &stop).await else {
+                return;
             };
             let _ = stream.set_nodelay(true);
             let local_port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
@@ -334,11 +354,9 @@ fn spawn_accept(
             };
             let proxy = proxy.clone();
             let builder = builder.clone();
-            let watcher = graceful
-                .lock()
-                .ok()
-                .and_then(|g| g.as_ref().map(|g| g.watcher()));
-            let Some(watcher) = watcher else { return };
+            let Some(watcher) = watcher(&graceful) else {
+                return;
+            };
             let tls = tls.clone();
             tokio::spawn(async move {
                 match tls {
@@ -395,15 +413,8 @@ fn spawn_manager(
     tokio::spawn(async move {
         let builder = Arc::new(conn_builder());
         loop {
-            let (stream, peer): (TcpStream, SocketAddr) = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+            let Some((stream, peer)) = next_connection(&listener, &stop).await else {
+                return;
             };
             // Callers outside the allow-list have their connection closed, as STON does.
             if !manager.allowed(peer.ip()) {
@@ -412,11 +423,9 @@ fn spawn_manager(
             }
             let manager = manager.clone();
             let builder = builder.clone();
-            let watcher = graceful
-                .lock()
-                .ok()
-                .and_then(|g| g.as_ref().map(|g| g.watcher()));
-            let Some(watcher) = watcher else { return };
+            let Some(watcher) = watcher(&graceful) else {
+                return;
+            };
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let manager = manager.clone();
