@@ -1460,6 +1460,12 @@ async fn rfc9110_13_conditional_requests_from_cache() {
             let ims = resolve(&[("if-modified-since", ims)]);
             let g = s.get(&[("if-modified-since", ims[0].1.as_str())]).await;
             assert_eq!((g.status.as_u16(), s.hits()), (expect, 1), "[{id}]");
+            if expect == 304 {
+                assert!(
+                    !g.header("last-modified").is_empty(),
+                    "[{id}] without an ETag, a 304 carries Last-Modified"
+                );
+            }
         }));
     }
     let s = lab.scenario("cd-ims-rfc850", |seen, n| {
@@ -1503,6 +1509,17 @@ async fn rfc9110_13_conditional_requests_from_cache() {
             ])
             .await;
         assert_eq!(g.status, 304, "INM matches");
+        // RFC 9110 §15.4.5: the validator the client needs, no other metadata; this hop's Age.
+        assert_eq!(g.header("etag"), "\"abcdef\"");
+        assert_eq!(
+            g.header("last-modified"),
+            "",
+            "no Last-Modified beside an ETag"
+        );
+        assert!(
+            !g.header("age").is_empty(),
+            "a 304 from the cache carries Age"
+        );
         let ims = resolve(&[("if-modified-since", "@0")]);
         let g = s
             .get(&[

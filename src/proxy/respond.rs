@@ -437,20 +437,11 @@ fn status_has_no_body(s: StatusCode) -> bool {
     s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED || s.is_informational()
 }
 
-/// The fields a 304 carries (RFC 9110 §15.4.5).
+/// The fields a 304 answered from the store carries: the policy's (RFC 9110 §15.4.5), with
+/// this hop's `Age` and `Via`.
 fn not_modified_headers(h: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    for name in [
-        header::CACHE_CONTROL,
-        header::CONTENT_LOCATION,
-        header::DATE,
-        header::ETAG,
-        header::EXPIRES,
-        header::VARY,
-        header::LAST_MODIFIED,
-        header::AGE,
-        header::VIA,
-    ] {
+    let mut out = policy::headers_for_304(h);
+    for name in [header::AGE, header::VIA] {
         for v in h.get_all(&name) {
             out.append(name.clone(), v.clone());
         }
