@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::key::KeyRules;
 use crate::cache::policy::{PolicyOptions, StonTtl, VaryMode};
 use crate::chain;
-use crate::config::{Config, Options, Vhost};
+use crate::config::{Config, Options, OriginScheme, Vhost};
 use crate::origin::OriginPool;
 use crate::origin::client::{self, ClientError};
 use crate::origin::resolve::ResolveTable;
@@ -35,7 +35,8 @@ impl RuntimeBuilder {
             .origin_ca
             .as_ref()
             .map(|p| crate::server::resolve_path(&cfg.dir, p));
-        let tls = client::tls_config(extra_ca.as_deref()).map_err(|e| e.to_string())?;
+        let tls = client::tls_config(extra_ca.as_deref(), any_https_origin(&cfg))
+            .map_err(|e| e.to_string())?;
         let resolver = ResolveTable::new(&cfg.server.resolve);
         let stop = CancellationToken::new();
         let via = via_value(&cfg.server.host_name);
@@ -76,6 +77,18 @@ impl RuntimeBuilder {
     }
 }
 
+/// Whether any vhost names an HTTPS origin (active or standby): only then are the system's
+/// trusted roots read.
+fn any_https_origin(cfg: &Config) -> bool {
+    cfg.vhosts.iter().any(|v| {
+        v.origin
+            .addresses
+            .iter()
+            .chain(&v.origin.standby)
+            .any(|a| a.scheme == OriginScheme::Https)
+    })
+}
+
 /// The policy options a vhost's `<Options>` ask for. Standard RFC 9111 unless a STON
 /// element is written.
 pub fn policy_options(v: &Vhost) -> PolicyOptions {
@@ -114,5 +127,38 @@ pub fn policy_options(v: &Vhost) -> PolicyOptions {
         },
         no_cache_request_expire: o.no_cache_request_expire.unwrap_or(true),
         ..PolicyOptions::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loads a configuration of one vhost whose `<Origin>` holds `origin`.
+    fn with_origin(origin: &str) -> Config {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vhosts =
+            format!("<Vhosts><Vhost Name=\"a.example\"><Origin>{origin}</Origin></Vhost></Vhosts>");
+        std::fs::write(dir.path().join("vhosts.xml"), vhosts).expect("write vhosts.xml");
+        match crate::config::load(dir.path()) {
+            Ok((cfg, _)) => cfg,
+            Err(e) => panic!("expected the configuration to load, got:\n{e}"),
+        }
+    }
+
+    #[test]
+    fn system_roots_are_read_only_for_https_origins() {
+        assert!(!any_https_origin(&with_origin(
+            "<Address>127.0.0.1:8000</Address>"
+        )));
+        assert!(!any_https_origin(&with_origin(
+            "<Address>file://site</Address>"
+        )));
+        assert!(any_https_origin(&with_origin(
+            "<Address>https://origin.example</Address>"
+        )));
+        assert!(any_https_origin(&with_origin(
+            "<Address>127.0.0.1:8000</Address><Address2>https://standby.example</Address2>"
+        )));
     }
 }

@@ -158,17 +158,30 @@ impl Disk {
         self.run_id
     }
 
-    /// Creates the directory and its 256 fan-out subdirectories.
+    /// Creates the directory and those of its 256 fan-out subdirectories that are missing.
+    /// One listing finds the present ones, so a restart makes no `mkdir` (and no `stat`) at
+    /// all before it listens: 512 system calls fewer.
     pub fn prepare(&self) -> io::Result<()> {
+        fs::create_dir_all(&self.root)?;
+        let mut present = [false; 256];
+        for entry in fs::read_dir(&self.root)? {
+            let entry = entry?;
+            let Some(sub) = entry.file_name().to_str().and_then(fan_out_index) else {
+                continue;
+            };
+            present[sub] = entry.file_type()?.is_dir();
+        }
         for sub in 0..=255u8 {
-            fs::create_dir_all(self.subdir(sub))?;
+            if !present[usize::from(sub)] {
+                fs::create_dir_all(self.subdir(sub))?;
+            }
         }
         let backed = File::open(&self.root).is_ok_and(|d| zerocopy::memory_backed(&d));
         self.memory_backed.store(backed, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Path of fan-out directory `sub`.
+    /// Path of fan-out directory `sub` (named as [`fan_out_index`] reads it).
     pub fn subdir(&self, sub: u8) -> PathBuf {
         self.root.join(format!("{sub:02x}"))
     }
@@ -434,6 +447,12 @@ pub(crate) fn remove_quietly(path: &Path) {
     }
 }
 
+/// The index of a fan-out directory from its name: two lower-case hex digits.
+fn fan_out_index(name: &str) -> Option<usize> {
+    let hex = name.len() == 2 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    hex.then(|| usize::from_str_radix(name, 16).ok()).flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::meta::NewObject;
@@ -453,6 +472,26 @@ mod tests {
         }
         // Beyond 16 TiB the index's 32 bits of blocks saturate rather than wrap.
         assert_eq!(blocks(u64::MAX), u32::MAX);
+    }
+
+    #[test]
+    fn prepare_makes_only_the_missing_fan_out_directories() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = disk(dir.path());
+        let h = KeyHash::of("k");
+        d.write_chunk(&h, 1, 0, b"kept", crc32fast::hash(b"kept"))
+            .expect("write");
+        std::fs::remove_dir(d.subdir(0x7f)).expect("remove one");
+        std::fs::write(dir.path().join("AB"), b"").expect("an unrelated file");
+        d.prepare().expect("prepare again");
+        for sub in 0..=255u8 {
+            assert!(d.subdir(sub).is_dir(), "{sub:02x}");
+        }
+        assert!(d.chunk_path(&h, 1, 0).is_file(), "existing files stay");
+        assert_eq!(fan_out_index("7f"), Some(0x7f));
+        assert_eq!(fan_out_index("7F"), None);
+        assert_eq!(fan_out_index("7"), None);
+        assert_eq!(fan_out_index("+1"), None);
     }
 
     #[test]
