@@ -119,16 +119,7 @@ impl ObjectWriter {
                 }
             }
         }
-        let crc = crc32fast::hash(&data);
-        self.max_index = self.max_index.max(index + 1);
-
-        if let Some(d) = m.disk
-            && let Err(e) = self.store_on_disk(d, &m, index, &data, crc).await
-        {
-            self.leave_disk(&mut m, len, e)?;
-        }
-        self.hold_in_memory(&m, index, data)?;
-
+        let crc = self.place(&mut m, index, data).await?;
         m.chunks[index as usize] = ChunkSlot::Present { crc };
         self.meta = Arc::new(m);
         Ok(Arc::clone(&self.meta))
@@ -159,14 +150,7 @@ impl ObjectWriter {
             return self.write_chunk(index, data).await;
         }
         let mut m = (**m0).clone();
-        let crc = crc32fast::hash(&data);
-        self.max_index = self.max_index.max(index + 1);
-        if let Some(d) = m.disk
-            && let Err(e) = self.store_on_disk(d, &m, index, &data, crc).await
-        {
-            self.leave_disk(&mut m, len, e)?;
-        }
-        self.hold_in_memory(&m, index, data)?;
+        let crc = self.place(&mut m, index, data).await?;
         m.chunks[index as usize] = ChunkSlot::Part {
             start: offset,
             len: len as u32,
@@ -174,6 +158,26 @@ impl ObjectWriter {
         };
         self.meta = Arc::new(m);
         Ok(Arc::clone(&self.meta))
+    }
+
+    /// Puts `data` (chunk `index` or a part of it) in the object's tiers: on its disk, which
+    /// the object leaves for memory alone when the write is refused, and in memory where that
+    /// tier takes it. Returns the bytes' CRC for the chunk's slot.
+    async fn place(
+        &mut self,
+        m: &mut ObjectMeta,
+        index: u32,
+        data: Bytes,
+    ) -> Result<u32, StoreError> {
+        let crc = crc32fast::hash(&data);
+        self.max_index = self.max_index.max(index + 1);
+        if let Some(d) = m.disk
+            && let Err(e) = self.store_on_disk(d, m, index, &data, crc).await
+        {
+            self.leave_disk(m, data.len() as u64, e)?;
+        }
+        self.hold_in_memory(m, index, data)?;
+        Ok(crc)
     }
 
     /// Reserves quota and writes the chunk file (or defers chunk 0).
