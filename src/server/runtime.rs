@@ -101,23 +101,17 @@ pub fn policy_options(v: &Vhost) -> PolicyOptions {
         .as_ref()
         .map(chain::trigger_classes)
         .unwrap_or((false, false));
-    let res4xx = t.res4xx.or(c4.then_some(chain::TRIGGER_TTL));
-    let res5xx = t.res5xx.or(c5.then_some(chain::TRIGGER_TTL));
-    let any_ttl = t.res2xx.is_some()
-        || t.res3xx.is_some()
-        || res4xx.is_some()
-        || res5xx.is_some()
-        || t.no_cache.is_some()
-        || t.no_store.is_some();
+    let ttl = StonTtl {
+        res2xx: t.res2xx,
+        res3xx: t.res3xx,
+        res4xx: t.res4xx.or(c4.then_some(chain::TRIGGER_TTL)),
+        res5xx: t.res5xx.or(c5.then_some(chain::TRIGGER_TTL)),
+        no_cache: t.no_cache,
+        no_store: t.no_store,
+    };
     PolicyOptions {
-        ttl: any_ttl.then_some(StonTtl {
-            res2xx: t.res2xx,
-            res3xx: t.res3xx,
-            res4xx,
-            res5xx,
-            no_cache: t.no_cache,
-            no_store: t.no_store,
-        }),
+        // No lifetime written: the policy follows the RFC alone.
+        ttl: (ttl != StonTtl::default()).then_some(ttl),
         ttl_extension_by_fail: o.ttl_extension_by_fail,
         ttl_extension_by_5xx: o.ttl_extension_by_5xx,
         vary_mode: match &o.vary_header {
