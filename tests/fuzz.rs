@@ -7,6 +7,8 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
+
 use common::*;
 use http::{HeaderMap, HeaderValue, Method};
 use strata::cache::{key, policy, range};
@@ -294,5 +296,253 @@ async fn random_bytes_on_the_wire_never_stop_the_server() {
     }
     let g = get(addr, "a.com", "/p", &[]).await;
     assert_eq!(g.status, 200);
+    s.shutdown.cancel();
+}
+
+/// The raw bytes the hostile origin answers `path` with: `/c/N` hand-written case N, `/m/N`
+/// a mutation of a well-formed answer, anything else that well-formed answer. Every body
+/// names its path, so bytes of one answer inside another show.
+fn hostile_answer(path: &str) -> Vec<u8> {
+    let body = format!("BODY<{path}>0123456789");
+    let good = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nCache-Control: max-age=600\r\nETag: \"e\"\r\n\r\n{body}",
+        body.len()
+    );
+    if let Some(n) = path.strip_prefix("/m/") {
+        let seed = n.parse::<u64>().unwrap_or(0);
+        let frags = [
+            "\r\n",
+            "\n",
+            ": ",
+            "Content-Length: 5\r\n",
+            "Content-Length: 99999\r\n",
+            "Transfer-Encoding: chunked\r\n",
+            "Content-Encoding: gzip\r\n",
+            "Vary: *\r\n",
+            "Cache-Control: no-store\r\n",
+            "HTTP/1.1 ",
+            "\0",
+            "\r\n\r\n",
+            "0\r\n\r\n",
+            "ffffffffffffffff\r\n",
+        ];
+        return mutate(&mut Rng(seed * 7919 + 1), &good, &frags).into_bytes();
+    }
+    let head = "HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\n";
+    let case = match path.strip_prefix("/c/") {
+        Some(n) => n.parse::<usize>().unwrap_or(usize::MAX),
+        None => return good.into_bytes(),
+    };
+    match case {
+        // Not HTTP at all.
+        0 => b"SSH-2.0-OpenSSH_9.6\r\n\r\n".to_vec(),
+        // Nothing: the connection closes at once.
+        1 => Vec::new(),
+        // Two different lengths.
+        2 => format!("{head}Content-Length: 20\r\nContent-Length: 21\r\n\r\n{body}").into_bytes(),
+        // A negative length.
+        3 => format!("{head}Content-Length: -5\r\n\r\n{body}").into_bytes(),
+        // A status code of four digits.
+        4 => b"HTTP/1.1 2000 OK\r\nContent-Length: 3\r\n\r\nabc".to_vec(),
+        // A header field of 200 KB.
+        5 => format!("{head}X-Big: {}\r\nContent-Length: 3\r\n\r\nabc", "a".repeat(200_000))
+            .into_bytes(),
+        // The body stops half-way (the connection closes).
+        6 => format!("{head}Content-Length: {}\r\n\r\n{}", body.len() * 2, body).into_bytes(),
+        // A chunk size that is not hexadecimal, after one good chunk.
+        7 => format!("{head}Transfer-Encoding: chunked\r\n\r\n5\r\nBODY<\r\nZZ\r\nxyz\r\n").into_bytes(),
+        // Chunks that stop before the last one.
+        8 => format!("{head}Transfer-Encoding: chunked\r\n\r\n5\r\nBODY<\r\n").into_bytes(),
+        // A chunk longer than its size line says.
+        9 => format!("{head}Transfer-Encoding: chunked\r\n\r\n3\r\nBODY<c/9>\r\n0\r\n\r\n").into_bytes(),
+        // Transfer-Encoding beside Content-Length (the smuggling pair).
+        10 => format!(
+            "{head}Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        )
+        .into_bytes(),
+        // A header line with no colon.
+        11 => format!("{head}Broken header line\r\nContent-Length: 3\r\n\r\nabc").into_bytes(),
+        // A status line with no reason and junk after the version.
+        12 => b"HTTP/9.9x 200\r\n\r\n".to_vec(),
+        // No length at all: the body ends where the origin closes (RFC 9112 §6.3, last rule).
+        14 => format!("{head}\r\n{body}").into_bytes(),
+        // A well-formed chunked body.
+        15 => format!(
+            "{head}Transfer-Encoding: chunked\r\n\r\n6\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+            &body[..6],
+            body.len() - 6,
+            &body[6..]
+        )
+        .into_bytes(),
+        // More body than Content-Length: the extra must not become the next answer.
+        _ => format!(
+            "{head}Content-Length: {}\r\n\r\n{body}HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!",
+            body.len()
+        )
+        .into_bytes(),
+    }
+}
+
+/// An origin that answers each request with [`hostile_answer`] and closes the connection
+/// (except after the over-long case 13, whose connection stays open for the next request).
+/// Counts requests per path.
+async fn hostile_origin() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let counts = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let c2 = counts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let counts = c2.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
+                        match tokio::time::timeout(Duration::from_secs(10), sock.read(&mut byte))
+                            .await
+                        {
+                            Ok(Ok(1)) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).into_owned();
+                    let path = text.split(' ').nth(1).unwrap_or("/").to_string();
+                    *counts.lock().unwrap().entry(path.clone()).or_insert(0) += 1;
+                    if sock.write_all(&hostile_answer(&path)).await.is_err() {
+                        return;
+                    }
+                    if path != "/c/13" {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, counts)
+}
+
+#[tokio::test]
+async fn hostile_origin_answers_are_never_stored_or_served_as_complete() {
+    let (oaddr, counts) = hostile_origin().await;
+    let conf = ConfDir::new(
+        &server_xml("", ""),
+        &format!(
+            r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen><Origin><Address>{oaddr}</Address></Origin>
+            <OriginOptions><ReceiveTimeout>2</ReceiveTimeout><ConnectTimeout>2</ConnectTimeout><Exclusion>0</Exclusion></OriginOptions>
+            </Vhost><Default>a.com</Default></Vhosts>"#
+        ),
+    );
+    let s = start(&conf).await;
+    let addr = s.http[0];
+    let count = |p: &str| counts.lock().unwrap().get(p).copied().unwrap_or(0);
+    let fetch =
+        |p: String| async move { request("GET", addr, "a.com", &p, &[], Bytes::new()).await };
+
+    // Hand-written cases whose answer cannot be complete: a 5xx or a body cut short, and
+    // nothing stored.
+    for case in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12] {
+        let p = format!("/c/{case}");
+        // An Err is a body cut short, which the client can tell.
+        if let Ok(g) = fetch(p.clone()).await {
+            assert!(
+                g.status.is_server_error(),
+                "case {case}: {} {:?} served as complete",
+                g.status,
+                g.body
+            );
+        }
+        let before = count(&p);
+        let _ = fetch(p.clone()).await;
+        assert!(
+            count(&p) > before,
+            "case {case}: a broken answer was stored"
+        );
+    }
+    // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3): the whole body or an error.
+    if let Ok(g) = fetch("/c/10".into()).await
+        && g.status == 200
+    {
+        assert_eq!(g.body, Bytes::from("BODY</c/10>0123456789"));
+    }
+    // A chunked body, and one delimited by the origin closing, are complete and stored.
+    for case in [15, 14] {
+        let p = format!("/c/{case}");
+        for _ in 0..2 {
+            let g = fetch(p.clone()).await.expect("complete");
+            let want = format!("BODY<{p}>0123456789");
+            assert_eq!(
+                (g.status.as_u16(), &g.body[..]),
+                (200, want.as_bytes()),
+                "{p}"
+            );
+        }
+        assert_eq!(count(&p), 1, "{p} was not stored");
+    }
+    // Bytes past Content-Length are dropped, never read as the next answer.
+    let g = fetch("/c/13".into()).await.expect("complete");
+    assert_eq!(
+        (g.status.as_u16(), &g.body[..]),
+        (200, &b"BODY</c/13>0123456789"[..])
+    );
+    for i in 0..5 {
+        let p = format!("/after13/{i}");
+        let g = fetch(p.clone()).await.expect("complete");
+        assert_eq!(g.body, Bytes::from(format!("BODY<{p}>0123456789")), "{p}");
+    }
+
+    // Mutated answers: whatever is served complete is this path's own bytes, and an answer
+    // served again from the store was complete and the same the first time.
+    let mut stored = 0;
+    for i in 0..200u64 {
+        let p = format!("/m/{i}");
+        let raw = hostile_answer(&p);
+        let first = fetch(p.clone()).await;
+        if let Ok(g) = &first {
+            for j in (0..200).filter(|j| *j != i) {
+                let other = format!("BODY</m/{j}>");
+                assert!(
+                    !g.body.windows(other.len()).any(|w| w == other.as_bytes()),
+                    "{p}: bytes of /m/{j} inside"
+                );
+            }
+            let chunked = String::from_utf8_lossy(&raw)
+                .to_ascii_lowercase()
+                .contains("chunked");
+            if g.status == 200 && !chunked && !g.body.is_empty() {
+                assert!(
+                    raw.windows(g.body.len()).any(|w| w == &g.body[..]),
+                    "{p}: body {:?} is not what the origin sent",
+                    g.body
+                );
+            }
+        }
+        let before = count(&p);
+        let second = fetch(p.clone()).await;
+        if count(&p) == before {
+            // Served from the store.
+            stored += 1;
+            let (Ok(a), Ok(b)) = (&first, &second) else {
+                panic!("{p}: stored after an incomplete answer ({first:?} / {second:?})");
+            };
+            assert_eq!((a.status, &a.body), (b.status, &b.body), "{p}");
+        }
+        if i % 25 == 0 {
+            let ok = format!("/ok/{i}");
+            let g = fetch(ok.clone()).await.expect("server keeps serving");
+            assert_eq!(g.body, Bytes::from(format!("BODY<{ok}>0123456789")));
+        }
+    }
+    // The well-formed and mildly mutated answers (most of them) are cached as usual.
+    assert!(
+        stored >= 10,
+        "only {stored} of 200 stored: the check above saw too little"
+    );
     s.shutdown.cancel();
 }

@@ -511,6 +511,10 @@ pub enum Source {
     Filling(Arc<Fill>),
 }
 
+/// `end` for [`stream_range`] while the body's length is unknown (an origin answer that is
+/// chunked or ends where its connection closes): the whole body, however long it turns out.
+pub const TO_THE_END: u64 = u64::MAX - 1;
+
 /// Streams bytes `[start, end]` (inclusive) of `source` as a body. Chunks come from the
 /// store, the part not yet written from the fill's tail; the channel is bounded, so a slow
 /// client holds at most a couple of chunks. Any failure ends the body with an error.
@@ -611,7 +615,7 @@ async fn pump(
                     }
                 }
                 if pos > end || (done && pos >= available) {
-                    if pos <= end {
+                    if pos <= end && end != TO_THE_END {
                         return Err("object shorter than the requested range".into());
                     }
                     return Ok(());

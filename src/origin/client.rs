@@ -83,6 +83,13 @@ pub fn tls_config(
         .with_no_client_auth())
 }
 
+/// Largest HTTP/1 response head taken from an origin; a larger one is a failed fetch (502),
+/// never stored. Heads are kept with every cached object, so an origin must not be able to
+/// make each one weigh hundreds of kilobytes. (Varnish refuses past 32 KB, nginx past its
+/// 4–8 KB buffer; HTTP/2 origins have h2's own 16 KB header-list limit.) It also bounds the
+/// read buffer of an origin connection, so body reads come in pieces of at most this size.
+pub const MAX_ORIGIN_HEAD: usize = 64 * 1024;
+
 /// Builds a pooled client with the given connect timeout.
 pub fn build(
     tls: rustls::ClientConfig,
@@ -101,6 +108,7 @@ pub fn build(
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(256)
+        .http1_max_buf_size(MAX_ORIGIN_HEAD)
         .build(https)
 }
 

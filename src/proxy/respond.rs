@@ -399,7 +399,7 @@ fn build(
             } else if let Some((b, file)) = inline {
                 zerocopy::body(b, file)
             } else {
-                let end = total.map(|l| l.saturating_sub(1)).unwrap_or(u64::MAX - 1);
+                let end = total.map_or(fill::TO_THE_END, |l| l.saturating_sub(1));
                 fill::stream_range(store.clone(), src, 0, end)
             };
             (status, body)
