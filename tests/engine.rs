@@ -358,7 +358,19 @@ async fn get_digest(
 /// the 200 clients has received those bytes before it sends the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collapses_200_misses_into_one_origin_request_streaming_as_it_arrives() {
-    const CLIENTS: usize = 200;
+    collapse(200, true).await;
+}
+
+/// The same with a body of unknown length (the origin answers chunked, as dynamic origins
+/// do): every waiting client still gets the whole body and a complete message, the fill
+/// learns the length at the end, and the stored object is then a hit with its length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collapses_chunked_misses_and_every_client_gets_the_whole_body() {
+    collapse(40, false).await;
+}
+
+/// `clients` concurrent misses on one object, its origin sending `Content-Length` or not.
+async fn collapse(clients: usize, with_length: bool) {
     const FIRST: usize = 16 * 1024;
     // Crosses the default 1 MiB chunk: readers move from the fill's tail to stored chunks.
     const TOTAL: usize = 1536 * 1024 + 77;
@@ -377,37 +389,38 @@ async fn collapses_200_misses_into_one_origin_request_streaming_as_it_arrives() 
         let (body, have_first, notify, timed_out) =
             (b2.clone(), h2.clone(), n2.clone(), t2.clone());
         Box::pin(async move {
-            streamed(
-                &[
-                    ("content-length", TOTAL.to_string()),
-                    ("cache-control", "max-age=600".to_string()),
-                ],
-                move |tx| async move {
-                    if tx.send(Ok(body.slice(..FIRST))).await.is_err() {
+            let length = ("content-length", TOTAL.to_string());
+            let cc = ("cache-control", "max-age=600".to_string());
+            let headers = if with_length {
+                vec![length, cc]
+            } else {
+                vec![cc]
+            };
+            streamed(&headers, move |tx| async move {
+                if tx.send(Ok(body.slice(..FIRST))).await.is_err() {
+                    return;
+                }
+                // Event-driven stall: every client bumps the counter and notifies.
+                let wait = async {
+                    while have_first.load(Ordering::SeqCst) < clients {
+                        notify.notified().await;
+                    }
+                };
+                if tokio::time::timeout(Duration::from_secs(60), wait)
+                    .await
+                    .is_err()
+                {
+                    timed_out.store(true, Ordering::SeqCst);
+                }
+                let mut at = FIRST;
+                while at < TOTAL {
+                    let next = (at + 64 * 1024).min(TOTAL);
+                    if tx.send(Ok(body.slice(at..next))).await.is_err() {
                         return;
                     }
-                    // Event-driven stall: every client bumps the counter and notifies.
-                    let wait = async {
-                        while have_first.load(Ordering::SeqCst) < CLIENTS {
-                            notify.notified().await;
-                        }
-                    };
-                    if tokio::time::timeout(Duration::from_secs(60), wait)
-                        .await
-                        .is_err()
-                    {
-                        timed_out.store(true, Ordering::SeqCst);
-                    }
-                    let mut at = FIRST;
-                    while at < TOTAL {
-                        let next = (at + 64 * 1024).min(TOTAL);
-                        if tx.send(Ok(body.slice(at..next))).await.is_err() {
-                            return;
-                        }
-                        at = next;
-                    }
-                },
-            )
+                    at = next;
+                }
+            })
         })
     }))
     .await;
@@ -420,7 +433,7 @@ async fn collapses_200_misses_into_one_origin_request_streaming_as_it_arrives() 
 
     let c = client();
     let mut tasks = Vec::new();
-    for _ in 0..CLIENTS {
+    for _ in 0..clients {
         let (c, have_first, notify) = (c.clone(), have_first.clone(), all_have_first.clone());
         tasks.push(tokio::spawn(async move {
             let r = open(&c, addr, "a.com", "/collapse", &[]).await?;
@@ -448,22 +461,23 @@ async fn collapses_200_misses_into_one_origin_request_streaming_as_it_arrives() 
         );
         ok += 1;
     }
-    assert_eq!(ok, CLIENTS);
+    assert_eq!(ok, clients);
     assert!(
         !timed_out.load(Ordering::SeqCst),
-        "the origin was never told that all {CLIENTS} clients had the first piece: waiting \
+        "the origin was never told that all {clients} clients had the first piece: waiting \
          clients were not streamed the body as it arrived"
     );
-    assert_eq!(have_first.load(Ordering::SeqCst), CLIENTS);
+    assert_eq!(have_first.load(Ordering::SeqCst), clients);
     assert_eq!(
         origin.count(),
         1,
-        "200 concurrent misses make one origin request"
+        "{clients} concurrent misses make one origin request"
     );
     assert!(s.proxy.fills.is_empty(), "no fill left in flight");
-    // And the object is now a hit.
+    // And the object is now a hit, with its length.
     let g = get(addr, "a.com", "/collapse", &[]).await;
     assert!(g.body == body);
+    assert_eq!(g.header("content-length"), TOTAL.to_string());
     assert_eq!(origin.count(), 1);
     s.shutdown.cancel();
 }
