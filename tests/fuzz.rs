@@ -367,8 +367,18 @@ fn hostile_answer(path: &str) -> Vec<u8> {
         12 => b"HTTP/9.9x 200\r\n\r\n".to_vec(),
         // No length at all: the body ends where the origin closes (RFC 9112 §6.3, last rule).
         14 => format!("{head}\r\n{body}").into_bytes(),
-        // A well-formed chunked body.
-        15 => format!(
+        // Chunked with a trailer field.
+        16 => format!(
+            "{head}Transfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n{:x}\r\n{body}\r\n0\r\nX-T: 1\r\n\r\n",
+            body.len()
+        )
+        .into_bytes(),
+        // An HTTP/1.0 answer with no length, ended by the close.
+        18 => format!("HTTP/1.0 200 OK\r\nCache-Control: max-age=600\r\n\r\n{body}").into_bytes(),
+        // An empty chunked body.
+        17 => format!("{head}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n").into_bytes(),
+        // A well-formed chunked body (also case 19, asked first with HEAD).
+        15 | 19 => format!(
             "{head}Transfer-Encoding: chunked\r\n\r\n6\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
             &body[..6],
             body.len() - 6,
@@ -472,7 +482,7 @@ async fn hostile_origin_answers_are_never_stored_or_served_as_complete() {
         assert_eq!(g.body, Bytes::from("BODY</c/10>0123456789"));
     }
     // A chunked body, and one delimited by the origin closing, are complete and stored.
-    for case in [15, 14] {
+    for case in [15, 14, 16, 18] {
         let p = format!("/c/{case}");
         for _ in 0..2 {
             let g = fetch(p.clone()).await.expect("complete");
@@ -485,6 +495,27 @@ async fn hostile_origin_answers_are_never_stored_or_served_as_complete() {
         }
         assert_eq!(count(&p), 1, "{p} was not stored");
     }
+    // An empty chunked body; a range of a stored chunked one.
+    let g = fetch("/c/17".into()).await.expect("complete");
+    assert_eq!((g.status.as_u16(), g.body.len()), (200, 0));
+    let r = request(
+        "GET",
+        addr,
+        "a.com",
+        "/c/15",
+        &[("range", "bytes=2-5")],
+        Bytes::new(),
+    )
+    .await
+    .expect("complete");
+    assert_eq!((r.status.as_u16(), &r.body[..]), (206, &b"DY</"[..]));
+    // A HEAD first: the GET after it still gets the whole chunked body.
+    let h = request("HEAD", addr, "a.com", "/c/19", &[], Bytes::new())
+        .await
+        .expect("complete");
+    assert_eq!(h.status, 200);
+    let g = fetch("/c/19".into()).await.expect("complete");
+    assert_eq!(&g.body[..], b"BODY</c/19>0123456789");
     // Bytes past Content-Length are dropped, never read as the next answer.
     let g = fetch("/c/13".into()).await.expect("complete");
     assert_eq!(
