@@ -358,7 +358,7 @@ async fn get_digest(
 /// the 200 clients has received those bytes before it sends the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collapses_200_misses_into_one_origin_request_streaming_as_it_arrives() {
-    collapse(200, true).await;
+    collapse(200, true, "<MemorySize>64</MemorySize>").await;
 }
 
 /// The same with a body of unknown length (the origin answers chunked, as dynamic origins
@@ -366,11 +366,18 @@ async fn collapses_200_misses_into_one_origin_request_streaming_as_it_arrives() 
 /// learns the length at the end, and the stored object is then a hit with its length.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collapses_chunked_misses_and_every_client_gets_the_whole_body() {
-    collapse(40, false).await;
+    // Small chunks on a disk tier: late readers move from the fill's tail to chunk files.
+    collapse(
+        40,
+        false,
+        r#"<Storage><Disk Quota="1GB">{DIR}/cache</Disk></Storage><MemorySize>64</MemorySize><ChunkSize>64</ChunkSize>"#,
+    )
+    .await;
 }
 
-/// `clients` concurrent misses on one object, its origin sending `Content-Length` or not.
-async fn collapse(clients: usize, with_length: bool) {
+/// `clients` concurrent misses on one object, its origin sending `Content-Length` or not,
+/// on a store configured by `cache`.
+async fn collapse(clients: usize, with_length: bool, cache: &str) {
     const FIRST: usize = 16 * 1024;
     // Crosses the default 1 MiB chunk: readers move from the fill's tail to stored chunks.
     const TOTAL: usize = 1536 * 1024 + 77;
@@ -424,10 +431,7 @@ async fn collapse(clients: usize, with_length: bool) {
         })
     }))
     .await;
-    let conf = ConfDir::new(
-        &server_conf("<MemorySize>64</MemorySize>"),
-        &vhost_conf("a.com", origin.addr),
-    );
+    let conf = ConfDir::new(&server_conf(cache), &vhost_conf("a.com", origin.addr));
     let s = start(&conf).await;
     let addr = s.http[0];
 
