@@ -522,6 +522,77 @@ async fn bad_requests_get_clear_errors_and_others_keep_being_served() {
     s.shutdown.cancel();
 }
 
+/// A client's GET may carry a body (and its `Content-Length`); the body is never forwarded on
+/// a miss, so neither may its framing be: an origin that honours the field waits for bytes
+/// that never come, or reads the next request on the pooled connection as them.
+#[tokio::test]
+async fn a_get_with_a_body_is_forwarded_without_its_framing() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let oaddr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::<String>::new()));
+    let h2 = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let heads = h2.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match tokio::time::timeout(Duration::from_secs(10), sock.read(&mut byte))
+                            .await
+                        {
+                            Ok(Ok(1)) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    heads
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&head).to_ascii_lowercase());
+                    let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: max-age=60\r\n\r\nok";
+                    if sock.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let conf = ConfDir::new(
+        &server_xml("", ""),
+        &format!(
+            "<Vhosts>{}</Vhosts>",
+            vhost("a.com", "", &oaddr.to_string())
+        ),
+    );
+    let s = start(&conf).await;
+    let a = s.http[0];
+    let answer = raw(
+        a,
+        b"GET /with-body HTTP/1.1\r\nHost: a.com\r\nContent-Length: 16\r\nConnection: close\r\n\r\nGET /smuggled/x",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let answer = raw(
+        a,
+        b"GET /chunked-body HTTP/1.1\r\nHost: a.com\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The next request on the same pooled origin connection arrives whole.
+    assert_eq!(get(a, "a.com", "/after", &[]).await.body, Bytes::from("ok"));
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 3, "{heads:?}");
+    for h in &heads {
+        assert!(
+            !h.contains("content-length") && !h.contains("transfer-encoding"),
+            "a bodiless request went up with framing: {h:?}"
+        );
+    }
+    assert!(heads[2].starts_with("get /after "), "{heads:?}");
+    s.shutdown.cancel();
+}
+
 #[tokio::test]
 async fn a_broken_reload_keeps_the_running_configuration() {
     let (o, _) = echo_origin("o").await;

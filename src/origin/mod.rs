@@ -290,6 +290,13 @@ impl OriginPool {
         let mut builder = Request::builder().method(req.method.clone()).uri(uri);
         if let Some(h) = builder.headers_mut() {
             *h = req.headers.clone();
+            if body.is_none() {
+                // No body goes up (a GET's is never forwarded): a framing field the client
+                // sent would make the origin wait for bytes that never come, or read the
+                // next request on this pooled connection as them (RFC 9112 §6.3).
+                h.remove(header::CONTENT_LENGTH);
+                h.remove(header::TRANSFER_ENCODING);
+            }
             let host = host_header(
                 &self.opts,
                 addr,
