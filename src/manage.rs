@@ -287,7 +287,8 @@ impl Manager {
                 let method = path.trim_start_matches("/command/");
                 let started = Instant::now();
                 let rt = self.proxy.runtime.load_full();
-                let (count, size) = purge::apply(&rt, &self.proxy.store, &targets, kind).await;
+                let (count, size) =
+                    purge::apply(&rt, &self.proxy.store, &self.proxy.fills, &targets, kind).await;
                 json(
                     StatusCode::OK,
                     &purge::result_json(method, count, size, started.elapsed().as_millis()),

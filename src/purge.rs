@@ -4,6 +4,7 @@
 
 use std::time::SystemTime;
 
+use crate::cache::fill::{AfterFill, Fills};
 use crate::cache::key;
 use crate::cache::store::Store;
 use crate::proxy::{Runtime, ms};
@@ -23,7 +24,15 @@ pub enum PurgeKind {
 
 /// Applies `kind` to every target of a `|`-separated list (STON's purge target forms:
 /// `http://host/path`, `host/path`, `host/dir/`, `host/*.jpg`, `/path` reusing the last host).
-pub async fn apply(rt: &Runtime, store: &Store, targets: &str, kind: PurgeKind) -> (u64, u64) {
+/// Objects still filling are purged too: their fills are detached and what they commit is
+/// purged as it lands (see [`Fills::purge`]).
+pub async fn apply(
+    rt: &Runtime,
+    store: &Store,
+    fills: &Fills,
+    targets: &str,
+    kind: PurgeKind,
+) -> (u64, u64) {
     let mut last_host = String::new();
     let mut count = 0;
     let mut size = 0;
@@ -43,8 +52,15 @@ pub async fn apply(rt: &Runtime, store: &Store, targets: &str, kind: PurgeKind) 
             continue;
         };
         let vh = &rt.vhosts[vi];
+        let after = match kind {
+            PurgeKind::Purge => AfterFill::ExpireAt(PURGED),
+            PurgeKind::HardPurge => AfterFill::Remove,
+            PurgeKind::Expire => AfterFill::ExpireAt(ms(SystemTime::now())),
+            PurgeKind::ExpireAfter(sec) => AfterFill::ExpireAt(ms(SystemTime::now()) + sec * 1000),
+        };
         let matched: Vec<String> = if path.contains('*') {
             let pattern = format!("{}{}", vh.cfg.name, path);
+            count += fills.purge(|k| glob(&pattern, key::primary_of(k)), after);
             all_keys
                 .get_or_insert_with(|| store.keys().into_iter().map(|(k, _)| k).collect())
                 .iter()
@@ -54,6 +70,7 @@ pub async fn apply(rt: &Runtime, store: &Store, targets: &str, kind: PurgeKind) 
         } else {
             // The URL's object and its Vary variants (the store's group of the key).
             let primary = key::cache_key(&vh.cfg.name, &path, vh.key_rules);
+            count += fills.purge(|k| key::primary_of(k) == primary, after);
             let variants = store.group_keys(&primary);
             std::iter::once(primary).chain(variants).collect()
         };

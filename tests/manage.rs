@@ -277,3 +277,101 @@ async fn the_purge_method_on_a_service_port_is_guarded_by_the_allow_list() {
     assert_eq!(o.count(), 1, "nothing was purged");
     s.shutdown.cancel();
 }
+
+/// A purge that arrives while the object is still filling reaches what that fill commits:
+/// the client already reading gets its whole answer, and the next request is not served the
+/// bytes fetched before the purge. For each of purge, expire and hardpurge, and by URL and by
+/// pattern.
+#[tokio::test]
+async fn a_purge_during_a_fill_reaches_what_the_fill_commits() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::sync::{Notify, mpsc};
+
+    let gate = Arc::new(Notify::new());
+    let hold = Arc::new(AtomicBool::new(true));
+    let (g2, h2) = (gate.clone(), hold.clone());
+    let o = Origin::start(Arc::new(move |req, n| {
+        let (gate, hold) = (g2.clone(), h2.clone());
+        let body = format!("{} version {n} ", req.uri().path()).repeat(100);
+        Box::pin(async move {
+            let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, BoxError>>(2);
+            tokio::spawn(async move {
+                let (first, rest) = body.split_at(body.len() / 2);
+                let _ = tx.send(Ok(bytes::Bytes::from(first.to_string()))).await;
+                if hold.load(Ordering::SeqCst) {
+                    let _ =
+                        tokio::time::timeout(std::time::Duration::from_secs(10), gate.notified())
+                            .await;
+                }
+                let _ = tx.send(Ok(bytes::Bytes::from(rest.to_string()))).await;
+            });
+            http::Response::builder()
+                .status(200)
+                .header("cache-control", "max-age=600")
+                .body(strata::body::from_channel(rx))
+                .expect("response")
+        })
+    }))
+    .await;
+    let conf = ConfDir::new(
+        &server_xml("", ""),
+        &format!(
+            r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost></Vhosts>"#,
+            o.addr
+        ),
+    );
+    let s = start(&conf).await;
+    let (a, m) = (s.http[0], s.manager.unwrap());
+    for (i, command) in ["purge", "expire", "hardpurge", "purge"].iter().enumerate() {
+        let path = format!("/slow/{i}");
+        // By URL, and (the last round) by pattern.
+        let target = if i == 3 {
+            "a.com/slow/*".to_string()
+        } else {
+            format!("a.com{path}")
+        };
+        hold.store(true, Ordering::SeqCst);
+        let before = o.count();
+        let p2 = path.clone();
+        let reader = tokio::spawn(async move { get(a, "a.com", &p2, &[]).await });
+        let t0 = std::time::Instant::now();
+        while !s.proxy.fills.is_filling(&format!("a.com{path}")) {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(10), "no fill");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let r = get(
+            m,
+            "127.0.0.1",
+            &format!("/command/{command}?url={target}"),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        assert!(json_count(&r.body) >= 1, "{command}: {:?}", r.body);
+        hold.store(false, Ordering::SeqCst);
+        gate.notify_waiters();
+        let first = reader.await.expect("reader");
+        let whole = format!("{path} version {} ", before + 1).repeat(100);
+        assert!(
+            first.body == whole,
+            "{command}: the reader gets its whole answer"
+        );
+        if *command != "hardpurge" {
+            wait_stored(&s, &format!("a.com{path}")).await;
+        }
+        let again = get(a, "a.com", &path, &[]).await;
+        assert_eq!(
+            o.count(),
+            before + 2,
+            "{command}: the next request went to the origin"
+        );
+        assert!(
+            String::from_utf8_lossy(&again.body)
+                .starts_with(&format!("{path} version {} ", before + 2)),
+            "{command}: got {:?}",
+            String::from_utf8_lossy(&again.body[..40.min(again.body.len())])
+        );
+    }
+    s.shutdown.cancel();
+}

@@ -76,12 +76,34 @@ struct Tail {
     buf: BytesMut,
 }
 
+/// What a purge that arrived while an object was filling asks of it once it is committed
+/// (the readers already on the fill still get their whole answer; later misses fetch anew).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterFill {
+    /// Commit it with this expiry override (ms since the epoch; `purge::PURGED` for a purge).
+    ExpireAt(u64),
+    /// Remove it once committed (a hard purge).
+    Remove,
+}
+
+impl AfterFill {
+    /// The stricter of two requests: removal over expiry, the earlier expiry over the later.
+    fn merge(self, other: AfterFill) -> AfterFill {
+        match (self, other) {
+            (AfterFill::ExpireAt(a), AfterFill::ExpireAt(b)) => AfterFill::ExpireAt(a.min(b)),
+            _ => AfterFill::Remove,
+        }
+    }
+}
+
 /// One in-flight fill.
 pub struct Fill {
     /// The object's key.
     pub key: String,
     state: watch::Sender<FillState>,
     tail: Mutex<Tail>,
+    /// Set by a purge that detached this fill while it ran.
+    after: Mutex<Option<AfterFill>>,
 }
 
 impl Fill {
@@ -100,6 +122,11 @@ impl Fill {
             Ok(Err(_)) => Some(FillState::Aborted("fill abandoned".into())),
             Err(_) => None,
         }
+    }
+
+    /// What a purge asked of this fill's object, if one arrived while it filled.
+    pub fn after(&self) -> Option<AfterFill> {
+        self.after.lock().ok().and_then(|a| *a)
     }
 
     /// Copies `[start, end)` out of the tail if the tail holds chunk `index`.
@@ -155,6 +182,7 @@ impl Fills {
                 index: 0,
                 buf: BytesMut::new(),
             }),
+            after: Mutex::new(None),
         });
         map.insert(key.to_string(), fill.clone());
         Join::Leader(FillGuard {
@@ -181,9 +209,30 @@ impl Fills {
         self.len() == 0
     }
 
-    fn finish(&self, key: &str) {
-        if let Ok(mut m) = self.inflight.lock() {
-            m.remove(key);
+    /// A purge of the keys `matches` accepts: their in-flight fills are detached (misses from
+    /// now on start a fresh fill) and told to apply `after` to the object they commit, so
+    /// nothing fetched before the purge is served after it. Returns how many were detached.
+    pub fn purge(&self, matches: impl Fn(&str) -> bool, after: AfterFill) -> u64 {
+        let Ok(mut map) = self.inflight.lock() else {
+            return 0;
+        };
+        let keys: Vec<String> = map.keys().filter(|k| matches(k)).cloned().collect();
+        for k in &keys {
+            if let Some(f) = map.remove(k)
+                && let Ok(mut a) = f.after.lock()
+            {
+                *a = Some(a.map_or(after, |prev| prev.merge(after)));
+            }
+        }
+        keys.len() as u64
+    }
+
+    /// Removes `fill` from the table, unless a purge already replaced it there.
+    fn finish(&self, fill: &Arc<Fill>) {
+        if let Ok(mut m) = self.inflight.lock()
+            && m.get(&fill.key).is_some_and(|f| Arc::ptr_eq(f, fill))
+        {
+            m.remove(&fill.key);
         }
     }
 
@@ -230,7 +279,7 @@ impl FillGuard {
     /// The origin gave no answer: waiters see the error (they may serve stale or link on it).
     pub fn fail(mut self, err: OriginError) {
         if let Some(f) = self.fill.take() {
-            self.fills.finish(&f.key);
+            self.fills.finish(&f);
             f.state.send_replace(FillState::OriginFailed(err));
         }
     }
@@ -238,7 +287,7 @@ impl FillGuard {
     /// The stored object was revalidated in place (304): waiters read `meta` from the store.
     pub fn done(mut self, meta: Arc<ObjectMeta>) {
         if let Some(f) = self.fill.take() {
-            self.fills.finish(&f.key);
+            self.fills.finish(&f);
             f.state.send_replace(FillState::Done(meta));
         }
     }
@@ -248,7 +297,7 @@ impl FillGuard {
     /// still collapse, since other clients' answers may well be storable.
     pub fn release(mut self) {
         if let Some(f) = self.fill.take() {
-            self.fills.finish(&f.key);
+            self.fills.finish(&f);
             f.state.send_replace(FillState::Uncacheable);
         }
     }
@@ -257,7 +306,7 @@ impl FillGuard {
     pub fn uncacheable(mut self) {
         if let Some(f) = self.fill.take() {
             self.fills.mark_uncacheable(&f.key);
-            self.fills.finish(&f.key);
+            self.fills.finish(&f);
             f.state.send_replace(FillState::Uncacheable);
         }
     }
@@ -305,7 +354,8 @@ impl FillGuard {
             let result = run_fill(&task_fill, writer, body, expected, sinks).await;
             match result {
                 Ok(meta) => {
-                    fills.finish(&task_fill.key);
+                    fills.finish(&task_fill);
+                    apply_after(&store, &task_fill, &meta).await;
                     task_fill.state.send_replace(FillState::Done(meta));
                 }
                 Err(Failed { why, refused }) => {
@@ -314,7 +364,7 @@ impl FillGuard {
                         // front): the next misses pass through instead of failing again.
                         fills.mark_uncacheable(&task_fill.key);
                     }
-                    fills.finish(&task_fill.key);
+                    fills.finish(&task_fill);
                     tracing::warn!(key = %task_fill.key, %why, "fill aborted");
                     task_fill.state.send_replace(FillState::Aborted(why.into()));
                 }
@@ -327,8 +377,26 @@ impl FillGuard {
 impl Drop for FillGuard {
     fn drop(&mut self) {
         if let Some(f) = self.fill.take() {
-            self.fills.finish(&f.key);
+            self.fills.finish(&f);
             f.state.send_replace(FillState::Abandoned);
+        }
+    }
+}
+
+/// Applies what a purge asked of a fill's object after its commit: run_fill commits with
+/// the expiry already set when the purge came first, but a purge may land during the
+/// commit itself (removal always waits for it).
+async fn apply_after(store: &Store, fill: &Fill, meta: &ObjectMeta) {
+    match fill.after() {
+        None => {}
+        Some(AfterFill::ExpireAt(at)) if meta.expires_override_ms == Some(at) => {}
+        Some(AfterFill::ExpireAt(at)) => {
+            let _ = store
+                .update_meta(&meta.key, |m| m.expires_override_ms = Some(at))
+                .await;
+        }
+        Some(AfterFill::Remove) => {
+            let _ = store.remove(&meta.key).await;
         }
     }
 }
@@ -437,6 +505,9 @@ async fn run_fill(
     };
     if let Some((index, chunk)) = last {
         flush_chunk(fill, &mut writer, &mut sinks, index, chunk, written).await?;
+    }
+    if let Some(AfterFill::ExpireAt(at)) = fill.after() {
+        writer.set_expires_override(at);
     }
     let meta = match writer.commit(written).await {
         Ok(m) => m,
@@ -769,5 +840,55 @@ impl hyper::body::Body for StoredBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         hyper::body::SizeHint::with_exact(self.end.saturating_add(1).saturating_sub(self.pos))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leader(fills: &Arc<Fills>, key: &str) -> FillGuard {
+        match fills.join(key) {
+            Join::Leader(g) => g,
+            _ => panic!("expected to lead {key}"),
+        }
+    }
+
+    #[test]
+    fn a_purge_detaches_the_fill_and_the_old_fill_never_removes_the_new_one() {
+        let fills = Arc::new(Fills::default());
+        let old = leader(&fills, "a.com/x");
+        let old_fill = old.fill.clone().expect("fill");
+        let _other = leader(&fills, "a.com/y");
+        let n = fills.purge(|k| k == "a.com/x", AfterFill::ExpireAt(5));
+        assert_eq!(n, 1);
+        assert!(
+            !fills.is_filling("a.com/x"),
+            "detached: the next miss leads anew"
+        );
+        assert!(fills.is_filling("a.com/y"), "other keys untouched");
+        // A later purge reaches the fill that replaced it, not the detached one.
+        let new = leader(&fills, "a.com/x");
+        assert_eq!(fills.purge(|k| k == "a.com/x", AfterFill::Remove), 1);
+        assert_eq!(
+            new.fill.as_ref().and_then(|f| f.after()),
+            Some(AfterFill::Remove)
+        );
+        assert_eq!(old_fill.after(), Some(AfterFill::ExpireAt(5)));
+        // The old leader resolving does not take the newest fill off the table.
+        let newest = leader(&fills, "a.com/x");
+        old.release();
+        new.release();
+        assert!(fills.is_filling("a.com/x"));
+        newest.release();
+        assert!(!fills.is_filling("a.com/x"));
+    }
+
+    #[test]
+    fn after_fill_merges_to_the_stricter() {
+        use AfterFill::*;
+        assert_eq!(ExpireAt(9).merge(ExpireAt(3)), ExpireAt(3));
+        assert_eq!(ExpireAt(3).merge(Remove), Remove);
+        assert_eq!(Remove.merge(ExpireAt(1)), Remove);
     }
 }

@@ -173,7 +173,7 @@ impl Proxy {
             }
             let t0 = Instant::now();
             let target = format!("{}{}", vh.cfg.name, path_and_query);
-            let (count, size) = purge::apply(&rt, &self.store, &target, kind).await;
+            let (count, size) = purge::apply(&rt, &self.store, &self.fills, &target, kind).await;
             let body = purge::result_json(
                 &parts.method.as_str().to_ascii_lowercase(),
                 count,

@@ -338,6 +338,12 @@ impl ObjectWriter {
         Ok(())
     }
 
+    /// Sets the expiry override the object is committed with (a purge that arrived while
+    /// it filled).
+    pub fn set_expires_override(&mut self, at_ms: u64) {
+        Arc::make_mut(&mut self.meta).expires_override_ms = Some(at_ms);
+    }
+
     /// Makes the object visible as complete with a body of `total_len` bytes, replacing any
     /// previous version. Fails, leaving nothing visible, unless every chunk `0..n` is present
     /// and the lengths add up. Runs to completion even if the returned future is dropped.
