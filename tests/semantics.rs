@@ -1754,6 +1754,50 @@ async fn rfc9111_4_3_revalidation_and_304_updates() {
         );
     }));
 
+    // A 304 naming another representation (a different strong ETag) may not update the stored
+    // one (§4.3.4): the cache asks again unconditionally and serves the new answer.
+    let s = lab.scenario("rv-other-etag", |seen, n| match n {
+        1 => answer(
+            200,
+            &[("cache-control", "max-age=1"), ("etag", "\"a\"")],
+            seen,
+            n,
+        ),
+        2 => answer(
+            304,
+            &[("cache-control", "max-age=100"), ("etag", "\"b\"")],
+            seen,
+            n,
+        ),
+        _ => answer(
+            200,
+            &[("cache-control", "max-age=100"), ("etag", "\"b\"")],
+            seen,
+            n,
+        ),
+    });
+    tasks.push(task(async move {
+        let first = s.get(&[]).await;
+        sleep_ms(1_500).await;
+        let second = s.get(&[]).await;
+        assert_eq!(s.hits(), 3, "revalidated, then fetched again");
+        assert_eq!(s.seen(2).header("if-none-match"), "\"a\"");
+        assert_eq!(
+            s.seen(3).header("if-none-match"),
+            "",
+            "the refetch is unconditional"
+        );
+        assert_eq!(second.header("etag"), "\"b\"");
+        assert!(
+            second.body != first.body,
+            "the new representation is served"
+        );
+        assert_eq!(second.body, Bytes::from("rv-other-etag 3"));
+        let third = s.get(&[]).await;
+        assert_cached(&s, &third, 3, 3, "the new answer is stored");
+        assert_eq!(third.body, second.body);
+    }));
+
     // Vary: the conditional request carries the request fields the variant was chosen by.
     let s = lab.scenario("rv-vary", |seen, n| {
         if seen.header("if-none-match") == "\"abcdef\"" {

@@ -129,6 +129,17 @@ impl Proxy {
                 // Revalidation answered: 304 freshens the stored copy; STON's
                 // TTLExtensionBy5xx treats a 5xx the same way.
                 if let Some(old) = &stale {
+                    if status == StatusCode::NOT_MODIFIED
+                        && !policy::not_modified_applies(
+                            &respond::facts(old).headers,
+                            resp.headers(),
+                        )
+                    {
+                        // The 304 names another representation (RFC 9111 §4.3.4): it may not
+                        // update this one. Ask again unconditionally; waiters fetch on their own.
+                        guard.release();
+                        return Box::pin(self.fill(ctx, primary, key, None)).await;
+                    }
                     let extend_5xx = status.is_server_error()
                         && policy::may_serve_stale_on_5xx(
                             &respond::facts(old),
