@@ -86,9 +86,21 @@ pub fn tls_config(
 /// Largest HTTP/1 response head taken from an origin; a larger one is a failed fetch (502),
 /// never stored. Heads are kept with every cached object, so an origin must not be able to
 /// make each one weigh hundreds of kilobytes. (Varnish refuses past 32 KB, nginx past its
-/// 4–8 KB buffer; HTTP/2 origins have h2's own 16 KB header-list limit.) It also bounds the
-/// read buffer of an origin connection, so body reads come in pieces of at most this size.
+/// 4–8 KB buffer; HTTP/2 origins have h2's own 16 KB header-list limit.) Every head is
+/// measured once parsed ([`head_size`]), so the limit holds however its bytes arrive; the
+/// client's read buffer is bounded by it too, as a backstop (hyper then refuses a head that
+/// does not fit), so body reads come in pieces of at most this size.
 pub const MAX_ORIGIN_HEAD: usize = 64 * 1024;
+
+/// The size of a response head as it came on the wire: the status line (its reason phrase
+/// is not kept; a short one is assumed) and each field line with its `": "` and CRLF.
+pub fn head_size(headers: &http::HeaderMap) -> usize {
+    let fields: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    "HTTP/1.1 200 OK\r\n".len() + fields + 2
+}
 
 /// Builds a pooled client with the given connect timeout.
 pub fn build(
@@ -163,5 +175,23 @@ impl hyper::body::Body for TimeoutBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_size_counts_each_field_line_as_sent() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(head_size(&h), 17 + 2);
+        h.insert("x-a", http::HeaderValue::from_static("12345"));
+        h.append("x-a", http::HeaderValue::from_static("6"));
+        // "x-a: 12345\r\n" and "x-a: 6\r\n"
+        assert_eq!(head_size(&h), 17 + 12 + 8 + 2);
+        let big = http::HeaderValue::from_str(&"b".repeat(MAX_ORIGIN_HEAD)).unwrap();
+        h.insert("x-big", big);
+        assert!(head_size(&h) > MAX_ORIGIN_HEAD);
     }
 }

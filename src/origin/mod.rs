@@ -321,10 +321,27 @@ impl OriginPool {
             Err(_) => Err(OriginError::Timeout(addr.raw.clone())),
             Ok(Err(e)) if e.is_connect() => Err(OriginError::Connect(format!("{}: {e}", addr.raw))),
             Ok(Err(e)) => Err(OriginError::Protocol(addr.raw.clone(), error_chain(&e))),
-            Ok(Ok(resp)) => Ok(resp.map(|b| {
-                use http_body_util::BodyExt;
-                TimeoutBody::new(body::incoming(b), timeout).boxed_unsync()
-            })),
+            Ok(Ok(resp)) if client::head_size(resp.headers()) > client::MAX_ORIGIN_HEAD => {
+                Err(OriginError::Protocol(
+                    addr.raw.clone(),
+                    format!(
+                        "response head of {} bytes is over the {} KiB limit",
+                        client::head_size(resp.headers()),
+                        client::MAX_ORIGIN_HEAD / 1024
+                    ),
+                ))
+            }
+            Ok(Ok(mut resp)) => {
+                if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+                    // Both framings: the body was read by Transfer-Encoding, so the length
+                    // field describes nothing we hold and must not be passed on (RFC 9112 §6.3).
+                    resp.headers_mut().remove(header::CONTENT_LENGTH);
+                }
+                Ok(resp.map(|b| {
+                    use http_body_util::BodyExt;
+                    TimeoutBody::new(body::incoming(b), timeout).boxed_unsync()
+                }))
+            }
         }
     }
 
