@@ -505,14 +505,17 @@ async fn bad_requests_get_clear_errors_and_others_keep_being_served() {
         )
         .into_bytes(),
         b"POST / HTTP/1.1\r\nHost: a.com\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+        // A good chunk first, so the body is already on its way to the origin when it breaks.
+        b"POST / HTTP/1.1\r\nHost: a.com\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n"
+            .to_vec(),
         vec![0u8; 64],
     ];
     for c in &cases {
         let answer = raw(a, c).await;
+        // The client's fault is a 4xx, never blamed on the origin (502) or explained with
+        // our internals.
         assert!(
-            answer.is_empty()
-                || answer.starts_with("HTTP/1.1 4")
-                || answer.starts_with("HTTP/1.1 502"),
+            (answer.is_empty() || answer.starts_with("HTTP/1.1 4")) && !answer.contains("origin"),
             "bad input {:?} answered with {answer:?}",
             String::from_utf8_lossy(&c[..c.len().min(80)])
         );

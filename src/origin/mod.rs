@@ -41,6 +41,10 @@ pub enum OriginError {
     /// The connection broke or the origin spoke broken HTTP.
     #[error("origin {0}: {1}")]
     Protocol(String, String),
+    /// The client's request body broke on its way up (malformed chunks, or the client left):
+    /// the request's fault, not the origin's.
+    #[error("the request body broke: {0}")]
+    ClientBody(String),
 }
 
 /// Where an origin's 1xx interim answers go (HTTP/1 origins only: hyper's h2 client drops
@@ -307,6 +311,7 @@ impl OriginPool {
                 h.insert(header::HOST, v);
             }
         }
+        let had_body = body.is_some();
         let mut request = builder
             .body(body.unwrap_or_else(body::empty))
             .map_err(|e| OriginError::Protocol(addr.raw.clone(), e.to_string()))?;
@@ -320,6 +325,9 @@ impl OriginPool {
         match tokio::time::timeout(timeout, self.client.request(request)).await {
             Err(_) => Err(OriginError::Timeout(addr.raw.clone())),
             Ok(Err(e)) if e.is_connect() => Err(OriginError::Connect(format!("{}: {e}", addr.raw))),
+            Ok(Err(e)) if had_body && caused_by_our_request(&e) => {
+                Err(OriginError::ClientBody(error_chain(&e)))
+            }
             Ok(Err(e)) => Err(OriginError::Protocol(addr.raw.clone(), error_chain(&e))),
             Ok(Ok(resp)) if client::head_size(resp.headers()) > client::MAX_ORIGIN_HEAD => {
                 Err(OriginError::Protocol(
@@ -522,6 +530,19 @@ fn ip_hash(ip: IpAddr) -> usize {
 }
 
 /// The error and its causes on one line (hyper's errors hide the useful part in `source`).
+/// Whether hyper failed on what we handed it rather than on the origin's side: with a
+/// request body, that is the client's body stream breaking.
+fn caused_by_our_request(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(h) = c.downcast_ref::<hyper::Error>() {
+            return h.is_user();
+        }
+        cur = c.source();
+    }
+    false
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();

@@ -507,6 +507,16 @@ fn followable<'a>(
 
 /// The answer when the origin gave none: 502 (504 on a timeout), marked for link conditions.
 fn origin_error(e: OriginError) -> Reply {
+    if let OriginError::ClientBody(why) = &e {
+        // Not the origin's failure: no link condition, no internals in the answer.
+        tracing::debug!(%why, "request body broke on its way to the origin");
+        let mut r = Reply::error(
+            StatusCode::BAD_REQUEST,
+            "request body malformed or cut short\n",
+        );
+        r.result = CacheResult::Error;
+        return r;
+    }
     let status = match e {
         OriginError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::BAD_GATEWAY,
