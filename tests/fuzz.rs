@@ -470,6 +470,12 @@ async fn hostile_origin_answers_are_never_stored_or_served_as_complete() {
                 g.status,
                 g.body
             );
+            // An edge never tells its clients where its origin is.
+            let text = String::from_utf8_lossy(&g.body);
+            assert!(
+                !text.contains(&oaddr.port().to_string()),
+                "case {case}: {text}"
+            );
         }
         let before = count(&p);
         let _ = fetch(p.clone()).await;

@@ -517,11 +517,15 @@ fn origin_error(e: OriginError) -> Reply {
         r.result = CacheResult::Error;
         return r;
     }
-    let status = match e {
-        OriginError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-        _ => StatusCode::BAD_GATEWAY,
+    // The details (which address, what broke) go to the log only: an edge must not tell
+    // its clients where its origins are.
+    tracing::warn!(error = %e, "origin fetch failed");
+    let (status, msg) = match e {
+        OriginError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "origin timed out\n"),
+        OriginError::Unavailable => (StatusCode::BAD_GATEWAY, "no origin available\n"),
+        _ => (StatusCode::BAD_GATEWAY, "origin fetch failed\n"),
     };
-    let mut r = Reply::error(status, &format!("{e}\n"));
+    let mut r = Reply::error(status, msg);
     r.result = CacheResult::Error;
     r.response.extensions_mut().insert(OriginFailed);
     r
