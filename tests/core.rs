@@ -525,6 +525,40 @@ async fn bad_requests_get_clear_errors_and_others_keep_being_served() {
     s.shutdown.cancel();
 }
 
+/// A URL is keyed and forwarded in one normalised form: a client cannot make the origin
+/// answer `/p/evil/..` and have that answer served for `/p/` (cache poisoning).
+#[tokio::test]
+async fn dot_segments_are_removed_before_the_origin_sees_them() {
+    let (o, _) = echo_origin("o").await;
+    let conf = ConfDir::new(
+        &server_xml("", ""),
+        &format!(
+            "<Vhosts>{}</Vhosts>",
+            vhost("a.com", "", &o.addr.to_string())
+        ),
+    );
+    let s = start(&conf).await;
+    let a = s.http[0];
+    for (sent, resource) in [
+        ("/p/evil/..", "/p/"),
+        ("/q/%2e%2e/secret", "/secret"),
+        ("/d/x/..?z=1", "/d/"),
+    ] {
+        let answer = raw(
+            a,
+            format!("GET {sent} HTTP/1.1\r\nHost: a.com\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(
+            answer.ends_with(&format!("o {resource}")),
+            "{sent}: {answer}"
+        );
+    }
+    // And the normalised URL is served what its own resource answered.
+    assert_eq!(get(a, "a.com", "/p/", &[]).await.body, Bytes::from("o /p/"));
+    s.shutdown.cancel();
+}
+
 /// A client's GET may carry a body (and its `Content-Length`); the body is never forwarded on
 /// a miss, so neither may its framing be: an origin that honours the field waits for bytes
 /// that never come, or reads the next request on the pooled connection as them.

@@ -50,6 +50,32 @@ pub fn cache_key(vhost: &str, path_and_query: &str, rules: KeyRules) -> String {
     key
 }
 
+/// The request target as it is keyed and forwarded: the path normalised (escapes of
+/// unreserved characters decoded, dot-segments removed; RFC 3986 §6.2.2) and the query's
+/// escapes normalised. Forwarding exactly what is keyed is what keeps one URL from being
+/// answered with another's resource: `/p/evil/..` is `/p/` for the key, so it must be `/p/`
+/// for the origin too.
+pub fn normalize_target(path_and_query: &str) -> String {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let mut out = if path.starts_with('/') && !path.contains('%') && !has_dot_segment(path) {
+        path.to_string()
+    } else {
+        normalize_path(path)
+    };
+    if let Some(q) = query {
+        out.push('?');
+        if q.contains('%') {
+            out.push_str(&normalize_escapes(q));
+        } else {
+            out.push_str(q);
+        }
+    }
+    out
+}
+
 /// The key of one variant of `primary` (the normalised values of the `Vary` fields).
 pub fn variant_key(primary: &str, variant: &str) -> String {
     let mut k = String::with_capacity(primary.len() + variant.len() + 1);
@@ -158,6 +184,23 @@ mod tests {
         case_sensitive: true,
         apply_query_string: true,
     };
+
+    #[test]
+    fn the_forwarded_target_is_the_keyed_one() {
+        for (raw, want) in [
+            ("/p/evil/..", "/p/"),
+            ("/q/%2e%2e/secret", "/secret"),
+            ("/d/x/..?z=1", "/d/?z=1"),
+            ("/a/%7Euser?%7e=%2f", "/a/~user?~=%2F"),
+            ("/plain/path?x=1", "/plain/path?x=1"),
+            ("/a%2fb", "/a%2Fb"),
+        ] {
+            let t = normalize_target(raw);
+            assert_eq!(t, want, "{raw}");
+            assert_eq!(cache_key("h", &t, STD), cache_key("h", raw, STD), "{raw}");
+            assert_eq!(normalize_target(&t), t, "idempotent: {raw}");
+        }
+    }
 
     #[test]
     fn rfc3986_6_2_2_normalisation() {

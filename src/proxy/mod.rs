@@ -127,11 +127,9 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
             .or_else(|| parts.uri.authority().map(|a| a.to_string()));
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
+        // Normalised once, here: the key and the origin request both use this target.
+        let path_and_query =
+            key::normalize_target(parts.uri.path_and_query().map_or("/", |p| p.as_str()));
         let mut entry = AccessEntry {
             vhost: String::new(),
             method: parts.method.clone(),
