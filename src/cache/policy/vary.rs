@@ -19,10 +19,23 @@ pub enum VarySpec {
     Fields(Vec<String>),
 }
 
-/// The content codings the variant key distinguishes for `Accept-Encoding`: the ones origins
-/// actually choose between. Anything else (`compress`, `identity`, exotic codings) does not
-/// change which representation a typical origin sends, so it would only split the cache.
-pub const DISTINGUISHED_CODINGS: [&str; 4] = ["br", "deflate", "gzip", "zstd"];
+/// The content codings the variant key distinguishes for `Accept-Encoding`: every coding of
+/// the IANA HTTP Content Coding registry (but `identity`, which every client takes). A
+/// response in any of them may be served only to clients that accept it, so each must split
+/// the cache (a client offering `dcz` must not give its `dcz` answer to one that does not);
+/// unregistered names are left out so that a client cannot make unbounded variants.
+pub const DISTINGUISHED_CODINGS: [&str; 10] = [
+    "aes128gcm",
+    "br",
+    "compress",
+    "dcb",
+    "dcz",
+    "deflate",
+    "exi",
+    "gzip",
+    "pack200-gzip",
+    "zstd",
+];
 
 /// Reads the response's `Vary` field as RFC 9111 §4.1 defines it.
 pub fn vary_fields(headers: &HeaderMap) -> VarySpec {
@@ -369,17 +382,33 @@ mod tests {
             ("gzip, deflate, br", "br,deflate,gzip"),
             ("GZIP", "gzip"),
             ("x-gzip", "gzip"),
-            ("br;q=1.0, gzip;q=0.8, *;q=0.1", "br,deflate,gzip,zstd"),
-            ("*", "br,deflate,gzip,zstd"),
+            (
+                "br;q=1.0, gzip;q=0.8, *;q=0.1",
+                "aes128gcm,br,compress,dcb,dcz,deflate,exi,gzip,pack200-gzip,zstd",
+            ),
+            (
+                "*",
+                "aes128gcm,br,compress,dcb,dcz,deflate,exi,gzip,pack200-gzip,zstd",
+            ),
             ("*;q=0, gzip", "gzip"),
-            ("gzip;q=0, *", "br,deflate,zstd"),
+            (
+                "gzip;q=0, *",
+                "aes128gcm,br,compress,dcb,dcz,deflate,exi,pack200-gzip,zstd",
+            ),
             ("gzip;q=0.000", ""),
             ("gzip;q=0.001", "gzip"),
             ("gzip;q=2", ""),
             ("gzip, gzip;q=0", ""),
             ("identity", ""),
             ("", ""),
-            ("compress, zstd", "zstd"),
+            // Every registered coding splits: a `compress` or `dcz` answer must reach only
+            // clients that take it; unregistered names do not (variants stay bounded).
+            ("compress, zstd", "compress,zstd"),
+            (
+                "gzip, deflate, br, zstd, dcb, dcz",
+                "br,dcb,dcz,deflate,gzip,zstd",
+            ),
+            ("gzip, made-up-1, made-up-2", "gzip"),
         ];
         for (input, expected) in cases {
             assert_eq!(
