@@ -16,6 +16,7 @@ use crate::body::{self, Body};
 use crate::config::{self, Role};
 use crate::proxy::Proxy;
 use crate::purge::{self, PurgeKind};
+use crate::server::ServiceListeners;
 use crate::server::runtime::RuntimeBuilder;
 use crate::server::tls::{CertTable, SniResolver};
 
@@ -27,6 +28,8 @@ pub struct Manager {
     tls: Arc<SniResolver>,
     /// Stops the background tasks (health probes) of the runtime in service.
     rt_stop: Mutex<CancellationToken>,
+    /// The service listeners a reload opens and closes.
+    listeners: Arc<ServiceListeners>,
 }
 
 impl Manager {
@@ -37,6 +40,7 @@ impl Manager {
         builder: RuntimeBuilder,
         tls: Arc<SniResolver>,
         rt_stop: Mutex<CancellationToken>,
+        listeners: Arc<ServiceListeners>,
     ) -> Manager {
         Manager {
             proxy,
@@ -44,6 +48,7 @@ impl Manager {
             builder,
             tls,
             rt_stop,
+            listeners,
         }
     }
 
@@ -79,7 +84,11 @@ impl Manager {
             let table = CertTable::load(&certs).map_err(|e| e.to_string())?;
             self.tls.table.store(Arc::new(table));
         }
-        let (rt, stop) = self.builder.build(cfg)?;
+        let (rt, stop) = self.builder.build(cfg.clone())?;
+        // New service addresses are bound, dropped ones close; a port that cannot be bound
+        // refuses the whole reload.
+        let bound = self.listeners.reconcile(&cfg).map_err(|e| e.to_string())?;
+        tracing::debug!(listeners = bound.len(), "service listeners reconciled");
         self.proxy.runtime.store(Arc::new(rt));
         if let Ok(mut old) = self.rt_stop.lock() {
             old.cancel();

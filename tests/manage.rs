@@ -375,3 +375,68 @@ async fn a_purge_during_a_fill_reaches_what_the_fill_commits() {
     }
     s.shutdown.cancel();
 }
+
+/// A reload binds the service addresses it adds and stops accepting on those it drops, while
+/// the listeners it keeps go on serving.
+#[tokio::test]
+async fn a_reload_opens_new_listen_addresses_and_closes_dropped_ones() {
+    let (o, conf, s) = setup("").await;
+    let (a, m) = (s.http[0], s.manager.unwrap());
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let vhosts = |with_b: bool| {
+        let b = if with_b {
+            format!(
+                r#"<Vhost Name="b.com"><Listen>127.0.0.1:{port}</Listen><Origin><Address>{}</Address></Origin></Vhost>"#,
+                o.addr
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost>{b}</Vhosts>"#,
+            o.addr
+        )
+    };
+    std::fs::write(conf.path().join("vhosts.xml"), vhosts(true)).unwrap();
+    let r = get(m, "127.0.0.1", "/conf/reload", &[]).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let b: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let g = get(b, "b.com", "/new", &[]).await;
+    assert_eq!((g.status.as_u16(), &g.body[..]), (200, &b"/new #1"[..]));
+    assert_eq!(get(a, "a.com", "/old", &[]).await.status, 200);
+
+    std::fs::write(conf.path().join("vhosts.xml"), vhosts(false)).unwrap();
+    let r = get(m, "127.0.0.1", "/conf/reload", &[]).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let t0 = std::time::Instant::now();
+    while tokio::net::TcpStream::connect(b).await.is_ok() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "the dropped address still accepts"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(a, "a.com", "/still", &[]).await.status, 200);
+
+    // An address that cannot be bound (the manager's own) refuses the reload, changing nothing.
+    let taken = vhosts(false).replace(
+        "</Vhosts>",
+        &format!(
+            r#"<Vhost Name="c.com"><Listen>127.0.0.1:{}</Listen><Origin><Address>{}</Address></Origin></Vhost></Vhosts>"#,
+            m.port(),
+            o.addr
+        ),
+    );
+    std::fs::write(conf.path().join("vhosts.xml"), taken).unwrap();
+    let r = get(m, "127.0.0.1", "/conf/reload", &[]).await;
+    assert_ne!(r.status, 200);
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("cannot listen"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(get(a, "a.com", "/after-refusal", &[]).await.status, 200);
+    s.shutdown.cancel();
+}

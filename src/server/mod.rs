@@ -7,7 +7,7 @@ pub mod interim;
 pub mod runtime;
 pub mod tls;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -106,15 +106,13 @@ pub async fn start(conf_dir: &Path) -> Result<Running, ServerError> {
     let shutdown = CancellationToken::new();
     let graceful = Arc::new(std::sync::Mutex::new(Some(GracefulShutdown::new())));
 
-    let mut http_addrs = Vec::new();
-    for addr in service_addresses(&cfg) {
-        let l = bind(addr).await?;
-        http_addrs.push(
-            l.local_addr()
-                .map_err(|e| ServerError::Bind { addr, source: e })?,
-        );
-        spawn_accept(l, proxy.clone(), None, shutdown.clone(), graceful.clone());
-    }
+    let listeners = Arc::new(ServiceListeners {
+        proxy: proxy.clone(),
+        shutdown: shutdown.clone(),
+        graceful: graceful.clone(),
+        open: std::sync::Mutex::new(HashMap::new()),
+    });
+    let http_addrs = listeners.reconcile(&cfg)?;
 
     let resolver = Arc::new(SniResolver {
         table: ArcSwap::from_pointee(CertTable::default()),
@@ -133,7 +131,7 @@ pub async fn start(conf_dir: &Path) -> Result<Running, ServerError> {
         let acceptor =
             tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(resolver.clone())?));
         for h in &cfg.server.https {
-            let l = bind(h.listen).await?;
+            let l = bind(h.listen)?;
             https_addrs.push(l.local_addr().map_err(|e| ServerError::Bind {
                 addr: h.listen,
                 source: e,
@@ -154,10 +152,11 @@ pub async fn start(conf_dir: &Path) -> Result<Running, ServerError> {
         builder.clone(),
         resolver.clone(),
         std::sync::Mutex::new(rt_stop),
+        listeners,
     ));
     let m = &cfg.server.manager;
     let maddr = SocketAddr::new(m.listen, m.port);
-    let ml = bind(maddr).await?;
+    let ml = bind(maddr)?;
     let manager_addr = ml.local_addr().ok();
     spawn_manager(ml, manager.clone(), shutdown.clone(), graceful.clone());
 
@@ -275,7 +274,7 @@ fn service_addresses(cfg: &Config) -> Vec<SocketAddr> {
     set.into_iter().collect()
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
     let sock = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
@@ -286,6 +285,60 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         .map_err(|e| ServerError::Bind { addr, source: e })?;
     sock.listen(4096)
         .map_err(|e| ServerError::Bind { addr, source: e })
+}
+
+/// The service (HTTP) listeners, by the address the configuration names. A reload binds
+/// the addresses it adds and stops accepting on those it no longer names; connections
+/// already open on those go on to their end.
+pub struct ServiceListeners {
+    proxy: Arc<Proxy>,
+    shutdown: CancellationToken,
+    graceful: Graceful,
+    /// Each open listener's own stop (a child of the server's shutdown).
+    open: std::sync::Mutex<HashMap<SocketAddr, CancellationToken>>,
+}
+
+impl ServiceListeners {
+    /// Makes the open listeners those `cfg` names: binds the missing ones first (one that
+    /// cannot be bound fails the call with nothing changed), then stops the others. Returns
+    /// the bound address of every listener `cfg` names, in order (the real port where the
+    /// configuration says 0).
+    pub fn reconcile(&self, cfg: &Config) -> Result<Vec<SocketAddr>, ServerError> {
+        let wanted = service_addresses(cfg);
+        let Ok(mut open) = self.open.lock() else {
+            return Err(ServerError::Other("listener table poisoned".into()));
+        };
+        let mut fresh = Vec::new();
+        for addr in wanted.iter().filter(|a| !open.contains_key(a)) {
+            let l = bind(*addr)?;
+            fresh.push((*addr, l));
+        }
+        let mut bound = Vec::new();
+        for (addr, l) in fresh {
+            let local = l
+                .local_addr()
+                .map_err(|e| ServerError::Bind { addr, source: e })?;
+            let stop = self.shutdown.child_token();
+            spawn_accept(
+                l,
+                self.proxy.clone(),
+                None,
+                stop.clone(),
+                self.graceful.clone(),
+            );
+            open.insert(addr, stop);
+            bound.push((addr, local));
+        }
+        open.retain(|addr, stop| {
+            let keep = wanted.contains(addr);
+            if !keep {
+                tracing::info!(%addr, "listener closed: no longer configured");
+                stop.cancel();
+            }
+            keep
+        });
+        Ok(bound.into_iter().map(|(_, local)| local).collect())
+    }
 }
 
 /// The connection builder: HTTP/1.1 with keep-alive and h2c by preface, bounded header sizes.
