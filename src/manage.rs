@@ -274,16 +274,18 @@ impl Manager {
                     "/command/purge" => PurgeKind::Purge,
                     "/command/expire" => PurgeKind::Expire,
                     "/command/hardpurge" => PurgeKind::HardPurge,
-                    _ => PurgeKind::ExpireAfter(
-                        param(&query, "sec")
-                            .and_then(|s| s.parse().ok())
-                            .unwrap_or(86_400),
-                    ),
+                    // No `sec`: STON's default of a day. One that is not a whole number of
+                    // seconds is refused rather than read as that default.
+                    _ => match param(&query, "sec").map(|s| s.parse::<u64>()) {
+                        None => PurgeKind::ExpireAfter(86_400),
+                        Some(Ok(sec)) => PurgeKind::ExpireAfter(sec),
+                        Some(Err(_)) => PurgeKind::ExpireAfter(0),
+                    },
                 };
                 if kind == PurgeKind::ExpireAfter(0) {
                     return json(
                         StatusCode::BAD_REQUEST,
-                        "{\"status\":\"FAIL\",\"error\":\"sec must be positive\"}",
+                        "{\"status\":\"FAIL\",\"error\":\"sec must be a positive whole number of seconds\"}",
                     );
                 }
                 // `url=` takes the rest of the query: targets may carry their own `?` and `&`.

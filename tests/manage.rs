@@ -121,6 +121,24 @@ async fn purge_expire_and_hardpurge_by_url_and_pattern() {
     // No url: a clear error.
     let r = get(m, "127.0.0.1", "/command/purge", &[]).await;
     assert_eq!(r.status, 400);
+
+    // expireafter: `sec` must be a positive whole number when given.
+    for (sec, status) in [
+        ("abc", 400),
+        ("-5", 400),
+        ("0", 400),
+        ("1.5", 400),
+        ("60", 200),
+    ] {
+        let r = get(
+            m,
+            "127.0.0.1",
+            &format!("/command/expireafter?sec={sec}&url=a.com/css/s.css"),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status.as_u16(), status, "sec={sec}: {:?}", r.body);
+    }
     s.shutdown.cancel();
 }
 
