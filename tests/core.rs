@@ -42,6 +42,20 @@ async fn echo_origin(name: &'static str) -> (Origin, Arc<Mutex<Vec<String>>>) {
     (o, seen)
 }
 
+/// Strata with one vhost `a.com` in front of an [`echo_origin`] named `name`.
+async fn echo_server(name: &'static str) -> (Origin, ConfDir, strata::server::Running) {
+    let (o, _) = echo_origin(name).await;
+    let conf = ConfDir::new(
+        &server_xml("", ""),
+        &format!(
+            "<Vhosts>{}</Vhosts>",
+            vhost("a.com", "", &o.addr.to_string())
+        ),
+    );
+    let s = start(&conf).await;
+    (o, conf, s)
+}
+
 fn vhost(name: &str, extra: &str, origin: &str) -> String {
     format!(
         r#"<Vhost Name="{name}">{extra}<Listen>127.0.0.1:0</Listen><Origin><Address>{origin}</Address></Origin></Vhost>"#
@@ -83,15 +97,7 @@ async fn routes_by_name_alias_pattern_and_default() {
 
 #[tokio::test]
 async fn unknown_host_without_default_is_404_never_an_open_proxy() {
-    let (a, _) = echo_origin("a").await;
-    let conf = ConfDir::new(
-        &server_xml("", ""),
-        &format!(
-            "<Vhosts>{}</Vhosts>",
-            vhost("a.com", "", &a.addr.to_string())
-        ),
-    );
-    let s = start(&conf).await;
+    let (a, _conf, s) = echo_server("a").await;
     let g = get(s.http[0], "evil.example", "/x", &[]).await;
     assert_eq!(g.status, 404);
     assert!(String::from_utf8_lossy(&g.body).contains("evil.example"));
@@ -208,15 +214,7 @@ async fn miss_then_hit_and_via_and_forwarded_for() {
 
 #[tokio::test]
 async fn http2_cleartext_prior_knowledge() {
-    let (o, _) = echo_origin("o").await;
-    let conf = ConfDir::new(
-        &server_xml("", ""),
-        &format!(
-            "<Vhosts>{}</Vhosts>",
-            vhost("a.com", "", &o.addr.to_string())
-        ),
-    );
-    let s = start(&conf).await;
+    let (_o, _conf, s) = echo_server("o").await;
     let stream = TcpStream::connect(s.http[0]).await.unwrap();
     let (mut send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -483,15 +481,7 @@ async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn bad_requests_get_clear_errors_and_others_keep_being_served() {
-    let (o, _) = echo_origin("o").await;
-    let conf = ConfDir::new(
-        &server_xml("", ""),
-        &format!(
-            "<Vhosts>{}</Vhosts>",
-            vhost("a.com", "", &o.addr.to_string())
-        ),
-    );
-    let s = start(&conf).await;
+    let (_o, _conf, s) = echo_server("o").await;
     let a = s.http[0];
     let cases: Vec<Vec<u8>> = vec![
         b"GARBAGE\r\n\r\n".to_vec(),
@@ -529,15 +519,7 @@ async fn bad_requests_get_clear_errors_and_others_keep_being_served() {
 /// answer `/p/evil/..` and have that answer served for `/p/` (cache poisoning).
 #[tokio::test]
 async fn dot_segments_are_removed_before_the_origin_sees_them() {
-    let (o, _) = echo_origin("o").await;
-    let conf = ConfDir::new(
-        &server_xml("", ""),
-        &format!(
-            "<Vhosts>{}</Vhosts>",
-            vhost("a.com", "", &o.addr.to_string())
-        ),
-    );
-    let s = start(&conf).await;
+    let (_o, _conf, s) = echo_server("o").await;
     let a = s.http[0];
     for (sent, resource) in [
         ("/p/evil/..", "/p/"),
@@ -564,37 +546,14 @@ async fn dot_segments_are_removed_before_the_origin_sees_them() {
 /// that never come, or reads the next request on the pooled connection as them.
 #[tokio::test]
 async fn a_get_with_a_body_is_forwarded_without_its_framing() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let oaddr = listener.local_addr().unwrap();
     let heads = Arc::new(Mutex::new(Vec::<String>::new()));
     let h2 = heads.clone();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let heads = h2.clone();
-            tokio::spawn(async move {
-                loop {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match tokio::time::timeout(Duration::from_secs(10), sock.read(&mut byte))
-                            .await
-                        {
-                            Ok(Ok(1)) => head.push(byte[0]),
-                            _ => return,
-                        }
-                    }
-                    heads
-                        .lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&head).to_ascii_lowercase());
-                    let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: max-age=60\r\n\r\nok";
-                    if sock.write_all(answer.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let oaddr = raw_origin(move |head| {
+        h2.lock().unwrap().push(head.to_ascii_lowercase());
+        let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: max-age=60\r\n\r\nok";
+        (answer.as_bytes().to_vec(), true)
+    })
+    .await;
     let conf = ConfDir::new(
         &server_xml("", ""),
         &format!(
@@ -632,15 +591,7 @@ async fn a_get_with_a_body_is_forwarded_without_its_framing() {
 
 #[tokio::test]
 async fn a_broken_reload_keeps_the_running_configuration() {
-    let (o, _) = echo_origin("o").await;
-    let conf = ConfDir::new(
-        &server_xml("", ""),
-        &format!(
-            "<Vhosts>{}</Vhosts>",
-            vhost("a.com", "", &o.addr.to_string())
-        ),
-    );
-    let s = start(&conf).await;
+    let (_o, conf, s) = echo_server("o").await;
     std::fs::write(
         conf.path().join("vhosts.xml"),
         "<Vhosts><Vhost Name=\"a.com\"><Origin>",

@@ -404,40 +404,14 @@ async fn hostile_origin() -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
 ) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let counts = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
     let c2 = counts.clone();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let counts = c2.clone();
-            tokio::spawn(async move {
-                loop {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
-                        match tokio::time::timeout(Duration::from_secs(10), sock.read(&mut byte))
-                            .await
-                        {
-                            Ok(Ok(1)) => head.push(byte[0]),
-                            _ => return,
-                        }
-                    }
-                    let text = String::from_utf8_lossy(&head).into_owned();
-                    let path = text.split(' ').nth(1).unwrap_or("/").to_string();
-                    *counts.lock().unwrap().entry(path.clone()).or_insert(0) += 1;
-                    if sock.write_all(&hostile_answer(&path)).await.is_err() {
-                        return;
-                    }
-                    if path != "/c/13" {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let addr = raw_origin(move |head| {
+        let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+        *c2.lock().unwrap().entry(path.clone()).or_insert(0) += 1;
+        (hostile_answer(&path), path == "/c/13")
+    })
+    .await;
     (addr, counts)
 }
 

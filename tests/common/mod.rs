@@ -416,3 +416,40 @@ impl Drop for ChildStrata {
         self.kill9();
     }
 }
+
+/// A raw HTTP/1 origin on 127.0.0.1, for tests that need byte-level control of the answer:
+/// for each request head it reads (up to 64 KiB), `answer(head)` gives the bytes to write
+/// and whether the connection then stays open for another request.
+pub async fn raw_origin<F>(answer: F) -> SocketAddr
+where
+    F: Fn(&str) -> (Vec<u8>, bool) + Send + Sync + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
+                        match tokio::time::timeout(Duration::from_secs(10), sock.read(&mut byte))
+                            .await
+                        {
+                            Ok(Ok(1)) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let (bytes, keep_open) = answer(&String::from_utf8_lossy(&head));
+                    if sock.write_all(&bytes).await.is_err() || !keep_open {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
