@@ -592,6 +592,7 @@ pub const TO_THE_END: u64 = u64::MAX - 1;
 pub fn stream_range(store: Store, source: Source, start: u64, end: u64) -> Body {
     if let Source::Stored(meta) = source {
         return StoredBody {
+            _hold: store.pin(&meta),
             store,
             meta,
             pos: start,
@@ -623,8 +624,11 @@ async fn pump(
     tx: &mpsc::Sender<Result<Bytes, BoxError>>,
 ) -> Result<(), BoxError> {
     let mut pos = start;
+    // Keeps the committed version's files while this reader streams it (see `Store::pin`).
+    let mut hold = None;
     match source {
         Source::Stored(meta) => {
+            let _held = store.pin(&meta);
             while pos <= end {
                 let sent = send_from_store(store, &meta, pos, end, tx).await?;
                 if sent == 0 {
@@ -651,6 +655,11 @@ async fn pump(
                     FillState::Abandoned => return Err("fill abandoned by its leader".into()),
                 };
                 if let Some(meta) = meta {
+                    // Held from the first snapshot on (the version the fill commits), so an
+                    // eviction right after the commit cannot take chunks from this reader.
+                    if hold.is_none() {
+                        hold = store.pin(&meta);
+                    }
                     while pos <= end && pos < available {
                         let cs = meta.chunk_size as u64;
                         let index = (pos / cs) as u32;
@@ -761,6 +770,8 @@ async fn send_from_store(
 /// hyper not polling while the socket is full). On a connection that can send from files,
 /// each frame is offered with the verified file holding the same bytes (`zerocopy`).
 struct StoredBody {
+    /// Keeps the version's files while this body streams, even if it is evicted meanwhile.
+    _hold: Option<crate::cache::store::ReaderHold>,
     store: Store,
     meta: Arc<ObjectMeta>,
     pos: u64,

@@ -31,6 +31,7 @@ mod sendfile;
 mod state;
 mod writer;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -174,6 +175,56 @@ pub(crate) struct Inner {
     rt: Handle,
     /// Verified chunk files kept open for zero-copy sends (memory-backed disks only).
     send_files: sendfile::SendFiles,
+    /// Readers streaming each stored version (by key hash and version), see [`Store::pin`].
+    pins: std::sync::Mutex<HashMap<(u64, u64, u64), usize>>,
+    /// Evicted versions whose files wait for their last reader.
+    deferred: std::sync::Mutex<Vec<Doomed>>,
+}
+
+/// A reader's hold on a stored version: while it lives, evicting the version removes it
+/// from the index but keeps its files, so a client already streaming it gets every byte.
+/// The files go when the last hold is dropped.
+pub struct ReaderHold {
+    inner: Arc<Inner>,
+    id: (u64, u64, u64),
+}
+
+impl Drop for ReaderHold {
+    fn drop(&mut self) {
+        let last = match self.inner.pins.lock() {
+            Ok(mut pins) => match pins.get_mut(&self.id) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                _ => {
+                    pins.remove(&self.id);
+                    true
+                }
+            },
+            Err(_) => false,
+        };
+        if !last {
+            return;
+        }
+        let due: Vec<Doomed> = match self.inner.deferred.lock() {
+            Ok(mut d) => {
+                let (due, keep) = d
+                    .drain(..)
+                    .partition(|x| pin_id(x.hash, x.version) == self.id);
+                *d = keep;
+                due
+            }
+            Err(_) => Vec::new(),
+        };
+        if !due.is_empty() && !self.inner.closed.load(Ordering::Relaxed) {
+            self.inner.delete_in_background(due);
+        }
+    }
+}
+
+fn pin_id(hash: KeyHash, version: u64) -> (u64, u64, u64) {
+    (hash.hi, hash.lo, version)
 }
 
 fn now_nanos() -> u128 {
@@ -183,6 +234,18 @@ fn now_nanos() -> u128 {
 }
 
 impl Store {
+    /// Holds `meta`'s version for a reader streaming it (see [`ReaderHold`]); `None` for an object
+    /// with no files (memory only), which eviction cannot take from under a reader.
+    pub fn pin(&self, meta: &ObjectMeta) -> Option<ReaderHold> {
+        meta.disk?;
+        let id = pin_id(KeyHash::of(&meta.key), meta.version);
+        *self.inner.pins.lock().ok()?.entry(id).or_insert(0) += 1;
+        Some(ReaderHold {
+            inner: Arc::clone(&self.inner),
+            id,
+        })
+    }
+
     /// Opens (creating if needed) the store. Returns without scanning the disks: the index is
     /// rebuilt in the background while lookups already work.
     pub async fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
@@ -227,6 +290,8 @@ impl Store {
             bg_idle: Notify::new(),
             rt: Handle::current(),
             send_files: sendfile::SendFiles::new(),
+            pins: std::sync::Mutex::new(HashMap::new()),
+            deferred: std::sync::Mutex::new(Vec::new()),
         });
         if !no_disks {
             rebuild::spawn(&inner);
@@ -673,8 +738,18 @@ impl Inner {
         let _ = rx.await;
     }
 
-    /// Deletes a doomed version's files; the caller holds the key's stripe lock.
+    /// Deletes a doomed version's files; the caller holds the key's stripe lock. A version a
+    /// reader still streams keeps its files until the reader is done (see [`ReaderHold`]); the disk
+    /// may hold that much over its quota meanwhile.
     async fn delete_locked(self: &Arc<Self>, d: Doomed) {
+        let pinned = self
+            .pins
+            .lock()
+            .is_ok_and(|p| p.contains_key(&pin_id(d.hash, d.version)));
+        if pinned && let Ok(mut deferred) = self.deferred.lock() {
+            deferred.push(d);
+            return;
+        }
         let delete_meta = self
             .lock()
             .index

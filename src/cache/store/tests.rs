@@ -1133,3 +1133,35 @@ async fn a_disk_that_refuses_a_body_too_large_for_memory_fails_the_write() {
         .expect("the disk is tried again");
     assert_eq!(w.meta().disk, Some(0));
 }
+
+#[tokio::test]
+async fn an_evicted_version_keeps_its_files_while_a_reader_holds_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Objects above the memory tier's object limit live on disk only.
+    let len = 20 * CHUNK as usize + 100;
+    let store = Store::open(disk_cfg(dir.path(), 256 * 1024, 4 * len as u64))
+        .await
+        .expect("open");
+    let a = put(&store, "held", &body("held", len)).await;
+    let hold = store.pin(&a).expect("a disk object can be held");
+    let free = put(&store, "free", &body("free", len)).await;
+    for i in 0..8 {
+        let k = format!("push/{i}");
+        put(&store, &k, &body(&k, len)).await;
+    }
+    assert!(store.lookup("held").await.is_none(), "evicted");
+    assert!(store.lookup("free").await.is_none(), "evicted");
+    // The held version is still whole for its reader; the other one is gone.
+    assert_eq!(read_all(&store, &a).await.ok(), Some(body("held", len)));
+    assert!(read_all(&store, &free).await.is_err());
+    drop(hold);
+    let t0 = std::time::Instant::now();
+    while chunk_files_of(dir.path(), a.version) > 0 {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "files never deleted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    store.close().await;
+}
