@@ -87,8 +87,17 @@ impl Manager {
         let (rt, stop) = self.builder.build(cfg.clone())?;
         // New service addresses are bound, dropped ones close; a port that cannot be bound
         // refuses the whole reload.
-        let bound = self.listeners.reconcile(&cfg).map_err(|e| e.to_string())?;
-        tracing::debug!(listeners = bound.len(), "service listeners reconciled");
+        let opened = match self.listeners.reconcile(&cfg) {
+            Ok(opened) => opened,
+            Err(e) => {
+                // The new runtime is never installed: stop its background tasks too.
+                stop.cancel();
+                return Err(e.to_string());
+            }
+        };
+        for addr in opened {
+            tracing::info!(%addr, "listener opened by the reload");
+        }
         self.proxy.runtime.store(Arc::new(rt));
         if let Ok(mut old) = self.rt_stop.lock() {
             old.cancel();
