@@ -45,15 +45,21 @@ async fn echo_origin(name: &'static str) -> (Origin, Arc<Mutex<Vec<String>>>) {
 /// Strata with one vhost `a.com` in front of an [`echo_origin`] named `name`.
 async fn echo_server(name: &'static str) -> (Origin, ConfDir, strata::server::Running) {
     let (o, _) = echo_origin(name).await;
+    let (conf, s) = a_com_server(o.addr).await;
+    (o, conf, s)
+}
+
+/// Strata with one vhost `a.com` in front of the origin at `origin`.
+async fn a_com_server(origin: SocketAddr) -> (ConfDir, strata::server::Running) {
     let conf = ConfDir::new(
         &server_xml("", ""),
         &format!(
             "<Vhosts>{}</Vhosts>",
-            vhost("a.com", "", &o.addr.to_string())
+            vhost("a.com", "", &origin.to_string())
         ),
     );
     let s = start(&conf).await;
-    (o, conf, s)
+    (conf, s)
 }
 
 fn vhost(name: &str, extra: &str, origin: &str) -> String {
@@ -179,14 +185,7 @@ async fn miss_then_hit_and_via_and_forwarded_for() {
         resp(200, &[("cache-control", "max-age=60")], "hello")
     }))
     .await;
-    let conf = ConfDir::new(
-        &server_xml("", ""),
-        &format!(
-            "<Vhosts>{}</Vhosts>",
-            vhost("a.com", "", &o.addr.to_string())
-        ),
-    );
-    let s = start(&conf).await;
+    let (_conf, s) = a_com_server(o.addr).await;
     let g1 = get(
         s.http[0],
         "a.com",
@@ -554,14 +553,7 @@ async fn a_get_with_a_body_is_forwarded_without_its_framing() {
         (answer.as_bytes().to_vec(), true)
     })
     .await;
-    let conf = ConfDir::new(
-        &server_xml("", ""),
-        &format!(
-            "<Vhosts>{}</Vhosts>",
-            vhost("a.com", "", &oaddr.to_string())
-        ),
-    );
-    let s = start(&conf).await;
+    let (_conf, s) = a_com_server(oaddr).await;
     let a = s.http[0];
     let answer = raw(
         a,

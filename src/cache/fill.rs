@@ -590,20 +590,23 @@ pub const TO_THE_END: u64 = u64::MAX - 1;
 /// store, the part not yet written from the fill's tail; the channel is bounded, so a slow
 /// client holds at most a couple of chunks. Any failure ends the body with an error.
 pub fn stream_range(store: Store, source: Source, start: u64, end: u64) -> Body {
-    if let Source::Stored(meta) = source {
-        return StoredBody {
-            _hold: store.pin(&meta),
-            store,
-            meta,
-            pos: start,
-            end,
-            pending: None,
+    let fill = match source {
+        Source::Stored(meta) => {
+            return StoredBody {
+                _hold: store.pin(&meta),
+                store,
+                meta,
+                pos: start,
+                end,
+                pending: None,
+            }
+            .boxed_unsync();
         }
-        .boxed_unsync();
-    }
+        Source::Filling(fill) => fill,
+    };
     let (tx, rx) = mpsc::channel::<Result<Bytes, BoxError>>(2);
     tokio::spawn(async move {
-        if let Err(e) = pump(&store, source, start, end, &tx).await {
+        if let Err(e) = pump(&store, fill, start, end, &tx).await {
             let _ = tx.send(Err(e)).await;
         }
     });
@@ -616,9 +619,11 @@ pub fn stream_range(store: Store, source: Source, start: u64, end: u64) -> Body 
 /// two chunks however far the fill runs ahead of it.
 const SLICE: u64 = 64 * 1024;
 
+/// Streams `[start, end]` of an object still filling into `tx`: from the store where its
+/// chunks already are, from the fill's tail for the rest, following the fill's state.
 async fn pump(
     store: &Store,
-    source: Source,
+    fill: Arc<Fill>,
     start: u64,
     end: u64,
     tx: &mpsc::Sender<Result<Bytes, BoxError>>,
@@ -626,91 +631,75 @@ async fn pump(
     let mut pos = start;
     // Keeps the committed version's files while this reader streams it (see `Store::pin`).
     let mut hold = None;
-    match source {
-        Source::Stored(meta) => {
-            let _held = store.pin(&meta);
-            while pos <= end {
-                let sent = send_from_store(store, &meta, pos, end, tx).await?;
-                if sent == 0 {
-                    return Ok(()); // client went away
-                }
-                pos += sent;
+    let mut rx = fill.subscribe();
+    loop {
+        let state = rx.borrow_and_update().clone();
+        let (meta, available, done) = match state {
+            FillState::Pending => (None, 0, false),
+            FillState::Streaming { meta, written } => (Some(meta), written, false),
+            FillState::Done(meta) => {
+                let len = meta.total_len.unwrap_or(0);
+                (Some(meta), len, true)
             }
-            Ok(())
-        }
-        Source::Filling(fill) => {
-            let mut rx = fill.subscribe();
-            loop {
-                let state = rx.borrow_and_update().clone();
-                let (meta, available, done) = match state {
-                    FillState::Pending => (None, 0, false),
-                    FillState::Streaming { meta, written } => (Some(meta), written, false),
-                    FillState::Done(meta) => {
-                        let len = meta.total_len.unwrap_or(0);
-                        (Some(meta), len, true)
+            FillState::Aborted(why) => return Err(format!("fill aborted: {why}").into()),
+            FillState::OriginFailed(e) => return Err(Box::new(e)),
+            FillState::Uncacheable => return Err("fill became uncacheable".into()),
+            FillState::Abandoned => return Err("fill abandoned by its leader".into()),
+        };
+        if let Some(meta) = meta {
+            // Held from the first snapshot on (the version the fill commits), so an
+            // eviction right after the commit cannot take chunks from this reader.
+            if hold.is_none() {
+                hold = store.pin(&meta);
+            }
+            while pos <= end && pos < available {
+                let cs = meta.chunk_size as u64;
+                let index = (pos / cs) as u32;
+                if meta.has_chunk(index) {
+                    let sent = send_from_store(store, &meta, pos, end, tx).await?;
+                    if sent == 0 {
+                        return Ok(());
                     }
-                    FillState::Aborted(why) => return Err(format!("fill aborted: {why}").into()),
-                    FillState::OriginFailed(e) => return Err(Box::new(e)),
-                    FillState::Uncacheable => return Err("fill became uncacheable".into()),
-                    FillState::Abandoned => return Err("fill abandoned by its leader".into()),
-                };
-                if let Some(meta) = meta {
-                    // Held from the first snapshot on (the version the fill commits), so an
-                    // eviction right after the commit cannot take chunks from this reader.
-                    if hold.is_none() {
-                        hold = store.pin(&meta);
-                    }
-                    while pos <= end && pos < available {
-                        let cs = meta.chunk_size as u64;
-                        let index = (pos / cs) as u32;
-                        if meta.has_chunk(index) {
-                            let sent = send_from_store(store, &meta, pos, end, tx).await?;
-                            if sent == 0 {
-                                return Ok(());
-                            }
-                            pos += sent;
-                            continue;
-                        }
-                        let chunk_start = index as u64 * cs;
-                        let upto = available
-                            .min(end + 1)
-                            .min(chunk_start + cs)
-                            .min(pos + SLICE);
-                        // Copy out of the tail only once the client can take it.
-                        let Ok(permit) = tx.reserve().await else {
-                            return Ok(()); // client went away
-                        };
-                        match fill.read_tail(
-                            index,
-                            (pos - chunk_start) as usize,
-                            (upto - chunk_start) as usize,
-                        ) {
-                            Some(bytes) => {
-                                pos += bytes.len() as u64;
-                                permit.send(Ok(bytes));
-                            }
-                            // The chunk moved from the tail into the store: take a fresh snapshot.
-                            None => break,
-                        }
-                    }
-                }
-                if pos > end || (done && pos >= available) {
-                    if pos <= end && end != TO_THE_END {
-                        return Err("object shorter than the requested range".into());
-                    }
-                    return Ok(());
-                }
-                if !matches!(*rx.borrow(), FillState::Pending) && rx.has_changed().unwrap_or(false)
-                {
+                    pos += sent;
                     continue;
                 }
-                if rx.changed().await.is_err() {
-                    // Sender dropped after a final state: loop once more to read it.
-                    let last = rx.borrow().clone();
-                    if !matches!(last, FillState::Done(_)) {
-                        return Err("fill ended without completing".into());
+                let chunk_start = index as u64 * cs;
+                let upto = available
+                    .min(end + 1)
+                    .min(chunk_start + cs)
+                    .min(pos + SLICE);
+                // Copy out of the tail only once the client can take it.
+                let Ok(permit) = tx.reserve().await else {
+                    return Ok(()); // client went away
+                };
+                match fill.read_tail(
+                    index,
+                    (pos - chunk_start) as usize,
+                    (upto - chunk_start) as usize,
+                ) {
+                    Some(bytes) => {
+                        pos += bytes.len() as u64;
+                        permit.send(Ok(bytes));
                     }
+                    // The chunk moved from the tail into the store: take a fresh snapshot.
+                    None => break,
                 }
+            }
+        }
+        if pos > end || (done && pos >= available) {
+            if pos <= end && end != TO_THE_END {
+                return Err("object shorter than the requested range".into());
+            }
+            return Ok(());
+        }
+        if !matches!(*rx.borrow(), FillState::Pending) && rx.has_changed().unwrap_or(false) {
+            continue;
+        }
+        if rx.changed().await.is_err() {
+            // Sender dropped after a final state: loop once more to read it.
+            let last = rx.borrow().clone();
+            if !matches!(last, FillState::Done(_)) {
+                return Err("fill ended without completing".into());
             }
         }
     }

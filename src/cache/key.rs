@@ -5,6 +5,8 @@
 //! The key reads like STON's purge targets (`foo.com/img/a.jpg?x=1`), which is what makes
 //! purge by URL, directory and `*` pattern a plain match over keys.
 
+use std::borrow::Cow;
+
 /// How a vhost builds keys (from `<Options>`).
 #[derive(Debug, Clone, Copy)]
 pub struct KeyRules {
@@ -20,29 +22,17 @@ pub const VARIANT_SEPARATOR: char = super::store::GROUP_SEPARATOR;
 
 /// Builds the primary key of `path_and_query` on `vhost`.
 pub fn cache_key(vhost: &str, path_and_query: &str, rules: KeyRules) -> String {
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path_and_query, None),
-    };
+    let (path, query) = normal_parts(path_and_query);
     let mut key = String::with_capacity(vhost.len() + path_and_query.len() + 1);
     key.push_str(vhost);
     key.make_ascii_lowercase();
-    // Most paths are already normal (no escapes, no dot-segments): copy them as they are.
-    if path.starts_with('/') && !path.contains('%') && !has_dot_segment(path) {
-        key.push_str(path);
-    } else {
-        key.push_str(&normalize_path(path));
-    }
+    key.push_str(&path);
     if rules.apply_query_string
         && let Some(q) = query
         && !q.is_empty()
     {
         key.push('?');
-        if q.contains('%') {
-            key.push_str(&normalize_escapes(q));
-        } else {
-            key.push_str(q);
-        }
+        key.push_str(&q);
     }
     if !rules.case_sensitive {
         key.make_ascii_lowercase();
@@ -56,24 +46,33 @@ pub fn cache_key(vhost: &str, path_and_query: &str, rules: KeyRules) -> String {
 /// answered with another's resource: `/p/evil/..` is `/p/` for the key, so it must be `/p/`
 /// for the origin too.
 pub fn normalize_target(path_and_query: &str) -> String {
+    match normal_parts(path_and_query) {
+        (path, None) => path.into_owned(),
+        (path, Some(q)) => format!("{path}?{q}"),
+    }
+}
+
+/// The path and the query of a request target in normal form, borrowed where they already
+/// are (most paths have no escapes and no dot-segments): the one normalisation both the key
+/// and the forwarded target are made of.
+fn normal_parts(path_and_query: &str) -> (Cow<'_, str>, Option<Cow<'_, str>>) {
     let (path, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
     };
-    let mut out = if path.starts_with('/') && !path.contains('%') && !has_dot_segment(path) {
-        path.to_string()
+    let path = if path.starts_with('/') && !path.contains('%') && !has_dot_segment(path) {
+        Cow::Borrowed(path)
     } else {
-        normalize_path(path)
+        Cow::Owned(normalize_path(path))
     };
-    if let Some(q) = query {
-        out.push('?');
+    let query = query.map(|q| {
         if q.contains('%') {
-            out.push_str(&normalize_escapes(q));
+            Cow::Owned(normalize_escapes(q))
         } else {
-            out.push_str(q);
+            Cow::Borrowed(q)
         }
-    }
-    out
+    });
+    (path, query)
 }
 
 /// The key of one variant of `primary` (the normalised values of the `Vary` fields).

@@ -292,9 +292,10 @@ impl OriginPool {
         let uri = upstream_uri(addr, &req.path_and_query)
             .map_err(|e| OriginError::Protocol(addr.raw.clone(), e))?;
         let mut builder = Request::builder().method(req.method.clone()).uri(uri);
+        let has_body = body.is_some();
         if let Some(h) = builder.headers_mut() {
             *h = req.headers.clone();
-            if body.is_none() {
+            if !has_body {
                 // No body goes up (a GET's is never forwarded): a framing field the client
                 // sent would make the origin wait for bytes that never come, or read the
                 // next request on this pooled connection as them (RFC 9112 §6.3).
@@ -311,7 +312,6 @@ impl OriginPool {
                 h.insert(header::HOST, v);
             }
         }
-        let had_body = body.is_some();
         let mut request = builder
             .body(body.unwrap_or_else(body::empty))
             .map_err(|e| OriginError::Protocol(addr.raw.clone(), e.to_string()))?;
@@ -325,21 +325,21 @@ impl OriginPool {
         match tokio::time::timeout(timeout, self.client.request(request)).await {
             Err(_) => Err(OriginError::Timeout(addr.raw.clone())),
             Ok(Err(e)) if e.is_connect() => Err(OriginError::Connect(format!("{}: {e}", addr.raw))),
-            Ok(Err(e)) if had_body && caused_by_our_request(&e) => {
+            Ok(Err(e)) if has_body && caused_by_our_request(&e) => {
                 Err(OriginError::ClientBody(error_chain(&e)))
             }
             Ok(Err(e)) => Err(OriginError::Protocol(addr.raw.clone(), error_chain(&e))),
-            Ok(Ok(resp)) if client::head_size(resp.headers()) > client::MAX_ORIGIN_HEAD => {
-                Err(OriginError::Protocol(
-                    addr.raw.clone(),
-                    format!(
-                        "response head of {} bytes is over the {} KiB limit",
-                        client::head_size(resp.headers()),
-                        client::MAX_ORIGIN_HEAD / 1024
-                    ),
-                ))
-            }
             Ok(Ok(mut resp)) => {
+                let head = client::head_size(resp.headers());
+                if head > client::MAX_ORIGIN_HEAD {
+                    return Err(OriginError::Protocol(
+                        addr.raw.clone(),
+                        format!(
+                            "response head of {head} bytes is over the {} KiB limit",
+                            client::MAX_ORIGIN_HEAD / 1024
+                        ),
+                    ));
+                }
                 if resp.headers().contains_key(header::TRANSFER_ENCODING) {
                     // Both framings: the body was read by Transfer-Encoding, so the length
                     // field describes nothing we hold and must not be passed on (RFC 9112 §6.3).
@@ -529,7 +529,6 @@ fn ip_hash(ip: IpAddr) -> usize {
     xxhash_rust::xxh3::xxh3_64(&bytes) as usize
 }
 
-/// The error and its causes on one line (hyper's errors hide the useful part in `source`).
 /// Whether hyper failed on what we handed it rather than on the origin's side: with a
 /// request body, that is the client's body stream breaking.
 fn caused_by_our_request(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -543,6 +542,7 @@ fn caused_by_our_request(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The error and its causes on one line (hyper's errors hide the useful part in `source`).
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();

@@ -301,8 +301,8 @@ pub struct ServiceListeners {
 impl ServiceListeners {
     /// Makes the open listeners those `cfg` names: binds the missing ones first (one that
     /// cannot be bound fails the call with nothing changed), then stops the others. Returns
-    /// the bound address of every listener `cfg` names, in order (the real port where the
-    /// configuration says 0).
+    /// the addresses this call bound, in configuration order (the real port where the
+    /// configuration says 0): at start-up, every service address.
     pub fn reconcile(&self, cfg: &Config) -> Result<Vec<SocketAddr>, ServerError> {
         let wanted = service_addresses(cfg);
         let Ok(mut open) = self.open.lock() else {
@@ -327,7 +327,7 @@ impl ServiceListeners {
                 self.graceful.clone(),
             );
             open.insert(addr, stop);
-            bound.push((addr, local));
+            bound.push(local);
         }
         open.retain(|addr, stop| {
             let keep = wanted.contains(addr);
@@ -337,7 +337,7 @@ impl ServiceListeners {
             }
             keep
         });
-        Ok(bound.into_iter().map(|(_, local)| local).collect())
+        Ok(bound)
     }
 }
 
