@@ -69,21 +69,10 @@ impl Manager {
             tracing::warn!("{w}");
         }
         let cfg = Arc::new(cfg);
-        if !cfg.server.https.is_empty() {
-            let certs: Vec<_> = cfg
-                .server
-                .https
-                .iter()
-                .flat_map(|h| h.certs.iter())
-                .map(|c| config::CertConfig {
-                    names: c.names.clone(),
-                    cert: crate::server::resolve_path(&cfg.dir, &c.cert),
-                    key: crate::server::resolve_path(&cfg.dir, &c.key),
-                })
-                .collect();
-            let table = CertTable::load(&certs).map_err(|e| e.to_string())?;
-            self.tls.table.store(Arc::new(table));
-        }
+        // Certificates are read first (a bad one refuses the reload) but installed only
+        // with the runtime: a reload refused later must leave the old ones in place.
+        let certs =
+            CertTable::load(&crate::server::configured_certs(&cfg)).map_err(|e| e.to_string())?;
         let (rt, stop) = self.builder.build(cfg.clone())?;
         // New service addresses are bound, dropped ones close; a port that cannot be bound
         // refuses the whole reload.
@@ -95,9 +84,10 @@ impl Manager {
                 return Err(e.to_string());
             }
         };
-        for addr in opened {
-            tracing::info!(%addr, "listener opened by the reload");
+        for (service, addr) in opened {
+            tracing::info!(%addr, ?service, "listener opened by the reload");
         }
+        self.tls.table.store(Arc::new(certs));
         self.proxy.runtime.store(Arc::new(rt));
         if let Ok(mut old) = self.rt_stop.lock() {
             old.cancel();

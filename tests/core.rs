@@ -315,6 +315,98 @@ async fn tls_picks_the_certificate_by_sni_and_negotiates_h2() {
     s.shutdown.cancel();
 }
 
+/// A reload refused after its certificates were read (here: a Listen address it cannot bind)
+/// leaves the certificates the server had; a reload that lands installs the new ones and
+/// moves the HTTPS listener where the new `<Https Listen>` says.
+#[tokio::test]
+async fn a_refused_reload_keeps_the_certificates_and_a_landed_one_swaps_them() {
+    let (o, _) = echo_origin("o").await;
+    let https = |listen: &str, pem: &str, key: &str| {
+        server_xml("", "").replace(
+            "</Server>",
+            &format!(
+                r#"<Https Listen="{listen}"><Cert Names="a.test" Cert="{}" Key="{}"/></Https></Server>"#,
+                tls_fixture(pem),
+                tls_fixture(key)
+            ),
+        )
+    };
+    let a_vhost = vhost("a.test", "", &o.addr.to_string());
+    let conf = ConfDir::new(
+        &https("127.0.0.1:0", "a.test.pem", "a.test.key"),
+        &format!("<Vhosts>{a_vhost}</Vhosts>"),
+    );
+    let s = start(&conf).await;
+    let (addr, m) = (s.https[0], s.manager.unwrap());
+    // Whether a handshake for a.test at `at` verifies: only a.test's own certificate does.
+    let a_test_verifies = |at: std::net::SocketAddr| async move {
+        let tcp = TcpStream::connect(at).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("a.test".to_string()).unwrap();
+        tls_connector(&[b"http/1.1"])
+            .connect(name, tcp)
+            .await
+            .is_ok()
+    };
+    assert!(a_test_verifies(addr).await);
+
+    // b.test's certificate under a.test's name, and a Listen address already taken (the
+    // manager's): the reload is refused and a.test still presents its own certificate.
+    std::fs::write(
+        conf.path().join("server.xml"),
+        https("127.0.0.1:0", "b.test.pem", "b.test.key"),
+    )
+    .unwrap();
+    let taken = format!(
+        r#"<Vhosts>{a_vhost}<Vhost Name="c.test"><Listen>127.0.0.1:{}</Listen><Origin><Address>{}</Address></Origin></Vhost></Vhosts>"#,
+        m.port(),
+        o.addr
+    );
+    std::fs::write(conf.path().join("vhosts.xml"), taken).unwrap();
+    let r = get(m, "127.0.0.1", "/conf/reload", &[]).await;
+    assert_ne!(r.status, 200, "{:?}", r.body);
+    assert!(
+        a_test_verifies(addr).await,
+        "a refused reload installed its certificates"
+    );
+
+    // The same certificates on a new HTTPS address with a bindable configuration: the reload
+    // lands, opens the new address, closes the old one and presents the new certificate.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let moved = free.local_addr().unwrap();
+    drop(free);
+    std::fs::write(
+        conf.path().join("server.xml"),
+        https(&moved.to_string(), "b.test.pem", "b.test.key"),
+    )
+    .unwrap();
+    std::fs::write(
+        conf.path().join("vhosts.xml"),
+        format!("<Vhosts>{a_vhost}</Vhosts>"),
+    )
+    .unwrap();
+    let r = get(m, "127.0.0.1", "/conf/reload", &[]).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(
+        !a_test_verifies(moved).await,
+        "the landed reload kept the old certificate"
+    );
+    let tcp = TcpStream::connect(moved).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("b.test".to_string()).unwrap();
+    tls_connector(&[b"http/1.1"])
+        .connect(name, tcp)
+        .await
+        .expect("the new certificate, on the new address");
+    let t0 = std::time::Instant::now();
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the old HTTPS address still accepts"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.shutdown.cancel();
+}
+
 #[tokio::test]
 async fn hash_balance_spreads_keys_and_moves_only_the_excluded_share() {
     let mut origins = Vec::new();

@@ -106,43 +106,25 @@ pub async fn start(conf_dir: &Path) -> Result<Running, ServerError> {
     let shutdown = CancellationToken::new();
     let graceful = Arc::new(std::sync::Mutex::new(Some(GracefulShutdown::new())));
 
+    // The certificates first: HTTPS listeners answer handshakes from the moment they open.
+    let resolver = Arc::new(SniResolver {
+        table: ArcSwap::from_pointee(CertTable::load(&configured_certs(&cfg))?),
+    });
+    // One acceptor for every HTTPS listener, now and after reloads: it resolves certificates
+    // through the (swappable) table.
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(resolver.clone())?));
     let listeners = Arc::new(ServiceListeners {
         proxy: proxy.clone(),
+        tls: acceptor,
         shutdown: shutdown.clone(),
         graceful: graceful.clone(),
         open: std::sync::Mutex::new(HashMap::new()),
     });
-    let http_addrs = listeners.reconcile(&cfg)?;
-
-    let resolver = Arc::new(SniResolver {
-        table: ArcSwap::from_pointee(CertTable::default()),
-    });
-    let mut https_addrs = Vec::new();
-    if !cfg.server.https.is_empty() {
-        let all: Vec<_> = cfg
-            .server
-            .https
-            .iter()
-            .flat_map(|h| h.certs.clone())
-            .collect();
-        resolver
-            .table
-            .store(Arc::new(CertTable::load(&resolve_certs(&cfg.dir, &all))?));
-        let acceptor =
-            tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(resolver.clone())?));
-        for h in &cfg.server.https {
-            let l = bind(h.listen)?;
-            https_addrs.push(l.local_addr().map_err(|e| ServerError::Bind {
-                addr: h.listen,
-                source: e,
-            })?);
-            spawn_accept(
-                l,
-                proxy.clone(),
-                Some(acceptor.clone()),
-                shutdown.clone(),
-                graceful.clone(),
-            );
+    let (mut http_addrs, mut https_addrs) = (Vec::new(), Vec::new());
+    for (service, addr) in listeners.reconcile(&cfg)? {
+        match service {
+            Service::Http => http_addrs.push(addr),
+            Service::Https => https_addrs.push(addr),
         }
     }
 
@@ -241,19 +223,32 @@ pub fn resolve_path(dir: &Path, p: &Path) -> PathBuf {
     }
 }
 
-fn resolve_certs(dir: &Path, certs: &[config::CertConfig]) -> Vec<config::CertConfig> {
-    certs
+/// Every `<Cert>` of every `<Https>`, with its files resolved against the config dir.
+pub fn configured_certs(cfg: &Config) -> Vec<config::CertConfig> {
+    cfg.server
+        .https
         .iter()
+        .flat_map(|h| h.certs.iter())
         .map(|c| config::CertConfig {
             names: c.names.clone(),
-            cert: resolve_path(dir, &c.cert),
-            key: resolve_path(dir, &c.key),
+            cert: resolve_path(&cfg.dir, &c.cert),
+            key: resolve_path(&cfg.dir, &c.key),
         })
         .collect()
 }
 
-/// Every distinct service address the active vhosts listen on.
-fn service_addresses(cfg: &Config) -> Vec<SocketAddr> {
+/// What a service listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Service {
+    /// Plain HTTP (a vhost's `<Listen>`).
+    Http,
+    /// HTTPS (an `<Https Listen>`), certificates chosen by SNI.
+    Https,
+}
+
+/// Every distinct service address: the active vhosts' (HTTP), sorted, then the `<Https>`
+/// listeners' in configuration order.
+fn service_addresses(cfg: &Config) -> Vec<(Service, SocketAddr)> {
     let any = cfg
         .server
         .listen_ip
@@ -271,7 +266,13 @@ fn service_addresses(cfg: &Config) -> Vec<SocketAddr> {
             Listen::Off => None,
         })
         .collect();
-    set.into_iter().collect()
+    let mut all: Vec<_> = set.into_iter().map(|a| (Service::Http, a)).collect();
+    for h in &cfg.server.https {
+        if !all.contains(&(Service::Https, h.listen)) {
+            all.push((Service::Https, h.listen));
+        }
+    }
+    all
 }
 
 fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
@@ -287,15 +288,17 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         .map_err(|e| ServerError::Bind { addr, source: e })
 }
 
-/// The service (HTTP) listeners, by the address the configuration names. A reload binds
-/// the addresses it adds and stops accepting on those it no longer names; connections
-/// already open on those go on to their end.
+/// The service listeners (HTTP and HTTPS), by the address the configuration names. A
+/// reload binds the addresses it adds and stops accepting on those it no longer names;
+/// connections already open on those go on to their end.
 pub struct ServiceListeners {
     proxy: Arc<Proxy>,
+    /// The TLS acceptor of every HTTPS listener.
+    tls: tokio_rustls::TlsAcceptor,
     shutdown: CancellationToken,
     graceful: Graceful,
     /// Each open listener's own stop (a child of the server's shutdown).
-    open: std::sync::Mutex<HashMap<SocketAddr, CancellationToken>>,
+    open: std::sync::Mutex<HashMap<(Service, SocketAddr), CancellationToken>>,
 }
 
 impl ServiceListeners {
@@ -303,36 +306,38 @@ impl ServiceListeners {
     /// cannot be bound fails the call with nothing changed), then stops the others. Returns
     /// the addresses this call bound, in configuration order (the real port where the
     /// configuration says 0): at start-up, every service address.
-    pub fn reconcile(&self, cfg: &Config) -> Result<Vec<SocketAddr>, ServerError> {
+    pub fn reconcile(&self, cfg: &Config) -> Result<Vec<(Service, SocketAddr)>, ServerError> {
         let wanted = service_addresses(cfg);
         let Ok(mut open) = self.open.lock() else {
             return Err(ServerError::Other("listener table poisoned".into()));
         };
         let mut fresh = Vec::new();
-        for addr in wanted.iter().filter(|a| !open.contains_key(a)) {
-            let l = bind(*addr)?;
-            fresh.push((*addr, l));
-        }
-        let mut bound = Vec::new();
-        for (addr, l) in fresh {
+        for &(service, addr) in wanted.iter().filter(|k| !open.contains_key(k)) {
+            let l = bind(addr)?;
             let local = l
                 .local_addr()
                 .map_err(|e| ServerError::Bind { addr, source: e })?;
+            fresh.push((service, addr, local, l));
+        }
+        let mut bound = Vec::new();
+        for (service, addr, local, l) in fresh {
             let stop = self.shutdown.child_token();
+            let tls = (service == Service::Https).then(|| self.tls.clone());
             spawn_accept(
                 l,
                 self.proxy.clone(),
-                None,
+                tls,
                 stop.clone(),
                 self.graceful.clone(),
             );
-            open.insert(addr, stop);
-            bound.push(local);
+            open.insert((service, addr), stop);
+            bound.push((service, local));
         }
-        open.retain(|addr, stop| {
-            let keep = wanted.contains(addr);
+        open.retain(|key, stop| {
+            let keep = wanted.contains(key);
             if !keep {
-                tracing::info!(%addr, "listener closed: no longer configured");
+                let (service, addr) = key;
+                tracing::info!(%addr, ?service, "listener closed: no longer configured");
                 stop.cancel();
             }
             keep
