@@ -28,10 +28,11 @@
 //! The parts, a file each: `file` (a verified file, [`SendFile`], and the span of bytes it
 //! holds), `lane` (a connection's offers, [`Lane`], and the body that makes them), `stream`
 //! (the connection's socket, [`ZcStream`], which sends offered bytes from their files),
-//! [`tee`] and [`view`].
+//! [`tee`], [`view`] and [`pacing`] (a rate ceiling on connections sending from files).
 
 mod file;
 mod lane;
+pub mod pacing;
 mod stream;
 pub mod tee;
 pub mod view;

@@ -278,6 +278,39 @@ async fn zero_copy_off_copies_every_byte() {
     assert_eq!(origin.count(), 1);
 }
 
+/// `<ZeroCopyPacing>` caps a connection sending from files at its rate: at 16 Mbit/s (2 MB/s)
+/// a 2 MiB hit cannot arrive in much under a second (the kernel paces every segment after the
+/// first). A lower bound only: a slow machine makes it longer, never shorter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_copy_sends_are_paced_at_the_configured_rate() {
+    let _serial = SERIAL.lock().await;
+    let Ok(disk) = tempfile::tempdir_in("/dev/shm") else {
+        return;
+    };
+    let big = pattern(2 * 1024 * 1024, 61);
+    let origin = origin_of(big.clone()).await;
+    let cache = "<MemorySize>64MB</MemorySize><ZeroCopyPacing>16</ZeroCopyPacing>";
+    let (_conf, s) = strata(disk.path(), cache, &origin).await;
+    let before = strata::zerocopy::sent_bytes();
+    assert!(
+        until_sent_from_files(s.http[0], "/big", &big, before).await,
+        "never sent from its files"
+    );
+    let before = strata::zerocopy::sent_bytes();
+    let t0 = Instant::now();
+    let g = get(s.http[0], "a.com", "/big", &[]).await;
+    let took = t0.elapsed();
+    assert!(g.body == big, "body differs");
+    assert!(
+        strata::zerocopy::sent_bytes() - before >= 1024 * 1024,
+        "this hit went out from files"
+    );
+    assert!(
+        took >= Duration::from_millis(700),
+        "2 MiB at 2 MB/s arrived in {took:?}"
+    );
+}
+
 /// The value of the unlabelled metric `name` on the manager at `manager`.
 async fn metric(manager: std::net::SocketAddr, name: &str) -> u64 {
     let m = get(manager, "127.0.0.1", "/metrics", &[]).await;

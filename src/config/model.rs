@@ -164,6 +164,10 @@ pub struct CacheConfig {
     /// tier's files when it is on tmpfs (`tee`/`splice` or `sendfile`), not copied (Strata
     /// extension; default ON).
     pub zero_copy: bool,
+    /// `<Cache><ZeroCopyPacing>`: the sending rate ceiling, in bytes per second, of a
+    /// connection once it sends cached bytes from their files (written in Mbit/s; OFF or 0:
+    /// none). See `zerocopy::pacing` for why (Strata extension; default 2000 Mbit/s).
+    pub zero_copy_pacing: u64,
 }
 
 /// One cache directory.

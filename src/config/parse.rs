@@ -50,6 +50,7 @@ const CACHE: &[&str] = &[
     "ChunkSize",
     "FillWaitTimeout",
     "ZeroCopy",
+    "ZeroCopyPacing",
     "ControlAPI",
 ];
 const STORAGE: &[&str] = &["Disk"];

@@ -789,6 +789,7 @@ fn size_and_duration_units() {
         <ChunkSize>256</ChunkSize>
         <FillWaitTimeout>1500ms</FillWaitTimeout>
         <ZeroCopy>OFF</ZeroCopy>
+        <ZeroCopyPacing>500</ZeroCopyPacing>
     </Cache>
 </Server>"#;
     let vhosts = r#"<Vhosts>
@@ -820,6 +821,7 @@ fn size_and_duration_units() {
     assert_eq!(c.chunk_size, 256 << 10);
     assert_eq!(c.fill_wait, Duration::from_millis(1500));
     assert!(!c.zero_copy);
+    assert_eq!(c.zero_copy_pacing, 62_500_000, "500 Mbit/s in bytes/s");
     let o = &cfg.vhosts[0].origin_options;
     assert_eq!(o.connect_timeout, Duration::from_millis(500));
     assert_eq!(o.receive_timeout, Duration::from_secs(20));
@@ -834,10 +836,22 @@ fn size_and_duration_units() {
         <ChunkSize>1</ChunkSize>
         <Storage><Disk Quota="1.5">x</Disk></Storage>
         <ZeroCopy>maybe</ZeroCopy>
+        <ZeroCopyPacing>2Gbps</ZeroCopyPacing>
     </Cache></Server>"#;
     let (_, diags, _d) = check(Some(bad), "<Vhosts/>");
     let lines: Vec<u32> = errors(&diags).iter().map(|e| e.line).collect();
-    assert_eq!(lines, vec![2, 3, 4, 5], "{diags:#?}");
+    assert_eq!(lines, vec![2, 3, 4, 5, 6], "{diags:#?}");
+    assert!(
+        errors(&diags)[4]
+            .to_string()
+            .contains("<ZeroCopyPacing>2000</ZeroCopyPacing>"),
+        "the fix shows the unit: {diags:#?}"
+    );
+
+    let off = r#"<Server><Cache><ZeroCopyPacing>off</ZeroCopyPacing></Cache></Server>"#;
+    let (cfg, diags, _d) = check(Some(off), "<Vhosts/>");
+    assert!(errors(&diags).is_empty(), "{diags:#?}");
+    assert_eq!(cfg.expect("config").server.cache.zero_copy_pacing, 0);
 }
 
 #[test]
@@ -982,6 +996,7 @@ fn missing_files() {
     assert_eq!(s.cache.chunk_size, 1 << 20);
     assert_eq!(s.cache.fill_wait, Duration::from_secs(30));
     assert!(s.cache.zero_copy);
+    assert_eq!(s.cache.zero_copy_pacing, 250_000_000, "2 Gbit/s");
     assert!(s.cache.disks.is_empty());
     assert_eq!(s.max_cdn_loop_hops, 8);
     assert!(s.log.dir.is_none() && s.https.is_empty() && s.resolve.is_empty());

@@ -420,7 +420,8 @@ fn spawn_accept(
                 match tls {
                     // Plain TCP may send cached bytes straight from their files.
                     None if proxy.runtime.load().cfg.server.cache.zero_copy => {
-                        let (stream, lane) = ZcStream::new(stream);
+                        let pace = proxy.runtime.load().cfg.server.cache.zero_copy_pacing;
+                        let (stream, lane) = ZcStream::new(stream, pace);
                         zerocopy::scope(lane, serve(stream, &builder, proxy, peer, watcher)).await
                     }
                     None => serve(stream, &builder, proxy, peer, watcher).await,

@@ -11,13 +11,16 @@ use tokio::net::TcpStream;
 
 use super::file::SendFile;
 use super::lane::{CHANGED, Lane, Plan};
-use super::{SENT, tee};
+use super::{SENT, pacing, tee};
 
 /// A client's TCP stream that sends offered bytes from their files.
 pub struct ZcStream {
     tcp: TcpStream,
     lane: Lane,
     pipe: PipeState,
+    /// The pacing rate (bytes/s) to set before the first bytes sent from a file; 0 once set,
+    /// or when there is none (see [`pacing`]).
+    pace: u64,
 }
 
 /// The connection's pipe for teed segments, made on its first large send.
@@ -31,17 +34,30 @@ enum PipeState {
 }
 
 impl ZcStream {
-    /// Wraps `tcp`; run the connection inside [`scope`] with the returned lane.
-    pub fn new(tcp: TcpStream) -> (ZcStream, Lane) {
+    /// Wraps `tcp`; run the connection inside [`scope`] with the returned lane. From its
+    /// first bytes sent from a file on, the connection is paced at `pace` bytes/s (0: never).
+    pub fn new(tcp: TcpStream, pace: u64) -> (ZcStream, Lane) {
         let lane = Lane::default();
         (
             ZcStream {
                 tcp,
                 lane: lane.clone(),
                 pipe: PipeState::Untried,
+                pace,
             },
             lane,
         )
+    }
+
+    /// Sets the connection's pacing rate the first time it is about to send from a file.
+    fn pace_once(&mut self) {
+        if self.pace != 0 {
+            if let Err(e) = pacing::cap(&self.tcp, self.pace) {
+                // Sending goes on unpaced: a ceiling, not a condition of correctness.
+                tracing::debug!(error = %e, "zero-copy: no pacing");
+            }
+            self.pace = 0;
+        }
     }
 
     /// Writes `bufs` with `MSG_MORE`: offered bytes follow at once, so the head and the
@@ -194,6 +210,7 @@ impl AsyncWrite for ZcStream {
             Plan::Plain => {}
             Plan::Prefix(n) => return self.poll_write_more(cx, &bufs[..n]),
             Plan::File(span, at) => {
+                self.pace_once();
                 let len = bufs[0].len();
                 let waiting =
                     matches!(&self.pipe, PipeState::Ready(p) if p.holds(&span.file, at).is_some());
@@ -242,11 +259,53 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn pair() -> (ZcStream, Lane, TcpStream) {
+        paced_pair(0).await
+    }
+
+    async fn paced_pair(pace: u64) -> (ZcStream, Lane, TcpStream) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
-        let (zc, lane) = ZcStream::new(s.unwrap().0);
+        let (zc, lane) = ZcStream::new(s.unwrap().0, pace);
         (zc, lane, c.unwrap())
+    }
+
+    /// A connection is paced from its first bytes sent from a file on, not before (copied
+    /// writes leave it alone), and not at all with no rate.
+    #[tokio::test]
+    async fn pacing_starts_with_the_first_bytes_sent_from_a_file() {
+        let data = pattern(300 * 1024);
+        let Some((_tmp, sf)) = shm_file(&data) else {
+            return;
+        };
+        for pace in [0u64, 250_000_000] {
+            let (mut zc, lane, mut client) = paced_pair(pace).await;
+            let reader = tokio::spawn(async move {
+                let mut got = Vec::new();
+                client.read_to_end(&mut got).await.unwrap();
+                got.len()
+            });
+            zc.write_all(b"copied head").await.unwrap();
+            assert_eq!(
+                pacing::current(&zc.tcp).unwrap(),
+                u64::MAX,
+                "paced too early"
+            );
+            let body = Bytes::from(data.clone());
+            let span = FileSpan {
+                file: sf.clone(),
+                offset: 7,
+            };
+            scope(lane.clone(), async { offer(&body, &span) })
+                .await
+                .expect("offer");
+            zc.write_all(&body).await.unwrap();
+            let want = if pace == 0 { u64::MAX } else { pace };
+            assert_eq!(pacing::current(&zc.tcp).unwrap(), want);
+            zc.shutdown().await.unwrap();
+            drop(zc);
+            assert_eq!(reader.await.unwrap(), 11 + data.len());
+        }
     }
 
     #[tokio::test]

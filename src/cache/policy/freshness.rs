@@ -46,16 +46,6 @@ pub enum FreshnessSource {
     None,
 }
 
-impl FreshnessSource {
-    /// True for the origin-supplied sources (§4.2.1); heuristics must not be used then.
-    pub fn is_explicit(self) -> bool {
-        matches!(
-            self,
-            FreshnessSource::SMaxAge | FreshnessSource::MaxAge | FreshnessSource::Expires
-        )
-    }
-}
-
 /// A freshness lifetime together with its source (handy for logs and tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Freshness {

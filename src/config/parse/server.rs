@@ -361,6 +361,24 @@ impl P {
                         s.cache.zero_copy = b;
                     }
                 }
+                "ZeroCopyPacing" => {
+                    let v = c.text.trim();
+                    if v.eq_ignore_ascii_case("OFF") {
+                        s.cache.zero_copy_pacing = 0;
+                    } else if let Ok(mbit) = v.parse::<u32>() {
+                        s.cache.zero_copy_pacing = u64::from(mbit) * 125_000;
+                    } else {
+                        self.error(
+                            c,
+                            c.line,
+                            format!(
+                                "<ZeroCopyPacing> value \"{}\" is not a rate in Mbit/s",
+                                shorten(v)
+                            ),
+                            "write Mbit/s per connection, e.g. <ZeroCopyPacing>2000</ZeroCopyPacing>, or OFF",
+                        );
+                    }
+                }
                 "ControlAPI" => {}
                 _ => self.unknown(c, el, CACHE),
             }
