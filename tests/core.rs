@@ -606,6 +606,119 @@ async fn bad_requests_get_clear_errors_and_others_keep_being_served() {
     s.shutdown.cancel();
 }
 
+/// Targets and Hosts that do not say which resource is meant are refused (400) before any
+/// routing, and so are methods an edge does not forward (CONNECT 501, TRACE 405); `OPTIONS *`
+/// and `OPTIONS` with `Max-Forwards: 0` are answered here; an absolute-form target is routed
+/// by its own authority, not by `Host` (RFC 9112 §3.2, RFC 9110 §7.6.2).
+#[tokio::test]
+async fn request_targets_hosts_and_hop_methods_are_checked() {
+    let (a, _) = echo_origin("a").await;
+    let (b, _) = echo_origin("b").await;
+    let heads = Arc::new(Mutex::new(Vec::<String>::new()));
+    let h2 = heads.clone();
+    let raw_o = raw_origin(move |head| {
+        h2.lock().unwrap().push(head.to_string());
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            true,
+        )
+    })
+    .await;
+    let conf = ConfDir::new(
+        &server_xml("", ""),
+        &format!(
+            "<Vhosts>{}{}{}</Vhosts>",
+            vhost("a.com", "", &a.addr.to_string()),
+            vhost("b.com", "", &b.addr.to_string()),
+            vhost("m.com", "", &raw_o.to_string()),
+        ),
+    );
+    let s = start(&conf).await;
+    let addr = s.http[0];
+    let status = |answer: &str| answer.split(' ').nth(1).unwrap_or("").to_string();
+    for (request, want) in [
+        ("GET / HTTP/1.1\r\n\r\n", "400"),
+        (
+            "GET / HTTP/1.1\r\nHost: b.com\r\nHost: a.com\r\n\r\n",
+            "400",
+        ),
+        ("GET / HTTP/1.1\r\nHost: a.com/evil\r\n\r\n", "400"),
+        ("GET / HTTP/1.1\r\nHost: a.com@b.com\r\n\r\n", "400"),
+        ("GET / HTTP/1.1\r\nHost: \r\n\r\n", "400"),
+        ("GET foo HTTP/1.1\r\nHost: a.com\r\n\r\n", "400"),
+        ("GET * HTTP/1.1\r\nHost: a.com\r\n\r\n", "400"),
+        (
+            "CONNECT a.com:443 HTTP/1.1\r\nHost: a.com:443\r\n\r\n",
+            "501",
+        ),
+        ("TRACE / HTTP/1.1\r\nHost: a.com\r\n\r\n", "405"),
+        ("OPTIONS * HTTP/1.1\r\nHost: a.com\r\n\r\n", "200"),
+        ("GET / HTTP/1.0\r\n\r\n", "404"), // no Host, no <Default>: routed, not refused
+    ] {
+        let closing = request.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
+        let answer = raw(addr, closing.as_bytes()).await;
+        assert_eq!(status(&answer), want, "{request:?}: {answer}");
+        if want == "405" || request.starts_with("OPTIONS") {
+            assert!(
+                answer.to_ascii_lowercase().contains("\r\nallow: get"),
+                "{answer}"
+            );
+        }
+    }
+    // Absolute form: the target's authority wins over Host.
+    let answer = raw(
+        addr,
+        b"GET http://b.com/abs HTTP/1.1\r\nHost: a.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.ends_with("b /abs"), "{answer}");
+
+    // OPTIONS: Max-Forwards 0 is answered here, 3 goes on as 2; other methods leave it.
+    let options = |mf: &str| {
+        format!(
+            "OPTIONS /o HTTP/1.1\r\nHost: m.com\r\nMax-Forwards: {mf}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let answer = raw(addr, options("0").as_bytes()).await;
+    assert_eq!(status(&answer), "200", "{answer}");
+    assert!(
+        heads.lock().unwrap().is_empty(),
+        "Max-Forwards 0 went upstream"
+    );
+    let answer = raw(addr, options("3").as_bytes()).await;
+    assert_eq!(status(&answer), "200", "{answer}");
+    let sent = heads.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1);
+    assert!(
+        sent[0].to_ascii_lowercase().contains("max-forwards: 2\r\n"),
+        "{}",
+        sent[0]
+    );
+    s.shutdown.cancel();
+}
+
+/// A connection that never sends a byte is closed after the header timeout (30 s), as one
+/// that stops mid-head is: silent connections cannot pile up and starve the server of
+/// descriptors.
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_header_timeout() {
+    let (_o, _conf, s) = echo_server("o").await;
+    let t0 = Instant::now();
+    let mut silent = TcpStream::connect(s.http[0]).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(45), silent.read(&mut buf)).await;
+    let took = t0.elapsed();
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "still open after {took:?}: {read:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(25),
+        "closed early, after {took:?}"
+    );
+    s.shutdown.cancel();
+}
+
 /// A URL is keyed and forwarded in one normalised form: a client cannot make the origin
 /// answer `/p/evil/..` and have that answer served for `/p/` (cache poisoning).
 #[tokio::test]

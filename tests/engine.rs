@@ -1829,3 +1829,115 @@ async fn objects_too_large_for_the_store_are_passed_through() {
     assert!(s.proxy.store.residency(&key_of(&s, "/chunked")).is_none());
     s.shutdown.cancel();
 }
+
+/// Collapsed requests share an answer only where it may be reused for each (RFC 9111 §4): an
+/// answer that must be revalidated before reuse (`no-cache`, `max-age=0, must-revalidate`) or
+/// that has no freshness at all — typically a page made for the one user whose cookie the
+/// leader carried — goes to its own client, and every waiter gets its own from the origin.
+/// A fresh answer still collapses (one origin request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collapsed_waiters_never_get_an_answer_that_may_not_be_reused() {
+    let origin = Origin::start(Arc::new(|req: Request<Incoming>, _n| {
+        let user = req
+            .headers()
+            .get("cookie")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let cc = match req.uri().path() {
+            "/no-cache" => Some("no-cache"),
+            "/must-revalidate" => Some("max-age=0, must-revalidate"),
+            "/fresh" => Some("max-age=600"),
+            _ => None,
+        };
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let h: Vec<(&str, &str)> = cc.map(|c| ("cache-control", c)).into_iter().collect();
+            resp(200, &h, format!("page for {user}"))
+        })
+    }))
+    .await;
+    let conf = ConfDir::new(&server_conf(""), &vhost_conf("a.com", origin.addr));
+    let s = start(&conf).await;
+    let addr = s.http[0];
+    for (path, shared) in [
+        ("/no-cache", false),
+        ("/must-revalidate", false),
+        ("/no-freshness", false),
+        ("/fresh", true),
+    ] {
+        let before = origin.count();
+        let mut clients = Vec::new();
+        for i in 0..5 {
+            clients.push(tokio::spawn(async move {
+                let cookie = format!("user={i}");
+                let g = get(addr, "a.com", path, &[("cookie", &cookie)]).await;
+                (cookie, g)
+            }));
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        for c in clients {
+            let (cookie, g) = c.await.expect("client");
+            assert_eq!(g.status, 200, "{path}");
+            if !shared {
+                assert_eq!(
+                    g.body,
+                    Bytes::from(format!("page for {cookie}")),
+                    "{path}: another user's answer"
+                );
+            }
+        }
+        let asked = origin.count() - before;
+        assert_eq!(asked, if shared { 1 } else { 5 }, "{path}: origin requests");
+    }
+    s.shutdown.cancel();
+}
+
+/// A 416 answers only the `Range` of the request that forwarded it: it is passed on, never
+/// stored as the URL's answer, so a plain GET afterwards — or one arriving while the range
+/// miss is in flight — gets the object, not the 416.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_416_to_a_forwarded_range_is_not_stored() {
+    let body = Bytes::from_static(b"0123456789");
+    let b2 = body.clone();
+    let origin = Origin::start(Arc::new(move |req: Request<Incoming>, _n| {
+        let ranged = req.headers().contains_key("range");
+        let body = b2.clone();
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if ranged {
+                resp(
+                    416,
+                    &[
+                        ("cache-control", "max-age=600"),
+                        ("content-range", "bytes */10"),
+                    ],
+                    Bytes::new(),
+                )
+            } else {
+                resp(200, &[("cache-control", "max-age=600")], body)
+            }
+        })
+    }))
+    .await;
+    let conf = ConfDir::new(&server_conf(""), &vhost_conf("a.com", origin.addr));
+    let s = start(&conf).await;
+    let addr = s.http[0];
+    let ranged =
+        tokio::spawn(async move { get(addr, "a.com", "/o", &[("range", "bytes=50-")]).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let plain = get(addr, "a.com", "/o", &[]).await;
+    assert_eq!(ranged.await.expect("client").status, 416);
+    assert_eq!(
+        (plain.status.as_u16(), &plain.body),
+        (200, &body),
+        "a waiter got the 416"
+    );
+    for _ in 0..2 {
+        let g = get(addr, "a.com", "/o", &[]).await;
+        assert_eq!((g.status.as_u16(), &g.body), (200, &body));
+        let r = get(addr, "a.com", "/o", &[("range", "bytes=2-3")]).await;
+        assert_eq!((r.status.as_u16(), &r.body[..]), (206, &b"23"[..]));
+    }
+    s.shutdown.cancel();
+}

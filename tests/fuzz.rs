@@ -378,6 +378,17 @@ fn hostile_answer(path: &str) -> Vec<u8> {
         .into_bytes(),
         // An HTTP/1.0 answer with no length, ended by the close.
         18 => format!("HTTP/1.0 200 OK\r\nCache-Control: max-age=600\r\n\r\n{body}").into_bytes(),
+        // A transfer coding hyper does not decode, under chunked: serving the inner bytes as
+        // the content would hand clients gzip data with nothing saying so.
+        21 => format!(
+            "{head}Transfer-Encoding: gzip, chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        )
+        .into_bytes(),
+        // The same with chunked first (so the close ends the body).
+        22 => format!("{head}Transfer-Encoding: chunked, gzip\r\n\r\n{body}").into_bytes(),
+        // A switch of protocols nobody asked for.
+        23 => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n".to_vec(),
         // An empty chunked body.
         17 => format!("{head}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n").into_bytes(),
         // A well-formed chunked body (also case 19, asked first with HEAD).
@@ -434,7 +445,7 @@ async fn hostile_origin_answers_are_never_stored_or_served_as_complete() {
 
     // Hand-written cases whose answer cannot be complete: a 5xx or a body cut short, and
     // nothing stored.
-    for case in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 20, 20, 20] {
+    for case in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 20, 20, 20, 21, 22, 23] {
         let p = format!("/c/{case}");
         // An Err is a body cut short, which the client can tell.
         if let Ok(g) = fetch(p.clone()).await {

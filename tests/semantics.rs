@@ -2029,12 +2029,20 @@ async fn rfc9111_4_1_vary_selects_stored_variants() {
             &[("accept-encoding", "gzip;q=0")],
             false,
         ),
-        // Accept-Language: order, case and whitespace do not matter.
+        // Accept-Language: case and whitespace do not matter; the order of equal weights
+        // does (the leftmost is preferred), the place a lower weight is written does not.
         (
             "vy-al-order",
             "Accept-Language",
             &[("accept-language", "en, de")],
             &[("accept-language", "de, en")],
+            false,
+        ),
+        (
+            "vy-al-weights",
+            "Accept-Language",
+            &[("accept-language", "en;q=0.5, de")],
+            &[("accept-language", "de, en;q=0.5")],
             true,
         ),
         (

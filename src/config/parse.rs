@@ -351,7 +351,11 @@ impl P {
                 el,
                 el.line,
                 format!("<{}> is empty", el.name),
-                format!("write a value, e.g. <{0}>{example}</{0}>", el.name),
+                if example.starts_with('<') {
+                    format!("write a value, e.g. {example}")
+                } else {
+                    format!("write a value, e.g. <{0}>{example}</{0}>", el.name)
+                },
             );
             None
         } else {
@@ -456,6 +460,21 @@ impl P {
                 None
             }
         }
+    }
+
+    /// A duration that must not be zero (a zero timeout fails every attempt).
+    fn positive_duration(&mut self, el: &Element, example: &str) -> Option<Duration> {
+        let d = self.duration(el, example)?;
+        if d.is_zero() {
+            self.error(
+                el,
+                el.line,
+                format!("<{}> of 0 fails every attempt at once", el.name),
+                format!("write a positive time, e.g. <{0}>{example}</{0}>", el.name),
+            );
+            return None;
+        }
+        Some(d)
     }
 
     fn attr_duration(&mut self, el: &Element, attr: &str, example: &str) -> Option<Duration> {

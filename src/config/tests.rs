@@ -1145,3 +1145,40 @@ fn default_conf_loads_cleanly() {
         Some(102_400)
     );
 }
+
+#[test]
+fn zero_timeouts_are_refused_and_empty_elements_show_one_example() {
+    let vhosts = r#"<Vhosts>
+    <Vhost Name="a.com">
+        <Origin><Address>127.0.0.1:9</Address></Origin>
+        <OriginOptions>
+            <ConnectTimeout>0</ConnectTimeout>
+            <ReceiveTimeout>0ms</ReceiveTimeout>
+        </OriginOptions>
+    </Vhost>
+</Vhosts>"#;
+    let (_, diags, _d) = check(None, vhosts);
+    let errs = errors(&diags);
+    let lines: Vec<u32> = errs.iter().map(|e| e.line).collect();
+    assert_eq!(
+        lines,
+        vec![
+            line_of(vhosts, "<ConnectTimeout>0"),
+            line_of(vhosts, "<ReceiveTimeout>0ms")
+        ],
+        "{diags:#?}"
+    );
+    assert!(
+        errs[0]
+            .to_string()
+            .contains("<ConnectTimeout>3</ConnectTimeout>"),
+        "{}",
+        errs[0]
+    );
+
+    let server = "<Server><Cache>\n<MemorySize></MemorySize>\n</Cache></Server>";
+    let (_, diags, _d) = check(Some(server), "<Vhosts/>");
+    let text = errors(&diags)[0].to_string();
+    assert!(!text.contains("<MemorySize><MemorySize>"), "{text}");
+    assert!(text.contains("<MemorySize>256</MemorySize>"), "{text}");
+}

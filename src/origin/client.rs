@@ -92,6 +92,10 @@ pub fn tls_config(
 /// does not fit), so body reads come in pieces of at most this size.
 pub const MAX_ORIGIN_HEAD: usize = 64 * 1024;
 
+/// The most header fields an origin's HTTP/1 response head may have (within
+/// [`MAX_ORIGIN_HEAD`]).
+pub const MAX_ORIGIN_FIELDS: usize = 512;
+
 /// The size of a response head as it came on the wire: the status line (its reason phrase
 /// is not kept; a short one is assumed) and each field line with its `": "` and CRLF.
 pub fn head_size(headers: &http::HeaderMap) -> usize {
@@ -121,6 +125,9 @@ pub fn build(
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(256)
         .http1_max_buf_size(MAX_ORIGIN_HEAD)
+        // hyper's default is 100 fields; an origin head is bounded by its size instead
+        // (MAX_ORIGIN_HEAD), and 512 short fields fit in it.
+        .http1_max_headers(MAX_ORIGIN_FIELDS)
         .build(https)
 }
 

@@ -340,6 +340,9 @@ impl OriginPool {
                         ),
                     ));
                 }
+                if let Some(why) = unusable_framing(&resp) {
+                    return Err(OriginError::Protocol(addr.raw.clone(), why));
+                }
                 if resp.headers().contains_key(header::TRANSFER_ENCODING) {
                     // Both framings: the body was read by Transfer-Encoding, so the length
                     // field describes nothing we hold and must not be passed on (RFC 9112 §6.3).
@@ -552,6 +555,24 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Why an origin's answer cannot be relayed as an HTTP message, if it cannot: a switch of
+/// protocols nobody asked for (the upstream request never carries `Upgrade`), or a transfer
+/// coding other than `chunked` — hyper removes only the chunked framing, so the body would
+/// reach clients and the cache still coded, with nothing saying so (RFC 9112 §6.1, §7).
+fn unusable_framing<B>(resp: &http::Response<B>) -> Option<String> {
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        return Some("101 Switching Protocols to a request that asked for no upgrade".into());
+    }
+    let other = resp
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case("chunked"))?;
+    Some(format!("unsupported transfer coding {other:?}"))
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ impl Proxy {
             }
             Join::Waiter(fill) => match fill.head(wait).await {
                 Some(FillState::Streaming { meta, .. })
-                    if respond::selects(&meta, ctx.vh, &ctx.headers) =>
+                    if respond::reusable_for(&meta, ctx.vh, &ctx.method, &ctx.headers) =>
                 {
                     respond::from_fill(
                         &self.store,
@@ -58,7 +58,13 @@ impl Proxy {
                         CacheResult::RtHit,
                     )
                 }
-                Some(FillState::Done(meta)) if respond::selects(&meta, ctx.vh, &ctx.headers) => {
+                // A fill already committed: reusable for this request, or the outcome of the
+                // revalidation this request also needed (the origin confirmed the stored copy,
+                // or STON's TTLExtensionBy5xx keeps it), as current for it as for the leader.
+                Some(FillState::Done(meta))
+                    if respond::reusable_for(&meta, ctx.vh, &ctx.method, &ctx.headers)
+                        || (stale.is_some() && respond::selects(&meta, ctx.vh, &ctx.headers)) =>
+                {
                     match respond::from_store(
                         &self.store,
                         ctx.vh,
@@ -124,6 +130,12 @@ impl Proxy {
                     return self
                         .range_filled(ctx, key, resp, request_time, response_time)
                         .await;
+                }
+                if range_fill && status == StatusCode::RANGE_NOT_SATISFIABLE {
+                    // It answers this request's Range, which the key does not hold: stored, it
+                    // would be served for the whole URL (RFC 9110 §15.5.17). Pass it on only.
+                    guard.release();
+                    return respond::passed(resp, ctx.vh, &ctx.method, CacheResult::Miss);
                 }
 
                 // Revalidation answered: 304 freshens the stored copy; STON's

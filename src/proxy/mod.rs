@@ -12,6 +12,7 @@ pub mod forward;
 pub mod partial;
 mod pass;
 pub mod respond;
+pub mod target;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -120,13 +121,8 @@ impl Proxy {
     ) -> Response<Body> {
         let started = Instant::now();
         let rt = self.runtime.load_full();
-        let (parts, incoming) = req.into_parts();
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+        let (mut parts, incoming) = req.into_parts();
+        let verdict = target::check(&parts.method, &parts.uri, parts.version, &parts.headers);
         // Normalised once, here: the key and the origin request both use this target.
         let path_and_query =
             key::normalize_target(parts.uri.path_and_query().map_or("/", |p| p.as_str()));
@@ -145,6 +141,28 @@ impl Proxy {
             content_length: None,
             started,
         };
+        let host = match verdict {
+            target::Verdict::Route(host) => host,
+            target::Verdict::Refuse(status, why) => {
+                let mut r = respond::error(status, &format!("{why}\n"));
+                if status == StatusCode::METHOD_NOT_ALLOWED {
+                    r.headers_mut()
+                        .insert(header::ALLOW, HeaderValue::from_static(target::ALLOW));
+                }
+                return self.finish(r, entry);
+            }
+            target::Verdict::Options => {
+                let mut r = Response::new(body::empty());
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(target::ALLOW));
+                r.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                return self.finish(r, entry);
+            }
+        };
+        if let Some(n) = target::decremented_max_forwards(&parts.method, &parts.headers) {
+            parts.headers.insert(header::MAX_FORWARDS, n);
+        }
 
         let Some(vi) = rt.router.route(host.as_deref()) else {
             let shown = host

@@ -224,21 +224,33 @@ pub fn from_fill(
     )
 }
 
-/// Whether a request that finds `fill` in flight may read it. Joining before the origin has
-/// answered is collapsing: the answer is as new as one fetched for this request. Joining once
-/// the answer is in is a cache lookup, so the answer's reuse rules apply (RFC 9111 §4): a
-/// `no-cache` or `max-age=0` answer still streaming in is not served to the next request.
+/// Whether a request that finds `fill` in flight may wait on it: always while the origin has
+/// not answered (collapsing), else only when the answer may be reused for it now.
 pub fn may_join(fill: &fill::Fill, vh: &VhostRuntime, method: &Method, req: &HeaderMap) -> bool {
     let state = fill.subscribe().borrow().clone();
     match state {
         fill::FillState::Streaming { meta, .. } | fill::FillState::Done(meta) => {
-            let facts = facts(&meta);
-            selects(&meta, vh, req)
-                && policy::decide_reuse(method, req, &facts, SystemTime::now(), &vh.policy)
-                    == policy::Reuse::Fresh
+            reusable_for(&meta, vh, method, req)
         }
         _ => true,
     }
+}
+
+/// Whether the answer `meta` (filling or stored) may be served to this request without
+/// asking the origin: it is the variant the request selects, and it is fresh for it.
+/// Collapsed requests are held to the same rule (RFC 9111 §4: a response may satisfy several
+/// requests only where it may be reused for each): a `no-cache`, `max-age=0` or
+/// freshness-less answer — typically a page made for one user — goes to its own client only,
+/// and every waiter asks the origin for its own.
+pub fn reusable_for(
+    meta: &ObjectMeta,
+    vh: &VhostRuntime,
+    method: &Method,
+    req: &HeaderMap,
+) -> bool {
+    selects(meta, vh, req)
+        && policy::decide_reuse(method, req, &facts(meta), SystemTime::now(), &vh.policy)
+            == policy::Reuse::Fresh
 }
 
 /// Waits (up to `timeout`) for `fill` to end; true when its object was committed.

@@ -346,12 +346,16 @@ impl ServiceListeners {
     }
 }
 
+/// How long a client has to send its first request head (and each later one once begun),
+/// and how long a new connection may stay silent.
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The connection builder: HTTP/1.1 with keep-alive and h2c by preface, bounded header sizes.
 fn conn_builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(FIRST_BYTE_TIMEOUT)
         .max_buf_size(64 * 1024)
         .keep_alive(true);
     b.http2()
@@ -417,6 +421,18 @@ fn spawn_accept(
             };
             let tls = tls.clone();
             tokio::spawn(async move {
+                // hyper's header timeout runs from a request's first byte: a connection that
+                // never sends one would keep its descriptor for good (enough of them starve
+                // the server of descriptors).
+                // (`peek`, not `readable`: readiness can be reported before a byte is there.)
+                let mut first = [0u8; 1];
+                if tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut first))
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!(peer = %peer.addr, "closed: nothing sent within the header timeout");
+                    return;
+                }
                 match tls {
                     // Plain TCP may send cached bytes straight from their files.
                     None if proxy.runtime.load().cfg.server.cache.zero_copy => {

@@ -131,9 +131,10 @@ pub fn normalize_field_value(value: &str) -> String {
 }
 
 /// Normalises an `Accept-Language` value (RFC 9110 §12.5.4): language ranges compared
-/// case-insensitively, whitespace dropped, refused ranges (`q=0`) and unreadable weights
-/// dropped, and ranges of equal weight sorted, so `en, de`, `De,EN` and ` de ;q=1 , en`
-/// share a variant. Different weights stay distinct (`en;q=0.5, de` ≠ `en, de`).
+/// case-insensitively, whitespace dropped, refused ranges (`q=0`), unreadable weights and
+/// repeated ranges dropped, and ranges ordered by weight, so `en;q=0.5, de` and
+/// `DE, en;q=0.5` share a variant. Ranges of equal weight keep their order: servers take
+/// the leftmost as the preferred one, so `en, de` and `de, en` may get different answers.
 pub fn normalize_accept_language(value: &str) -> String {
     let mut ranges: Vec<(u16, String)> = Vec::new();
     for member in split_list(value) {
@@ -157,8 +158,10 @@ pub fn normalize_accept_language(value: &str) -> String {
             _ => {}
         }
     }
-    ranges.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-    ranges.dedup_by(|a, b| a.1 == b.1);
+    // Stable: equal weights stay in the client's order. A repeated range keeps its first.
+    ranges.sort_by_key(|r| std::cmp::Reverse(r.0));
+    let mut seen = std::collections::HashSet::new();
+    ranges.retain(|(_, r)| seen.insert(r.clone()));
     ranges
         .iter()
         .map(|(w, r)| {
@@ -346,10 +349,22 @@ mod tests {
             ),
             // Values are case-sensitive outside Accept-Encoding and Accept-Language.
             (&[("x-device", "Mobile")], &[("x-device", "mobile")], false),
-            // Accept-Language: order among equal weights, case and whitespace do not matter.
+            // Accept-Language: case, whitespace, refused and repeated ranges do not matter,
+            // nor where a lower weight is written; the order among equal weights does (the
+            // leftmost is preferred).
             (
                 &[("accept-language", "en, de")],
-                &[("accept-language", " DE ,en;q=1.0, fr;q=0")],
+                &[("accept-language", " EN ,de;q=1.0, fr;q=0, en")],
+                true,
+            ),
+            (
+                &[("accept-language", "en, de")],
+                &[("accept-language", "de, en")],
+                false,
+            ),
+            (
+                &[("accept-language", "fr, de;q=0.5")],
+                &[("accept-language", "de;q=0.5, FR")],
                 true,
             ),
             (

@@ -153,6 +153,11 @@ impl Disk {
         self.memory_backed.load(Ordering::Relaxed)
     }
 
+    /// The directory.
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
     /// The identifier of this run, carried by its temporary files.
     pub fn run_id(&self) -> u64 {
         self.run_id

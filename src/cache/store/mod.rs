@@ -265,7 +265,13 @@ impl Store {
             .collect();
         let disks = tokio::task::spawn_blocking(move || -> Result<Vec<Disk>, StoreError> {
             for d in &disks {
-                d.prepare()?;
+                d.prepare().map_err(|io| {
+                    // Name the directory: "File exists" alone says nothing about which one.
+                    StoreError::Io(Arc::new(std::io::Error::new(
+                        io.kind(),
+                        format!("disk {}: {io}", d.root().display()),
+                    )))
+                })?;
             }
             Ok(disks)
         })

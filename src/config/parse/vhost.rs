@@ -401,12 +401,12 @@ impl P {
                     }
                 }
                 "ConnectTimeout" => {
-                    if let Some(d) = self.duration(c, "3") {
+                    if let Some(d) = self.positive_duration(c, "3") {
                         o.connect_timeout = d;
                     }
                 }
                 "ReceiveTimeout" => {
-                    if let Some(d) = self.duration(c, "10") {
+                    if let Some(d) = self.positive_duration(c, "10") {
                         o.receive_timeout = d;
                     }
                 }
