@@ -844,7 +844,7 @@ fn size_and_duration_units() {
     assert!(
         errors(&diags)[4]
             .to_string()
-            .contains("<ZeroCopyPacing>2000</ZeroCopyPacing>"),
+            .contains("<ZeroCopyPacing>2500</ZeroCopyPacing>"),
         "the fix shows the unit: {diags:#?}"
     );
 
@@ -996,7 +996,7 @@ fn missing_files() {
     assert_eq!(s.cache.chunk_size, 1 << 20);
     assert_eq!(s.cache.fill_wait, Duration::from_secs(30));
     assert!(s.cache.zero_copy);
-    assert_eq!(s.cache.zero_copy_pacing, 250_000_000, "2 Gbit/s");
+    assert_eq!(s.cache.zero_copy_pacing, 312_500_000, "2.5 Gbit/s");
     assert!(s.cache.disks.is_empty());
     assert_eq!(s.max_cdn_loop_hops, 8);
     assert!(s.log.dir.is_none() && s.https.is_empty() && s.resolve.is_empty());

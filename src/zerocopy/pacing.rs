@@ -8,15 +8,17 @@
 //! that arrives within its RTT estimate, and takes that estimate from the time a window takes
 //! to arrive) never sees more than one small window per "RTT", and the window stays at
 //! 100-200 KB for good; the client's core ends up processing every acknowledgement and the
-//! segments each one releases. Measured (bench figure 2, 10 MiB at 16 connections, pinned):
-//! unpaced 1,959 MB/s at 0.209 server CPU s/GB; paced at 2 Gbit/s per connection 3,318 MB/s
-//! at 0.154, against Varnish 3,141 at 0.224 and nginx 1,600 at 0.188 in the same run. Spread
-//! over the pacing interval, a window takes long enough to arrive for the client to grow it
-//! to megabytes, and the flow is no longer paced by its acknowledgements.
+//! segments each one releases. Measured (10 MiB hits at 16 connections, pinned, interleaved
+//! rounds with the peers, 2026-11-26): unpaced 1,959 MB/s at 0.209 server CPU s/GB; paced at
+//! 2 Gbit/s per connection 3,318 MB/s at 0.154 (Varnish 3,141 at 0.224, nginx 1,600 at 0.188);
+//! a sweep of the rate: 2.0 Gbit/s 3,445, 2.2 3,448, 2.5 3,801-4,270 (at 0.12 CPU s/GB), 2.8
+//! 3,305, 3.2 3,558, 4.0 3,547, Varnish 3,270-3,349. Spread over the pacing interval, a window
+//! takes long enough to arrive for the client to grow it to megabytes, and the flow is no
+//! longer clocked by its acknowledgements.
 //!
 //! Over a real network pacing is what `fq` does for every flow: it smooths the bursts that
 //! overflow a bottleneck's queue. The cost is the ceiling itself: one connection cannot
-//! receive zero-copy bytes faster than the rate (`<ZeroCopyPacing>`, 2 Gbit/s by default; OFF
+//! receive zero-copy bytes faster than the rate (`<ZeroCopyPacing>`, 2.5 Gbit/s by default; OFF
 //! removes it). Small hits are never zero-copy and so never paced.
 
 use std::io;

@@ -375,7 +375,7 @@ impl P {
                                 "<ZeroCopyPacing> value \"{}\" is not a rate in Mbit/s",
                                 shorten(v)
                             ),
-                            "write Mbit/s per connection, e.g. <ZeroCopyPacing>2000</ZeroCopyPacing>, or OFF",
+                            "write Mbit/s per connection, e.g. <ZeroCopyPacing>2500</ZeroCopyPacing>, or OFF",
                         );
                     }
                 }
