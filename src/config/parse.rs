@@ -11,7 +11,7 @@
 //! (`vhosts.xml`), `checks` (names and links across vhosts).
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -462,6 +462,20 @@ impl P {
         }
     }
 
+    /// Errs unless `path` (relative to the config directory) is a file that can be read:
+    /// `check` then finds what `run` would fail on.
+    fn readable_file(&mut self, el: &Element, line: u32, path: &str, what: &str) {
+        let resolved = self.dir.join(path);
+        if let Err(e) = std::fs::File::open(&resolved) {
+            self.error(
+                el,
+                line,
+                format!("{what} file {} cannot be read: {e}", resolved.display()),
+                "write the path of a PEM file (relative to the configuration directory)",
+            );
+        }
+    }
+
     /// A duration that must not be zero (a zero timeout fails every attempt).
     fn positive_duration(&mut self, el: &Element, example: &str) -> Option<Duration> {
         let d = self.duration(el, example)?;
@@ -659,14 +673,79 @@ pub fn build(dir: &Path, server: Option<&Element>, vhosts: &Element) -> (Config,
         Some(s) => p.server(s),
         None => (ServerConfig::default(), None),
     };
-    let (vhosts, default_vhost) = p.vhosts(vhosts, vdefault.as_ref());
+    let (vhosts_cfg, default_vhost) = p.vhosts(vhosts, vdefault.as_ref());
     let cfg = Config {
         dir: dir.to_path_buf(),
         server: server_cfg,
-        vhosts,
+        vhosts: vhosts_cfg,
         default_vhost,
     };
+    p.listen_conflicts(vhosts, &cfg);
     (cfg, finish(p.diags))
+}
+
+/// Whether listeners on `a` and `b` cannot both be bound: the same port, and the same address
+/// or one of them the wildcard (port 0 asks for any free port and never conflicts).
+fn clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+impl P {
+    /// Errs on a vhost `<Listen>` that `run` could not bind: on the manager's or an
+    /// `<Https>` listener's address, or a wildcard and a specific address on one port.
+    fn listen_conflicts(&mut self, root: &Element, cfg: &Config) {
+        let s = &cfg.server;
+        let mut others: Vec<(SocketAddr, String)> = vec![(
+            SocketAddr::new(s.manager.listen, s.manager.port),
+            "the <Manager>'s".to_string(),
+        )];
+        others.extend(
+            s.https
+                .iter()
+                .map(|h| (h.listen, "an <Https> listener's".to_string())),
+        );
+        let mut seen: Vec<(SocketAddr, &str)> = Vec::new();
+        for v in cfg
+            .vhosts
+            .iter()
+            .filter(|v| v.status == VhostStatus::Active)
+        {
+            let addr = match v.listen {
+                Listen::Any(port) => SocketAddr::new(
+                    s.listen_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                    port,
+                ),
+                Listen::Addr(a) => s.listen_ip.map_or(a, |ip| SocketAddr::new(ip, a.port())),
+                Listen::Off => continue,
+            };
+            let against_other = others
+                .iter()
+                .find(|(o, _)| clash(addr, *o))
+                .map(|(o, what)| format!("{what} {o}"));
+            // A second vhost on an address already seen shares that listener: a clash of
+            // that address was reported with the first.
+            let shared = seen.iter().any(|(o, _)| *o == addr);
+            let against_vhost = seen
+                .iter()
+                .find(|(o, _)| !shared && *o != addr && clash(addr, *o))
+                .map(|(o, name)| format!("vhost {name}'s {o}"));
+            if let Some(with) = against_other.or(against_vhost) {
+                let el = vhost_el(root, v);
+                self.error(
+                    el,
+                    el.line,
+                    format!(
+                        "vhost {}'s <Listen> {addr} cannot be bound beside {with}",
+                        v.name
+                    ),
+                    "give it another port, or the same address as the other listener",
+                );
+            }
+            seen.push((addr, &v.name));
+        }
+    }
 }
 
 /// Loads `dir/server.xml` and `dir/vhosts.xml` (see [`super::load_for_check`]).

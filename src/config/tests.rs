@@ -923,7 +923,11 @@ fn server_extensions() {
     <Https Listen="8443"><Cert Cert="x.pem"/></Https>
 </Server>"#;
     let (cfg, diags, _dir) = check(Some(server), "<Vhosts/>");
-    let errs = errors(&diags);
+    // The certificate files do not exist (check_finds_what_run_would_fail_on covers that).
+    let errs: Vec<_> = errors(&diags)
+        .into_iter()
+        .filter(|e| !e.message.contains("cannot be read"))
+        .collect();
     let lines: Vec<u32> = errs.iter().map(|e| e.line).collect();
     assert_eq!(
         lines,
@@ -1181,4 +1185,39 @@ fn zero_timeouts_are_refused_and_empty_elements_show_one_example() {
     let text = errors(&diags)[0].to_string();
     assert!(!text.contains("<MemorySize><MemorySize>"), "{text}");
     assert!(text.contains("<MemorySize>256</MemorySize>"), "{text}");
+}
+
+/// What `run` would fail on, `check` finds first: a disk path that is a file, certificate
+/// files that cannot be read, and vhost listeners that cannot be bound beside the others.
+#[test]
+fn check_finds_what_run_would_fail_on() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("a-file"), b"x").expect("file");
+    let server = format!(
+        r#"<Server>
+    <Host><Manager Port="10041" Listen="127.0.0.1"/></Host>
+    <Cache><Storage><Disk>{}</Disk></Storage></Cache>
+    <Https Listen="0.0.0.0:8443"><Cert Names="a.com" Cert="missing.pem" Key="missing.key"/></Https>
+</Server>"#,
+        dir.path().join("a-file").display()
+    );
+    let vhosts = r#"<Vhosts>
+    <Vhost Name="on-manager"><Listen>127.0.0.1:10041</Listen><Origin><Address>127.0.0.1:9</Address></Origin></Vhost>
+    <Vhost Name="on-https"><Listen>127.0.0.1:8443</Listen><Origin><Address>127.0.0.1:9</Address></Origin></Vhost>
+    <Vhost Name="wild"><Listen>*:8080</Listen><Origin><Address>127.0.0.1:9</Address></Origin></Vhost>
+    <Vhost Name="specific"><Listen>127.0.0.1:8080</Listen><Origin><Address>127.0.0.1:9</Address></Origin></Vhost>
+    <Vhost Name="shared"><Listen>*:8080</Listen><Origin><Address>127.0.0.1:9</Address></Origin></Vhost>
+</Vhosts>"#;
+    let (_, diags, _d) = check(Some(&server), vhosts);
+    let errs: Vec<String> = errors(&diags).iter().map(|e| e.to_string()).collect();
+    let has = |needle: &str| errs.iter().any(|e| e.contains(needle));
+    assert!(has("is a file, not a directory"), "{errs:#?}");
+    assert!(has("Cert file") && has("Key file"), "{errs:#?}");
+    assert!(has("vhost on-manager's <Listen>"), "{errs:#?}");
+    assert!(has("vhost on-https's <Listen>"), "{errs:#?}");
+    assert!(has("vhost specific's <Listen>"), "{errs:#?}");
+    // The same wildcard address twice is one shared listener: its clash is reported once.
+    assert!(!has("vhost shared's <Listen>"), "{errs:#?}");
+    assert!(!has("vhost wild's <Listen>"), "{errs:#?}");
+    assert_eq!(errs.len(), 6, "{errs:#?}");
 }

@@ -284,6 +284,19 @@ impl P {
                                     }
                                     None => 0,
                                 };
+                                let resolved = self.dir.join(path);
+                                if resolved.exists() && !resolved.is_dir() {
+                                    self.error(
+                                        d,
+                                        d.line,
+                                        format!(
+                                            "<Disk> {} is a file, not a directory",
+                                            resolved.display()
+                                        ),
+                                        "name a directory (it is created when missing)",
+                                    );
+                                    continue;
+                                }
                                 s.cache.disks.push(DiskConfig {
                                     path: PathBuf::from(path),
                                     quota_bytes: quota,
@@ -429,6 +442,8 @@ impl P {
                         );
                         continue;
                     };
+                    self.readable_file(c, c.line, cert, "Cert");
+                    self.readable_file(c, c.line, k, "Key");
                     let names = c
                         .attr("Names")
                         .map(|a| {
@@ -452,11 +467,15 @@ impl P {
             }
         }
         match (import, key) {
-            (Some((cert, _)), Some(key)) => certs.push(CertConfig {
-                names: Vec::new(),
-                cert: PathBuf::from(&cert),
-                key: PathBuf::from(&key),
-            }),
+            (Some((cert, c)), Some(key)) => {
+                self.readable_file(c, c.line, &cert, "<Import>");
+                self.readable_file(el, el.line, &key, "<Key>");
+                certs.push(CertConfig {
+                    names: Vec::new(),
+                    cert: PathBuf::from(&cert),
+                    key: PathBuf::from(&key),
+                })
+            }
             (Some((_, c)), None) => self.error(
                 c,
                 c.line,
