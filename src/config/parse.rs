@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::diag::{Diagnostic, suggest};
+use super::diag::{Diagnostic, edit_distance, suggest};
 use super::model::*;
 use super::values::{parse_duration, parse_on_off, parse_size};
 use super::xml::{self, Element, shorten};
@@ -681,8 +681,77 @@ pub fn build(dir: &Path, server: Option<&Element>, vhosts: &Element) -> (Config,
         default_vhost,
     };
     p.listen_conflicts(vhosts, &cfg);
+    for root in server.into_iter().chain([vhosts]) {
+        p.attribute_typos(root);
+    }
     (cfg, finish(p.diags))
 }
+
+/// STON and M2 attributes Strata accepts without reading, close to a known name or not.
+const STON_ATTRIBUTES: &[&str] = &[
+    "AccessGt",
+    "All",
+    "Base",
+    "BodySensitive",
+    "Bypass",
+    "Collective",
+    "Dir",
+    "DiskFailCount",
+    "DiskFailSec",
+    "Expire",
+    "FirstOnly",
+    "Form",
+    "Get",
+    "HealthyHeader",
+    "HealthyWhen",
+    "Local",
+    "Log",
+    "Mandatory",
+    "Max",
+    "MaxAge",
+    "MaxContentLength",
+    "Min",
+    "ModelParam",
+    "OnCrash",
+    "Post",
+    "Ratio",
+    "Reopen",
+    "Retention",
+    "Standard",
+    "Type",
+    "Unit",
+    "Validate",
+    "Vhost",
+    "ViewParam",
+    "Warning",
+    "XFF",
+];
+
+/// Every attribute name the parser reads (on whichever element).
+const KNOWN_ATTRIBUTES: &[&str] = &[
+    "Alias",
+    "Cert",
+    "Condition",
+    "Cycle",
+    "Exclusion",
+    "HttpMethod",
+    "Key",
+    "Listen",
+    "Name",
+    "Names",
+    "Port",
+    "Priority",
+    "Protocol",
+    "Purge",
+    "Quota",
+    "Recovery",
+    "ResCode",
+    "Role",
+    "Status",
+    "Timeout",
+    "Token",
+    "Uri",
+];
 
 /// Whether listeners on `a` and `b` cannot both be bound: the same port, and the same address
 /// or one of them the wildcard (port 0 asks for any free port and never conflicts).
@@ -693,6 +762,42 @@ fn clash(a: SocketAddr, b: SocketAddr) -> bool {
 }
 
 impl P {
+    /// Warns about an attribute Strata does not read whose name is a near miss of one it
+    /// does (`Qouta`, `Stauts`, `quota`): silently ignored, it would leave the setting at its
+    /// default. Attributes far from every known name are STON's own and pass quietly.
+    fn attribute_typos(&mut self, el: &Element) {
+        for (name, _, line) in &el.attrs {
+            if KNOWN_ATTRIBUTES.contains(&name.as_str()) {
+                continue;
+            }
+            if STON_ATTRIBUTES.contains(&name.as_str()) {
+                continue;
+            }
+            // Two edits (a swapped pair of letters is two) for names of four letters or more.
+            let limit = if name.len() >= 4 { 2 } else { 1 };
+            let near = KNOWN_ATTRIBUTES
+                .iter()
+                .map(|k| (edit_distance(name, k), *k))
+                .filter(|(d, _)| *d <= limit)
+                .min_by_key(|(d, _)| *d)
+                .map(|(_, k)| k);
+            if let Some(known) = near {
+                self.warn(
+                    el,
+                    *line,
+                    format!(
+                        "<{}> has an unknown attribute {name}; it is ignored",
+                        el.name
+                    ),
+                    format!("did you mean {known}=\"...\"?"),
+                );
+            }
+        }
+        for c in &el.children {
+            self.attribute_typos(c);
+        }
+    }
+
     /// Errs on a vhost `<Listen>` that `run` could not bind: on the manager's or an
     /// `<Https>` listener's address, or a wildcard and a specific address on one port.
     fn listen_conflicts(&mut self, root: &Element, cfg: &Config) {

@@ -1221,3 +1221,20 @@ fn check_finds_what_run_would_fail_on() {
     assert!(!has("vhost wild's <Listen>"), "{errs:#?}");
     assert_eq!(errs.len(), 6, "{errs:#?}");
 }
+
+/// A misspelt attribute would silently leave its setting at the default: a warning names it
+/// and the attribute meant.
+#[test]
+fn misspelt_attributes_are_named() {
+    let server =
+        r#"<Server><Cache><Storage><Disk Qouta="1">cache</Disk></Storage></Cache></Server>"#;
+    let vhosts = r#"<Vhosts>
+    <Vhost Name="a.com" Stauts="Inactive"><Origin><Address>127.0.0.1:9</Address></Origin></Vhost>
+</Vhosts>"#;
+    let (cfg, diags, _d) = check(Some(server), vhosts);
+    let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+    let has = |a: &str, b: &str| text.iter().any(|t| t.contains(a) && t.contains(b));
+    assert!(has("unknown attribute Qouta", "Quota="), "{text:#?}");
+    assert!(has("unknown attribute Stauts", "Status="), "{text:#?}");
+    assert!(cfg.is_some(), "warnings only: {text:#?}");
+}
