@@ -551,7 +551,7 @@ fn origin_error(e: OriginError) -> Reply {
 fn loop_detected() -> Reply {
     let mut r = Reply::error(
         StatusCode::LOOP_DETECTED,
-        "loop detected: this request already passed through this server (CDN-Loop)\n",
+        "loop detected: this request already passed through this server, or through more CDNs than MaxCdnLoopHops allows (CDN-Loop)\n",
     );
     r.result = CacheResult::Denied;
     r
