@@ -270,6 +270,17 @@ mod tests {
         (zc, lane, c.unwrap())
     }
 
+    /// Offers `body` on `lane` as held by `sf` from byte 7 (after `shm_file`'s header).
+    async fn offer_held(lane: &Lane, sf: &Arc<SendFile>, body: &Bytes) {
+        let span = FileSpan {
+            file: sf.clone(),
+            offset: 7,
+        };
+        scope(lane.clone(), async { offer(body, &span) })
+            .await
+            .expect("offer");
+    }
+
     /// A connection is paced from its first bytes sent from a file on, not before (copied
     /// writes leave it alone), and not at all with no rate.
     #[tokio::test]
@@ -292,13 +303,7 @@ mod tests {
                 "paced too early"
             );
             let body = Bytes::from(data.clone());
-            let span = FileSpan {
-                file: sf.clone(),
-                offset: 7,
-            };
-            scope(lane.clone(), async { offer(&body, &span) })
-                .await
-                .expect("offer");
+            offer_held(&lane, &sf, &body).await;
             zc.write_all(&body).await.unwrap();
             let want = if pace == 0 { u64::MAX } else { pace };
             assert_eq!(pacing::current(&zc.tcp).unwrap(), want);
@@ -316,13 +321,7 @@ mod tests {
         };
         let (mut zc, lane, mut client) = pair().await;
         let body = Bytes::from(data.clone());
-        let span = FileSpan {
-            file: sf.clone(),
-            offset: 7,
-        };
-        scope(lane.clone(), async { offer(&body, &span) })
-            .await
-            .expect("offer");
+        offer_held(&lane, &sf, &body).await;
         assert_eq!(lane.offered(), 1);
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
@@ -368,13 +367,7 @@ mod tests {
         mut between: impl FnMut(usize),
     ) -> Vec<u8> {
         let body = Bytes::from(data.to_vec());
-        let span = FileSpan {
-            file: sf.clone(),
-            offset: 7,
-        };
-        scope(lane.clone(), async { offer(&body, &span) })
-            .await
-            .expect("offer");
+        offer_held(lane, sf, &body).await;
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
             client.read_to_end(&mut got).await.unwrap();
