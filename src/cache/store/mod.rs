@@ -175,10 +175,19 @@ pub(crate) struct Inner {
     rt: Handle,
     /// Verified chunk files kept open for zero-copy sends (memory-backed disks only).
     send_files: sendfile::SendFiles,
-    /// Readers streaming each stored version (by key hash and version), see [`Store::pin`].
-    pins: std::sync::Mutex<HashMap<(u64, u64, u64), usize>>,
+    /// Readers of stored versions and the deletions waiting for them, see [`Store::pin`].
+    pins: std::sync::Mutex<Pins>,
+}
+
+/// The stored versions readers are streaming, and the evicted ones whose files wait for
+/// their last reader. One lock for both: a deletion deferred for a reader can never miss
+/// that reader's last release.
+#[derive(Default)]
+struct Pins {
+    /// Readers per version (key hash, version).
+    readers: HashMap<(KeyHash, u64), usize>,
     /// Evicted versions whose files wait for their last reader.
-    deferred: std::sync::Mutex<Vec<Doomed>>,
+    deferred: Vec<Doomed>,
 }
 
 /// A reader's hold on a stored version: while it lives, evicting the version removes it
@@ -186,45 +195,32 @@ pub(crate) struct Inner {
 /// The files go when the last hold is dropped.
 pub struct ReaderHold {
     inner: Arc<Inner>,
-    id: (u64, u64, u64),
+    id: (KeyHash, u64),
 }
 
 impl Drop for ReaderHold {
     fn drop(&mut self) {
-        let last = match self.inner.pins.lock() {
-            Ok(mut pins) => match pins.get_mut(&self.id) {
+        let due: Vec<Doomed> = match self.inner.pins.lock() {
+            Ok(mut pins) => match pins.readers.get_mut(&self.id) {
                 Some(n) if *n > 1 => {
                     *n -= 1;
-                    false
+                    Vec::new()
                 }
                 _ => {
-                    pins.remove(&self.id);
-                    true
+                    pins.readers.remove(&self.id);
+                    let (due, keep) = std::mem::take(&mut pins.deferred)
+                        .into_iter()
+                        .partition(|d| (d.hash, d.version) == self.id);
+                    pins.deferred = keep;
+                    due
                 }
             },
-            Err(_) => false,
-        };
-        if !last {
-            return;
-        }
-        let due: Vec<Doomed> = match self.inner.deferred.lock() {
-            Ok(mut d) => {
-                let (due, keep) = d
-                    .drain(..)
-                    .partition(|x| pin_id(x.hash, x.version) == self.id);
-                *d = keep;
-                due
-            }
             Err(_) => Vec::new(),
         };
         if !due.is_empty() && !self.inner.closed.load(Ordering::Relaxed) {
             self.inner.delete_in_background(due);
         }
     }
-}
-
-fn pin_id(hash: KeyHash, version: u64) -> (u64, u64, u64) {
-    (hash.hi, hash.lo, version)
 }
 
 fn now_nanos() -> u128 {
@@ -238,8 +234,8 @@ impl Store {
     /// with no files (memory only), which eviction cannot take from under a reader.
     pub fn pin(&self, meta: &ObjectMeta) -> Option<ReaderHold> {
         meta.disk?;
-        let id = pin_id(KeyHash::of(&meta.key), meta.version);
-        *self.inner.pins.lock().ok()?.entry(id).or_insert(0) += 1;
+        let id = (KeyHash::of(&meta.key), meta.version);
+        *self.inner.pins.lock().ok()?.readers.entry(id).or_insert(0) += 1;
         Some(ReaderHold {
             inner: Arc::clone(&self.inner),
             id,
@@ -296,8 +292,7 @@ impl Store {
             bg_idle: Notify::new(),
             rt: Handle::current(),
             send_files: sendfile::SendFiles::new(),
-            pins: std::sync::Mutex::new(HashMap::new()),
-            deferred: std::sync::Mutex::new(Vec::new()),
+            pins: std::sync::Mutex::new(Pins::default()),
         });
         if !no_disks {
             rebuild::spawn(&inner);
@@ -748,12 +743,10 @@ impl Inner {
     /// reader still streams keeps its files until the reader is done (see [`ReaderHold`]); the disk
     /// may hold that much over its quota meanwhile.
     async fn delete_locked(self: &Arc<Self>, d: Doomed) {
-        let pinned = self
-            .pins
-            .lock()
-            .is_ok_and(|p| p.contains_key(&pin_id(d.hash, d.version)));
-        if pinned && let Ok(mut deferred) = self.deferred.lock() {
-            deferred.push(d);
+        if let Ok(mut pins) = self.pins.lock()
+            && pins.readers.contains_key(&(d.hash, d.version))
+        {
+            pins.deferred.push(d);
             return;
         }
         let delete_meta = self
