@@ -100,7 +100,15 @@ pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
 
 /// The candidate closest to `word`, if it is close enough to be a likely typo.
 pub(crate) fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    let limit = (word.chars().count() / 3).clamp(1, 3);
+    suggest_within(word, candidates, (word.chars().count() / 3).clamp(1, 3))
+}
+
+/// The candidate closest to `word` within `limit` edits.
+pub(crate) fn suggest_within<'a>(
+    word: &str,
+    candidates: &[&'a str],
+    limit: usize,
+) -> Option<&'a str> {
     candidates
         .iter()
         .map(|c| (edit_distance(word, c), *c))

@@ -4,7 +4,7 @@
 //! (`shared/reference/ston-notes.md`) unless the standard (RFC 9111) says otherwise.
 //! The parser (`parse.rs`) is the only producer; the rest of the server only reads it.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -19,6 +19,26 @@ pub struct Config {
     pub vhosts: Vec<Vhost>,
     /// `<Vhosts><Default>`: the vhost name used when no Name or Alias matches.
     pub default_vhost: Option<String>,
+}
+
+impl Config {
+    /// The address vhost `v`'s listener binds: its `<Listen>`, with the IP `<Cache><Listen>`
+    /// imposes (a bare port listens on every address); None for an inactive vhost or
+    /// `<Listen>off</Listen>`.
+    pub fn service_address(&self, v: &Vhost) -> Option<SocketAddr> {
+        if v.status != VhostStatus::Active {
+            return None;
+        }
+        let ip = self.server.listen_ip;
+        match v.listen {
+            Listen::Any(port) => Some(SocketAddr::new(
+                ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                port,
+            )),
+            Listen::Addr(a) => Some(ip.map_or(a, |ip| SocketAddr::new(ip, a.port()))),
+            Listen::Off => None,
+        }
+    }
 }
 
 /// Global settings (`server.xml`).

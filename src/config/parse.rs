@@ -11,12 +11,12 @@
 //! (`vhosts.xml`), `checks` (names and links across vhosts).
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::diag::{Diagnostic, edit_distance, suggest};
+use super::diag::{Diagnostic, suggest, suggest_within};
 use super::model::*;
 use super::values::{parse_duration, parse_on_off, parse_size};
 use super::xml::{self, Element, shorten};
@@ -775,13 +775,7 @@ impl P {
             }
             // Two edits (a swapped pair of letters is two) for names of four letters or more.
             let limit = if name.len() >= 4 { 2 } else { 1 };
-            let near = KNOWN_ATTRIBUTES
-                .iter()
-                .map(|k| (edit_distance(name, k), *k))
-                .filter(|(d, _)| *d <= limit)
-                .min_by_key(|(d, _)| *d)
-                .map(|(_, k)| k);
-            if let Some(known) = near {
+            if let Some(known) = suggest_within(name, KNOWN_ATTRIBUTES, limit) {
                 self.warn(
                     el,
                     *line,
@@ -812,18 +806,9 @@ impl P {
                 .map(|h| (h.listen, "an <Https> listener's".to_string())),
         );
         let mut seen: Vec<(SocketAddr, &str)> = Vec::new();
-        for v in cfg
-            .vhosts
-            .iter()
-            .filter(|v| v.status == VhostStatus::Active)
-        {
-            let addr = match v.listen {
-                Listen::Any(port) => SocketAddr::new(
-                    s.listen_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-                    port,
-                ),
-                Listen::Addr(a) => s.listen_ip.map_or(a, |ip| SocketAddr::new(ip, a.port())),
-                Listen::Off => continue,
+        for v in &cfg.vhosts {
+            let Some(addr) = cfg.service_address(v) else {
+                continue;
             };
             let against_other = others
                 .iter()

@@ -9,7 +9,7 @@ pub mod tls;
 
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::fill::Fills;
 use crate::cache::store::{DiskConfig as StoreDisk, Store, StoreConfig};
-use crate::config::{self, Config, Listen, VhostStatus};
+use crate::config::{self, Config};
 use crate::log::AccessLog;
 use crate::manage::Manager;
 use crate::proxy::{Peer, Proxy};
@@ -249,22 +249,10 @@ pub enum Service {
 /// Every distinct service address: the active vhosts' (HTTP), sorted, then the `<Https>`
 /// listeners' in configuration order.
 fn service_addresses(cfg: &Config) -> Vec<(Service, SocketAddr)> {
-    let any = cfg
-        .server
-        .listen_ip
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let set: BTreeSet<SocketAddr> = cfg
         .vhosts
         .iter()
-        .filter(|v| v.status == VhostStatus::Active)
-        .filter_map(|v| match v.listen {
-            Listen::Any(port) => Some(SocketAddr::new(any, port)),
-            Listen::Addr(a) => Some(match cfg.server.listen_ip {
-                Some(ip) => SocketAddr::new(ip, a.port()),
-                None => a,
-            }),
-            Listen::Off => None,
-        })
+        .filter_map(|v| cfg.service_address(v))
         .collect();
     let mut all: Vec<_> = set.into_iter().map(|a| (Service::Http, a)).collect();
     for h in &cfg.server.https {
@@ -433,15 +421,18 @@ fn spawn_accept(
                     tracing::debug!(peer = %peer.addr, "closed: nothing sent within the header timeout");
                     return;
                 }
-                match tls {
-                    // Plain TCP may send cached bytes straight from their files.
-                    None if proxy.runtime.load().cfg.server.cache.zero_copy => {
-                        let pace = proxy.runtime.load().cfg.server.cache.zero_copy_pacing;
+                // Plain TCP may send cached bytes straight from their files (paced at this rate).
+                let zero_copy = {
+                    let cache = &proxy.runtime.load().cfg.server.cache;
+                    cache.zero_copy.then_some(cache.zero_copy_pacing)
+                };
+                match (tls, zero_copy) {
+                    (None, Some(pace)) => {
                         let (stream, lane) = ZcStream::new(stream, pace);
                         zerocopy::scope(lane, serve(stream, &builder, proxy, peer, watcher)).await
                     }
-                    None => serve(stream, &builder, proxy, peer, watcher).await,
-                    Some(acceptor) => {
+                    (None, None) => serve(stream, &builder, proxy, peer, watcher).await,
+                    (Some(acceptor), _) => {
                         match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                             .await
                         {
