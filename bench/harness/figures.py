@@ -25,9 +25,10 @@ class Plan:
 
     def __init__(self, quick):
         self.quick = quick
-        # Five short rounds rather than three long ones: this host has spells of a few
-        # seconds in which one server's cost per request rises by a fifth to a half (more
-        # context switches and IPIs, whoever is measured); a median of five tolerates two.
+        # Five short rounds rather than three long ones: the bench's shared hosts have spells
+        # of a few seconds in which one server's cost per request rises by a fifth to a half
+        # (more context switches and IPIs, whoever is measured); a median of five tolerates
+        # two.
         self.rounds = 1 if quick else 5
         self.duration = 1 if quick else 2          # seconds per wrk run
         self.warmup = 0 if quick else 1            # seconds, once per (load, server)
