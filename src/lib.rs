@@ -8,6 +8,7 @@ pub mod chain;
 pub mod config;
 pub mod log;
 pub mod manage;
+pub mod memory;
 pub mod origin;
 pub mod proxy;
 pub mod purge;

@@ -178,6 +178,19 @@ impl Manager {
                     ),
                 )
             }
+            "/command/releasememory" => match crate::memory::release_free_memory() {
+                Ok(()) => json(
+                    StatusCode::OK,
+                    "{\"version\":\"2.0.0\",\"method\":\"releasememory\",\"status\":\"OK\"}",
+                ),
+                Err(e) => {
+                    tracing::warn!("/command/releasememory: {e}");
+                    json(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "{\"version\":\"2.0.0\",\"method\":\"releasememory\",\"status\":\"error\"}",
+                    )
+                }
+            },
             "/command/resetorigin" => {
                 let want = param(&query, "vhost");
                 for v in rt

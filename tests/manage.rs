@@ -458,3 +458,30 @@ async fn a_reload_opens_new_listen_addresses_and_closes_dropped_ones() {
     assert_eq!(get(a, "a.com", "/after-refusal", &[]).await.status, 200);
     s.shutdown.cancel();
 }
+
+/// `/command/releasememory` hands the allocator's free pages back and nothing else: what is
+/// cached stays cached (a release that evicted would be a purge in disguise).
+#[tokio::test]
+async fn releasing_free_memory_keeps_what_is_cached() {
+    let (o, _conf, s) = setup("").await;
+    let a = s.http[0];
+    get(a, "a.com", "/kept", &[]).await;
+    wait_stored(&s, "a.com/kept").await;
+    let r = get(
+        s.manager.unwrap(),
+        "127.0.0.1",
+        "/command/releasememory",
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("\"status\":\"OK\""),
+        "{:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let again = get(a, "a.com", "/kept", &[]).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(o.count(), 1, "served from the cache after the release");
+    s.shutdown.cancel();
+}
