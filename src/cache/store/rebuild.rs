@@ -7,7 +7,8 @@
 //! Races with the live store are settled by its rules: a `.meta` file is only loaded under the
 //! key's stripe lock (so it is the current one, and an entry the live store already has wins),
 //! and a chunk file is an orphan only if, under the state lock, no writer of its version is in
-//! progress and the index does not hold that version on that disk.
+//! progress, the index does not hold that version on that disk and no reader holds it (an
+//! evicted version a client is still streaming keeps its files until the client is done).
 
 use std::fs;
 use std::sync::atomic::Ordering;
@@ -37,7 +38,7 @@ pub(super) fn spawn(inner: &Arc<Inner>) {
 }
 
 /// Scans every directory; `false` if the store was closed or dropped first.
-fn run(weak: &Weak<Inner>) -> bool {
+pub(super) fn run(weak: &Weak<Inner>) -> bool {
     let Some(n) = weak.upgrade().map(|i| i.disks.len()) else {
         return false;
     };
@@ -83,7 +84,10 @@ fn scan(inner: &Arc<Inner>, d: u8, sub: u8) -> std::io::Result<()> {
         load_meta(inner, d, h);
     }
     let orphans: Vec<_> = {
+        // State, then pins: the order `pin` and `ReaderHold::drop` never reverse (they take
+        // pins alone). Under both, a version evicted but still held is seen as held.
         let st = inner.lock();
+        let pins = inner.pins.lock().unwrap_or_else(|e| e.into_inner());
         chunks
             .into_iter()
             .filter(|(h, v, _)| {
@@ -92,6 +96,7 @@ fn scan(inner: &Arc<Inner>, d: u8, sub: u8) -> std::io::Result<()> {
                         .index
                         .get(h)
                         .is_some_and(|e| e.version == *v && e.disk == d)
+                    && !pins.readers.contains_key(&(*h, *v))
             })
             .collect()
     };
