@@ -410,7 +410,7 @@ def _settle(env, release):
     also returns the pages its allocator holds free (`/command/releasememory`): growing the
     index table frees the old one (5 MB at 50,000 objects), and jemalloc gives such pages
     back only as they age, so a reading a second later counted all, part or none of them:
-    the index overhead read 148-208 B/object from run to run, and 163-168 with the release."""
+    the index overhead read 148-208 B/object from run to run, and 163-169 with the release."""
     time.sleep(1.0)
     if release:
         r = load.get(env.ports.strata_manager, "/command/releasememory")
@@ -445,7 +445,7 @@ def memory_figure(env, plan, results, counter):
         """Fills s with the n objects; (memory after, memory per object, process memory per
         object), memory as in `_memory` (cdir: a cache directory counted with the server),
         per object over the second half of the fill. release: before each reading, have
-        Strata hand its allocator's free pages back (see `_release`)."""
+        Strata hand its allocator's free pages back (see `_settle`)."""
         send_list(s, halves[0], results, "memory fill")
         _settle(env, release)
         base, proc_base = _memory(s, cdir), procs.pss_bytes(s.pids())

@@ -1134,21 +1134,37 @@ async fn a_disk_that_refuses_a_body_too_large_for_memory_fails_the_write() {
     assert_eq!(w.meta().disk, Some(0));
 }
 
+/// Size of the objects in the reader-hold tests: above the memory tier's object limit, so they
+/// live on disk only, and four fill the disk quota.
+const HELD_LEN: usize = 20 * CHUNK as usize + 100;
+
+/// A store in `dir` whose disk quota holds four `HELD_LEN` objects, with "held" stored and
+/// held by a reader.
+async fn store_with_a_held_object(dir: &Path) -> (Store, Arc<ObjectMeta>, super::ReaderHold) {
+    let store = Store::open(disk_cfg(dir, 256 * 1024, 4 * HELD_LEN as u64))
+        .await
+        .expect("open");
+    let a = put(&store, "held", &body("held", HELD_LEN)).await;
+    let hold = store.pin(&a).expect("a disk object can be held");
+    (store, a, hold)
+}
+
+/// Stores eight more `HELD_LEN` objects: twice the quota, so everything stored before is
+/// evicted.
+async fn push_out_older_objects(store: &Store) {
+    for i in 0..8 {
+        let k = format!("push/{i}");
+        put(store, &k, &body(&k, HELD_LEN)).await;
+    }
+}
+
 #[tokio::test]
 async fn an_evicted_version_keeps_its_files_while_a_reader_holds_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // Objects above the memory tier's object limit live on disk only.
-    let len = 20 * CHUNK as usize + 100;
-    let store = Store::open(disk_cfg(dir.path(), 256 * 1024, 4 * len as u64))
-        .await
-        .expect("open");
-    let a = put(&store, "held", &body("held", len)).await;
-    let hold = store.pin(&a).expect("a disk object can be held");
+    let len = HELD_LEN;
+    let (store, a, hold) = store_with_a_held_object(dir.path()).await;
     let free = put(&store, "free", &body("free", len)).await;
-    for i in 0..8 {
-        let k = format!("push/{i}");
-        put(&store, &k, &body(&k, len)).await;
-    }
+    push_out_older_objects(&store).await;
     assert!(store.lookup("held").await.is_none(), "evicted");
     assert!(store.lookup("free").await.is_none(), "evicted");
     // The held version is still whole for its reader; the other one is gone.
@@ -1175,16 +1191,8 @@ async fn an_evicted_version_keeps_its_files_while_a_reader_holds_it() {
 #[tokio::test]
 async fn the_rebuild_leaves_the_files_of_a_held_evicted_version() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let len = 20 * CHUNK as usize + 100;
-    let store = Store::open(disk_cfg(dir.path(), 256 * 1024, 4 * len as u64))
-        .await
-        .expect("open");
-    let a = put(&store, "held", &body("held", len)).await;
-    let hold = store.pin(&a).expect("a disk object can be held");
-    for i in 0..8 {
-        let k = format!("push/{i}");
-        put(&store, &k, &body(&k, len)).await;
-    }
+    let (store, a, hold) = store_with_a_held_object(dir.path()).await;
+    push_out_older_objects(&store).await;
     assert!(store.lookup("held").await.is_none(), "evicted");
     // A rebuild scanning now, as one slowed down at start-up would.
     let inner = std::sync::Arc::downgrade(&store.inner);
@@ -1194,7 +1202,7 @@ async fn the_rebuild_leaves_the_files_of_a_held_evicted_version() {
             .expect("scan")
     );
     assert!(
-        read_all(&store, &a).await.ok() == Some(body("held", len)),
+        read_all(&store, &a).await.ok() == Some(body("held", HELD_LEN)),
         "the held version reads whole"
     );
     drop(hold);
