@@ -52,12 +52,8 @@ pub async fn apply(
             continue;
         };
         let vh = &rt.vhosts[vi];
-        let after = match kind {
-            PurgeKind::Purge => AfterFill::ExpireAt(PURGED),
-            PurgeKind::HardPurge => AfterFill::Remove,
-            PurgeKind::Expire => AfterFill::ExpireAt(ms(SystemTime::now())),
-            PurgeKind::ExpireAfter(sec) => AfterFill::ExpireAt(ms(SystemTime::now()) + sec * 1000),
-        };
+        let expire = expiry(kind, ms(SystemTime::now()));
+        let after = expire.map_or(AfterFill::Remove, AfterFill::ExpireAt);
         let matched: Vec<String> = if path.contains('*') {
             let pattern = format!("{}{}", vh.cfg.name, path);
             count += fills.purge(|k| glob(&pattern, key::primary_of(k)), after);
@@ -75,15 +71,9 @@ pub async fn apply(
             std::iter::once(primary).chain(variants).collect()
         };
         for k in &matched {
-            let done = match kind {
-                // STON's purge keeps the copy as a fallback: the next request refetches it
-                // unconditionally, but if the origin is down the purged copy is served.
-                PurgeKind::Purge => expire_at(store, k, PURGED).await,
-                PurgeKind::HardPurge => store.remove(k).await,
-                PurgeKind::Expire => expire_at(store, k, ms(SystemTime::now())).await,
-                PurgeKind::ExpireAfter(sec) => {
-                    expire_at(store, k, ms(SystemTime::now()) + sec * 1000).await
-                }
+            let done = match expire {
+                Some(at) => expire_at(store, k, at).await,
+                None => store.remove(k).await,
             };
             if let Some(bytes) = done {
                 count += 1;
@@ -92,6 +82,19 @@ pub async fn apply(
         }
     }
     (count, size)
+}
+
+/// The expiry override `kind` gives an object at `now_ms`, or None for a hardpurge (the
+/// object goes). STON's purge keeps the copy as a fallback ([`PURGED`]): the next request
+/// refetches it unconditionally, but if the origin is down the purged copy is served. A
+/// `sec` too large to add (it comes from the management API) means "never", not a wrap.
+fn expiry(kind: PurgeKind, now_ms: u64) -> Option<u64> {
+    match kind {
+        PurgeKind::Purge => Some(PURGED),
+        PurgeKind::HardPurge => None,
+        PurgeKind::Expire => Some(now_ms),
+        PurgeKind::ExpireAfter(sec) => Some(now_ms.saturating_add(sec.saturating_mul(1000))),
+    }
 }
 
 /// Sets the expiry override; the body bytes the object holds, or None when the key is gone
@@ -168,5 +171,23 @@ mod tests {
         assert!(!glob("h/img/*.jpg", "h/img/a.png"));
         assert!(glob("h/a", "h/a"));
         assert!(!glob("h/a", "h/ab"));
+    }
+
+    #[test]
+    fn each_kind_sets_its_expiry_and_a_huge_sec_means_never() {
+        assert_eq!(expiry(PurgeKind::Purge, 5_000), Some(PURGED));
+        assert_eq!(expiry(PurgeKind::HardPurge, 5_000), None);
+        assert_eq!(expiry(PurgeKind::Expire, 5_000), Some(5_000));
+        assert_eq!(expiry(PurgeKind::ExpireAfter(60), 5_000), Some(65_000));
+        // u64::MAX seconds overflowed (a panic in debug builds, a wrap to the past in
+        // release ones); now it saturates at the end of time.
+        assert_eq!(
+            expiry(PurgeKind::ExpireAfter(u64::MAX), 5_000),
+            Some(u64::MAX)
+        );
+        assert_eq!(
+            expiry(PurgeKind::ExpireAfter(u64::MAX / 1000), u64::MAX - 1),
+            Some(u64::MAX)
+        );
     }
 }

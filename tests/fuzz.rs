@@ -2,6 +2,9 @@
 //! outside data (configuration, Range, cache keys, Cache-Control, dates) and through a live
 //! server's sockets. Nothing may panic, a broken configuration must name file and line, and
 //! the server must keep serving well-formed requests whatever arrived before.
+//!
+//! CI runs fixed seeds. `STRATA_FUZZ_SEED=N` moves every test to other inputs and
+//! `STRATA_FUZZ_SCALE=K` runs K times as many cases: a longer campaign by hand.
 
 mod common;
 
@@ -29,6 +32,28 @@ impl Rng {
     }
     fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
         xs[self.below(xs.len())]
+    }
+    /// The generator of one test's inputs. `STRATA_FUZZ_SEED` (a number) moves every test
+    /// to other inputs for a longer campaign; unset, the fixed seeds CI runs.
+    fn seeded(seed: u64) -> Rng {
+        let campaign = campaign_knob("STRATA_FUZZ_SEED").unwrap_or(0);
+        // xorshift never leaves zero.
+        Rng((seed ^ campaign.wrapping_mul(0x9e37_79b9_7f4a_7c15)).max(1))
+    }
+}
+
+/// `n` cases, times `STRATA_FUZZ_SCALE` when it is set (a longer campaign).
+fn cases(n: u64) -> u64 {
+    n * campaign_knob("STRATA_FUZZ_SCALE").unwrap_or(1).max(1)
+}
+
+/// A campaign setting from the environment: unset is `None`, a value that is not a number
+/// stops the test rather than silently running the default campaign.
+fn campaign_knob(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    match v.trim().parse() {
+        Ok(n) => Some(n),
+        Err(_) => panic!("{name}={v:?}: expected a whole number"),
     }
 }
 
@@ -88,9 +113,9 @@ fn broken_configurations_never_panic_and_always_name_file_and_line() {
         "é",
         "<TTL><Res2xx>abc</Res2xx></TTL>",
     ];
-    let mut rng = Rng(0x5eed_c0ff_ee00_0001);
+    let mut rng = Rng::seeded(0x5eed_c0ff_ee00_0001);
     let dir = tempfile::tempdir().unwrap();
-    for i in 0..1500 {
+    for i in 0..cases(1500) {
         let (server, vhosts) = if i % 3 == 0 {
             (
                 mutate(&mut rng, SEED_SERVER, &frags),
@@ -133,8 +158,8 @@ fn range_headers_never_panic_and_stay_in_bounds() {
         "items=",
         "5-1",
     ];
-    let mut rng = Rng(42);
-    for _ in 0..20_000 {
+    let mut rng = Rng::seeded(42);
+    for _ in 0..cases(20_000) {
         let mut h = String::new();
         for _ in 0..rng.below(8) {
             h.push_str(rng.pick(&frags));
@@ -154,12 +179,12 @@ fn cache_keys_never_panic_and_are_idempotent() {
     let frags = [
         "/", "..", ".", "%", "%2", "%2e", "%2F", "%41", "?", "a", "Ä", "%zz", "//", "~", "%7E",
     ];
-    let mut rng = Rng(7);
+    let mut rng = Rng::seeded(7);
     let rules = key::KeyRules {
         case_sensitive: true,
         apply_query_string: true,
     };
-    for _ in 0..20_000 {
+    for _ in 0..cases(20_000) {
         let mut p = String::new();
         for _ in 0..rng.below(10) {
             p.push_str(rng.pick(&frags));
@@ -206,10 +231,10 @@ fn hostile_caching_headers_never_panic() {
         "etag",
         "pragma",
     ];
-    let mut rng = Rng(99);
+    let mut rng = Rng::seeded(99);
     let now = SystemTime::now();
     let opts = policy::PolicyOptions::default();
-    for _ in 0..5_000 {
+    for _ in 0..cases(5_000) {
         let mut resp = HeaderMap::new();
         let mut req = HeaderMap::new();
         for _ in 0..rng.below(6) {
@@ -275,8 +300,8 @@ async fn random_bytes_on_the_wire_never_stop_the_server() {
         "Range: bytes=-",
         "Expect: 100-continue",
     ];
-    let mut rng = Rng(2024);
-    for i in 0..300 {
+    let mut rng = Rng::seeded(2024);
+    for i in 0..cases(300) {
         let bytes = mutate(&mut rng, good, &frags);
         let Ok(mut c) = tokio::net::TcpStream::connect(addr).await else {
             panic!("server stopped accepting at case {i}")
@@ -326,7 +351,7 @@ fn hostile_answer(path: &str) -> Vec<u8> {
             "0\r\n\r\n",
             "ffffffffffffffff\r\n",
         ];
-        return mutate(&mut Rng(seed * 7919 + 1), &good, &frags).into_bytes();
+        return mutate(&mut Rng::seeded(seed * 7919 + 1), &good, &frags).into_bytes();
     }
     let head = "HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\n";
     let case = match path.strip_prefix("/c/") {
@@ -528,15 +553,21 @@ async fn hostile_origin_answers_are_never_stored_or_served_as_complete() {
     // Mutated answers: whatever is served complete is this path's own bytes, and an answer
     // served again from the store was complete and the same the first time.
     let mut stored = 0;
-    for i in 0..200u64 {
+    let n = cases(200);
+    for i in 0..n {
         let p = format!("/m/{i}");
         let raw = hostile_answer(&p);
         let first = fetch(p.clone()).await;
         if let Ok(g) = &first {
-            for j in (0..200).filter(|j| *j != i) {
+            let has = |hay: &[u8], needle: &str| {
+                hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+            };
+            for j in (0..n).filter(|j| *j != i) {
+                // A mutation may itself turn this answer's marker into another's (a byte of
+                // "/m/140" deleted reads "/m/10"): that is this path's own bytes.
                 let other = format!("BODY</m/{j}>");
                 assert!(
-                    !g.body.windows(other.len()).any(|w| w == other.as_bytes()),
+                    !has(&g.body, &other) || has(&raw, &other),
                     "{p}: bytes of /m/{j} inside"
                 );
             }
@@ -570,7 +601,171 @@ async fn hostile_origin_answers_are_never_stored_or_served_as_complete() {
     // The well-formed and mildly mutated answers (most of them) are cached as usual.
     assert!(
         stored >= 10,
-        "only {stored} of 200 stored: the check above saw too little"
+        "only {stored} of {n} stored: the check above saw too little"
     );
+    s.shutdown.cancel();
+}
+
+/// Sends `raw` to `addr` on a connection of its own and reads until the server closes it;
+/// None when nothing came back within five seconds or the connection failed.
+async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> Option<Vec<u8>> {
+    let mut c = tokio::net::TcpStream::connect(addr).await.ok()?;
+    c.write_all(raw).await.ok()?;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got))
+        .await
+        .ok()?
+        .ok()?;
+    Some(got)
+}
+
+#[tokio::test]
+async fn hostile_management_requests_always_get_an_answer() {
+    let o = Origin::start(handler(|req, _| {
+        resp(
+            200,
+            &[("cache-control", "max-age=60")],
+            req.uri().path().to_string(),
+        )
+    }))
+    .await;
+    let conf = ConfDir::new(
+        &server_xml("", ""),
+        &format!(
+            r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost><Default>a.com</Default></Vhosts>"#,
+            o.addr
+        ),
+    );
+    let s = start(&conf).await;
+    let (addr, m) = (s.http[0], s.manager.expect("a manager"));
+    for p in ["/p", "/img/a.jpg", "/img/b.png"] {
+        assert_eq!(get(addr, "a.com", p, &[]).await.status, 200);
+    }
+    let commands = [
+        "/command/purge",
+        "/command/expire",
+        "/command/hardpurge",
+        "/command/expireafter",
+        "/command/resetorigin",
+        "/monitoring/origin",
+        "/monitoring/vhostslist",
+        "/monitoring/realtime",
+        "/metrics",
+        "/version",
+        "/nothing/here",
+    ];
+    let secs = [
+        "60",
+        "0",
+        "-1",
+        "1.5",
+        "",
+        "abc",
+        "18446744073709551615",
+        "99999999999999999999",
+    ];
+    let hosts = [
+        "a.com",
+        "A.COM",
+        "http://a.com",
+        "https://a.com",
+        "b.com",
+        "",
+    ];
+    let paths = [
+        "/img/*.jpg",
+        "/p",
+        "/img/b.png?x=1&y=2",
+        "*",
+        "**********",
+        "/",
+        "..",
+        "%00",
+        "%2F",
+        "é",
+        "|",
+    ];
+    let frags = ["&", "=", "?", "%", "url=", "sec=", "|", "*", "http://"];
+    let mut rng = Rng::seeded(31337);
+    for i in 0..cases(400) {
+        // A query of the two parameters (either may be missing or repeated), built from
+        // pieces, then sometimes mutated byte-wise as well.
+        let mut query = Vec::new();
+        for _ in 0..rng.below(3) {
+            query.push(format!("sec={}", rng.pick(&secs)));
+        }
+        if rng.below(8) != 0 {
+            let targets: Vec<String> = (0..1 + rng.below(4))
+                .map(|_| {
+                    let path: String = (0..rng.below(4)).map(|_| rng.pick(&paths)).collect();
+                    format!("{}{path}", rng.pick(&hosts))
+                })
+                .collect();
+            query.push(format!("url={}", targets.join("|")));
+        }
+        let mut query = query.join("&");
+        if rng.below(3) == 0 {
+            query = mutate(&mut rng, &query, &frags);
+        }
+        // Mostly the purge family: the commands that read their query.
+        let command = match rng.below(8) {
+            0 | 1 => rng.pick(&commands),
+            _ => rng.pick(&commands[..4]),
+        };
+        let target = format!("{command}?{query}");
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        let Some(answer) = exchange(m, raw.as_bytes()).await else {
+            panic!("case {i}: no answer to {target:?}")
+        };
+        let head = String::from_utf8_lossy(&answer[..answer.len().min(12)]).into_owned();
+        let status: u16 = head
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|s| s.get(..3))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("case {i}: {target:?} answered {head:?}"));
+        // A client's mistake is a 4xx; a 5xx would be the manager failing on input.
+        assert!(status < 500, "case {i}: {target:?} answered {status}");
+        if i % 50 == 0 {
+            assert_eq!(get(addr, "a.com", "/p", &[]).await.body.as_ref(), b"/p");
+        }
+    }
+    let v = get(m, "127.0.0.1", "/version", &[]).await;
+    assert_eq!(v.status, 200);
+    assert_eq!(get(addr, "a.com", "/p", &[]).await.body.as_ref(), b"/p");
+    s.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn the_longest_durations_a_configuration_may_name_run_without_overflow() {
+    // Every duration at the most the parser accepts (a hundred years; more is refused,
+    // see the config tests): timeouts, TTLs, the probe cycle. One origin is down, so the
+    // exclusion, probe and error-TTL paths run too.
+    let o = Origin::start(handler(|req, _| {
+        resp(
+            200,
+            &[("cache-control", "max-age=60")],
+            req.uri().path().to_string(),
+        )
+    }))
+    .await;
+    let max = strata::config::values::MAX_DURATION.as_secs();
+    let conf = ConfDir::new(
+        &server_xml("", &format!("<FillWaitTimeout>{max}</FillWaitTimeout>")),
+        &format!(
+            r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen>
+            <Origin><Address>127.0.0.1:1</Address><Address>{}</Address></Origin>
+            <OriginOptions><ReceiveTimeout>{max}</ReceiveTimeout><ConnectTimeout>{max}</ConnectTimeout><Exclusion>1</Exclusion><Recovery Cycle="{max}" Uri="/h">1</Recovery></OriginOptions>
+            <Options><TTL><Res2xx>{max}</Res2xx><Res4xx>{max}</Res4xx><Res5xx>{max}</Res5xx><NoCache>{max}</NoCache><ConnectTimeout>{max}</ConnectTimeout><ReceiveTimeout>{max}</ReceiveTimeout><OriginBusy>{max}</OriginBusy></TTL></Options>
+            </Vhost></Vhosts>"#,
+            o.addr
+        ),
+    );
+    let s = start(&conf).await;
+    let a = s.http[0];
+    for p in ["/p", "/p", "/q", "/r", "/q"] {
+        let g = get(a, "a.com", p, &[]).await;
+        assert_eq!((g.status.as_u16(), g.body.as_ref()), (200, p.as_bytes()));
+    }
+    assert_eq!(o.count(), 3, "the repeated paths were hits");
     s.shutdown.cancel();
 }

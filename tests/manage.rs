@@ -139,6 +139,26 @@ async fn purge_expire_and_hardpurge_by_url_and_pattern() {
         .await;
         assert_eq!(r.status.as_u16(), status, "sec={sec}: {:?}", r.body);
     }
+    // A `sec` too large to add to the clock means "never": the object stays a hit (this
+    // overflowed once: a dropped answer in debug builds, an expiry in the past in release).
+    get(a, "a.com", "/css/s.css", &[]).await;
+    wait_stored(&s, "a.com/css/s.css").await;
+    let fetched = o.count();
+    let r = get(
+        m,
+        "127.0.0.1",
+        "/command/expireafter?sec=18446744073709551615&url=a.com/css/s.css",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), json_count(&r.body)),
+        (200, 1),
+        "{:?}",
+        r.body
+    );
+    get(a, "a.com", "/css/s.css", &[]).await;
+    assert_eq!(o.count(), fetched, "still fresh after expireafter u64::MAX");
     s.shutdown.cancel();
 }
 

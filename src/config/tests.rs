@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::values::{
-    parse_duration, parse_ip_matcher, parse_link_conditions, parse_listen, parse_module_params,
-    parse_origin_address, parse_size,
+    MAX_DURATION, parse_duration, parse_ip_matcher, parse_link_conditions, parse_listen,
+    parse_module_params, parse_origin_address, parse_size,
 };
 use super::*;
 
@@ -780,6 +780,11 @@ fn size_and_duration_units() {
     assert!(parse_duration("3m").is_err());
     assert!(parse_duration("-1").is_err());
     assert!(parse_duration("").is_err());
+    // At most a hundred years: more overflowed the clock when a request used it.
+    assert_eq!(parse_duration("3155760000"), Ok(MAX_DURATION));
+    assert!(parse_duration("3155760001").is_err());
+    assert!(parse_duration("3155760000001ms").is_err());
+    assert!(parse_duration("18446744073709551615").is_err());
 
     let server = r#"<Server>
     <Cache>
@@ -1185,6 +1190,49 @@ fn zero_timeouts_are_refused_and_empty_elements_show_one_example() {
     let text = errors(&diags)[0].to_string();
     assert!(!text.contains("<MemorySize><MemorySize>"), "{text}");
     assert!(text.contains("<MemorySize>256</MemorySize>"), "{text}");
+}
+
+#[test]
+fn durations_past_a_hundred_years_are_refused_with_their_line() {
+    let big = "18446744073709551615";
+    let vhosts = format!(
+        r#"<Vhosts>
+    <Vhost Name="a.com">
+        <Origin><Address>127.0.0.1:9</Address></Origin>
+        <OriginOptions>
+            <ReceiveTimeout>{big}</ReceiveTimeout>
+            <Recovery Cycle="{big}" Uri="/h">1</Recovery>
+        </OriginOptions>
+        <Options><TTL><Res2xx>{big}</Res2xx></TTL></Options>
+    </Vhost>
+</Vhosts>"#
+    );
+    let (_, diags, _d) = check(None, &vhosts);
+    let errs = errors(&diags);
+    let lines: Vec<u32> = errs.iter().map(|e| e.line).collect();
+    assert_eq!(
+        lines,
+        vec![
+            line_of(&vhosts, "<ReceiveTimeout>"),
+            line_of(&vhosts, "<Recovery"),
+            line_of(&vhosts, "<Res2xx>")
+        ],
+        "{diags:#?}"
+    );
+    for e in errs {
+        assert!(e.to_string().contains("100 years"), "{e}");
+    }
+    let server =
+        format!("<Server><Cache>\n<FillWaitTimeout>{big}</FillWaitTimeout>\n</Cache></Server>");
+    let (_, diags, _d) = check(Some(&server), "<Vhosts/>");
+    let errs = errors(&diags);
+    assert_eq!(errs.len(), 1, "{diags:#?}");
+    assert_eq!(
+        (errs[0].line, errs[0].to_string().contains("100 years")),
+        (2, true),
+        "{}",
+        errs[0]
+    );
 }
 
 /// What `run` would fail on, `check` finds first: a disk path that is a file, certificate

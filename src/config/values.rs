@@ -49,14 +49,27 @@ pub fn parse_size(s: &str, bare_unit: u64) -> Result<u64, String> {
         .ok_or_else(|| "the size is too large".to_string())
 }
 
-/// A duration: a bare number is seconds; `s` and `ms` suffixes are accepted.
+/// The longest duration a setting may name: a hundred years of 365.25 days. Far past any
+/// useful timeout, TTL or probe cycle, and far from what overflows when added to a clock
+/// reading (a timeout of 2^64 s panicked on the first request that used it).
+pub const MAX_DURATION: Duration = Duration::from_secs(3_155_760_000);
+
+/// A duration: a bare number is seconds; `s` and `ms` suffixes are accepted; at most
+/// [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (n, unit) = number_and_unit(s)?;
-    match unit.as_str() {
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "ms" => Ok(Duration::from_millis(n)),
-        other => Err(format!("unknown unit \"{other}\" (use s or ms)")),
+    let d = match unit.as_str() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        other => return Err(format!("unknown unit \"{other}\" (use s or ms)")),
+    };
+    if d > MAX_DURATION {
+        return Err(format!(
+            "longer than 100 years ({} s), the most a duration may be",
+            MAX_DURATION.as_secs()
+        ));
     }
+    Ok(d)
 }
 
 /// `IP`, `a.b.c.d-e` (last octet range), `first-last`, `ip/prefix` or `ip/mask`.
