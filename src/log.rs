@@ -106,6 +106,9 @@ pub struct AccessEntry {
     pub started: Instant,
 }
 
+/// The fields of a line, as the file's `#Fields:` header names them.
+const FIELDS: &str = "date time s-ip cs-method cs-uri-stem cs-uri-query s-port cs-username c-ip cs(User-Agent) sc-status sc-bytes time-taken cs-referer sc-resinfo cs-range sc-cachehit cs-acceptencoding session-id sc-content-length x-vhostlink x-vhost";
+
 /// What the writer task is asked to do.
 enum Msg {
     /// Append a line.
@@ -129,7 +132,8 @@ impl AccessLog {
             .append(true)
             .open(dir.join("access.log"))
             .await?;
-        file.write_all(b"#Fields: date time s-ip cs-method cs-uri-stem cs-uri-query s-port cs-username c-ip cs(User-Agent) sc-status sc-bytes time-taken cs-referer sc-resinfo cs-range sc-cachehit cs-acceptencoding session-id sc-content-length x-vhostlink x-vhost\n").await?;
+        file.write_all(format!("#Fields: {FIELDS}\n").as_bytes())
+            .await?;
         let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -178,41 +182,61 @@ impl AccessLog {
     fn write(&self, e: &AccessEntry, bytes: u64, completed: bool) {
         let Some(tx) = &self.tx else { return };
         let now = w3c_time(SystemTime::now());
-        let taken = e.started.elapsed().as_millis();
-        let (status, bytes) = if completed || bytes > 0 {
-            (e.status, bytes)
-        } else {
-            (0, 0)
-        };
-        // Fields are kept as the request carried them (cheap to clone on the hit path) and
-        // turned into text only here, off the response's way.
-        let field = |v: &Option<HeaderValue>| {
-            v.as_ref()
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .unwrap_or_default()
-        };
-        let line = format!(
-            "{now} - {} {} {} {} - {} {} {} {} {} {} - {} {} - - {} {} {}\n",
-            e.method,
-            dash(e.uri.path()),
-            dash(e.uri.query().unwrap_or("")),
-            e.port,
-            e.client,
-            dash(&field(&e.user_agent)).replace(' ', "+"),
-            status,
-            bytes,
-            taken,
-            dash(&field(&e.referer)),
-            dash(&field(&e.range)),
-            e.result.as_str(),
-            e.content_length
-                .map(|l| l.to_string())
-                .unwrap_or_else(|| "-".into()),
-            dash(&e.vhostlink),
-            dash(&e.vhost),
-        );
-        let _ = tx.send(Msg::Line(line));
+        let _ = tx.send(Msg::Line(line(e, &now, bytes, completed)));
     }
+}
+
+/// One access-log line for `e`, logged at `now` with `bytes` of body sent.
+fn line(e: &AccessEntry, now: &str, bytes: u64, completed: bool) -> String {
+    let taken = e.started.elapsed().as_millis();
+    let (status, bytes) = if completed || bytes > 0 {
+        (e.status, bytes)
+    } else {
+        (0, 0)
+    };
+    // Fields are kept as the request carried them (cheap to clone on the hit path) and
+    // turned into text only here, off the response's way.
+    let header = |v: &Option<HeaderValue>| token(v.as_ref().map_or(&[][..], |v| v.as_bytes()));
+    format!(
+        "{now} - {} {} {} {} - {} {} {} {} {} {} - {} {} - - {} {} {}\n",
+        e.method,
+        token(e.uri.path().as_bytes()),
+        token(e.uri.query().unwrap_or("").as_bytes()),
+        e.port,
+        e.client,
+        header(&e.user_agent),
+        status,
+        bytes,
+        taken,
+        header(&e.referer),
+        header(&e.range),
+        e.result.as_str(),
+        e.content_length
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "-".into()),
+        dash(&e.vhostlink),
+        dash(&e.vhost),
+    )
+}
+
+/// A value the client sent, as one field of a line: `-` when empty, a space as `+` (STON's
+/// form for User-Agent) and a control byte (tab, escape, ...) as `%XX`. Field values may
+/// hold spaces and tabs: written as they came, a `Referer` could add fields to its line,
+/// and an escape sequence would reach the terminal of whoever reads the log.
+fn token(v: &[u8]) -> String {
+    if v.is_empty() {
+        return "-".to_string();
+    }
+    let text = String::from_utf8_lossy(v);
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            ' ' => out.push('+'),
+            c if c.is_ascii_control() => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC, the W3C extended log format's `date time`.
@@ -337,6 +361,47 @@ impl Drop for LoggedBody {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_client_value_is_one_field_whatever_it_holds() {
+        assert_eq!(token(b""), "-");
+        assert_eq!(
+            token(b"Mozilla/5.0 (X11; Linux)"),
+            "Mozilla/5.0+(X11;+Linux)"
+        );
+        assert_eq!(token(b"a\tb\x1b[31mc\x7f"), "a%09b%1B[31mc%7F");
+        assert_eq!(token(b"caf\xc3\xa9 \xff"), "caf\u{e9}+\u{fffd}");
+    }
+
+    #[test]
+    fn a_line_has_its_fields_whatever_the_client_sent() {
+        let hostile = |s: &'static str| Some(HeaderValue::from_static(s));
+        let e = AccessEntry {
+            vhost: "a.com".into(),
+            method: Method::GET,
+            uri: Uri::from_static("/p?q=1"),
+            port: 8080,
+            client: IpAddr::from([127, 0, 0, 1]),
+            user_agent: hostile("curl 8 \t fake"),
+            referer: hostile("http://x/ 200 999 0 TCP_HIT"),
+            range: hostile("bytes=0-1,\t 2-3"),
+            status: 200,
+            result: CacheResult::Miss,
+            vhostlink: String::new(),
+            content_length: Some(5),
+            started: Instant::now(),
+        };
+        let l = line(&e, "2026-11-27 00:00:00", 5, true);
+        let fields: Vec<&str> = l.trim_end().split(' ').collect();
+        assert_eq!(fields.len(), FIELDS.split(' ').count(), "{l}");
+        assert_eq!(fields[9], "curl+8+%09+fake");
+        assert_eq!(fields[13], "http://x/+200+999+0+TCP_HIT");
+        assert_eq!(fields[15], "bytes=0-1,%09+2-3");
+        assert_eq!(
+            (fields[4], fields[5], fields[16]),
+            ("/p", "q=1", "TCP_MISS")
+        );
+    }
 
     #[test]
     fn w3c_dates() {
