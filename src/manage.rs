@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
@@ -109,21 +110,59 @@ impl Manager {
             return json(StatusCode::FORBIDDEN, "{\"status\":\"denied\"}");
         };
         let rt = self.proxy.runtime.load_full();
-        if let Some(token) = &rt.cfg.server.manager.token {
-            let given = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            if given != Some(token.as_str()) {
-                return json(StatusCode::UNAUTHORIZED, "{\"status\":\"unauthorized\"}");
-            }
+        let authorization = req.headers().get(header::AUTHORIZATION);
+        if !rt
+            .cfg
+            .server
+            .manager
+            .token_ok(authorization.map(HeaderValue::as_bytes))
+        {
+            return json(StatusCode::UNAUTHORIZED, "{\"status\":\"unauthorized\"}");
         }
         let path = req.uri().path().to_string();
-        let query = req.uri().query().unwrap_or("").to_string();
-        let needs_admin = path.starts_with("/command/") || path.starts_with("/conf/");
+        let mut query = req.uri().query().unwrap_or("").to_string();
+        let method = purge::method_kind(req.method().as_str());
+        let needs_admin =
+            path.starts_with("/command/") || path.starts_with("/conf/") || method.is_some();
         if needs_admin && role != Role::Admin {
             return json(StatusCode::UNAUTHORIZED, "{\"status\":\"role\"}");
+        }
+        // STON's `PURGE /path` (and EXPIRE, HARDPURGE) naming the vhost in `Host`.
+        if let Some(kind) = method {
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(crate::router::normalize_host)
+                .unwrap_or_default();
+            let target = format!(
+                "{host}{}",
+                req.uri().path_and_query().map_or("/", |p| p.as_str())
+            );
+            let name = req.method().as_str().to_ascii_lowercase();
+            return self.purge(&name, &target, kind).await;
+        }
+        // STON's `POST /command/purge` with `url=...` in a form body: the body's fields count
+        // as the query's.
+        if req.method() == http::Method::POST {
+            match Limited::new(req.into_body(), MAX_FORM).collect().await {
+                Ok(b) => {
+                    let form = String::from_utf8_lossy(&b.to_bytes()).trim().to_string();
+                    if !form.is_empty() {
+                        query = if query.is_empty() {
+                            form
+                        } else {
+                            format!("{query}&{form}")
+                        };
+                    }
+                }
+                Err(_) => {
+                    return json(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "{\"status\":\"FAIL\",\"error\":\"the form is larger than 64 KiB or was cut short\"}",
+                    );
+                }
+            }
         }
         match path.as_str() {
             "/version" => json(
@@ -307,15 +346,8 @@ impl Manager {
                         "{\"status\":\"FAIL\",\"error\":\"no url\"}",
                     );
                 };
-                let method = path.trim_start_matches("/command/");
-                let started = Instant::now();
-                let rt = self.proxy.runtime.load_full();
-                let (count, size) =
-                    purge::apply(&rt, &self.proxy.store, &self.proxy.fills, &targets, kind).await;
-                json(
-                    StatusCode::OK,
-                    &purge::result_json(method, count, size, started.elapsed().as_millis()),
-                )
+                self.purge(path.trim_start_matches("/command/"), &targets, kind)
+                    .await
             }
             _ => json(
                 StatusCode::NOT_FOUND,
@@ -323,7 +355,22 @@ impl Manager {
             ),
         }
     }
+
+    /// Applies `kind` to `targets` and answers with STON's JSON result under `method`.
+    async fn purge(&self, method: &str, targets: &str, kind: PurgeKind) -> Response<Body> {
+        let started = Instant::now();
+        let rt = self.proxy.runtime.load_full();
+        let (count, size) =
+            purge::apply(&rt, &self.proxy.store, &self.proxy.fills, targets, kind).await;
+        json(
+            StatusCode::OK,
+            &purge::result_json(method, count, size, started.elapsed().as_millis()),
+        )
+    }
 }
+
+/// The largest form body `POST /command/...` reads.
+const MAX_FORM: usize = 64 * 1024;
 
 fn param(query: &str, name: &str) -> Option<String> {
     query

@@ -713,7 +713,21 @@ async fn hostile_management_requests_always_get_an_answer() {
             _ => rng.pick(&commands[..4]),
         };
         let target = format!("{command}?{query}");
-        let raw = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        // Mostly GET; also a POST whose form body is the query, and the purge methods
+        // (which take the path as their target and Host as the vhost).
+        let raw = match rng.below(6) {
+            0 => format!(
+                "POST {command} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{query}",
+                query.len()
+            ),
+            1 => format!(
+                "{} /{} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                rng.pick(&["PURGE", "EXPIRE", "HARDPURGE"]),
+                rng.pick(&paths).trim_start_matches('/'),
+                rng.pick(&["a.com", "A.COM:80", "b.com", "", "[::1]:9"])
+            ),
+            _ => format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"),
+        };
         let Some(answer) = exchange(m, raw.as_bytes()).await else {
             panic!("case {i}: no answer to {target:?}")
         };

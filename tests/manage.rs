@@ -316,6 +316,160 @@ async fn the_purge_method_on_a_service_port_is_guarded_by_the_allow_list() {
     s.shutdown.cancel();
 }
 
+/// A service with `manager_tag` for the test's `<Manager>` and `allow` for its `<Allow>`,
+/// and one vhost a.com whose origin counts its requests.
+async fn setup_manager(
+    manager_tag: &str,
+    allow: &str,
+) -> (Origin, ConfDir, strata::server::Running) {
+    let o = Origin::start(handler(|req, n| {
+        resp(
+            200,
+            &[("cache-control", "max-age=600")],
+            format!("{} #{n}", req.uri().path()),
+        )
+    }))
+    .await;
+    let conf = ConfDir::new(
+        &server_xml("", "")
+            .replace("<Manager Port=\"0\" Listen=\"127.0.0.1\">", manager_tag)
+            .replace(
+                "<Allow>127.0.0.1</Allow>",
+                &format!("<Allow>{allow}</Allow>"),
+            ),
+        &format!(
+            r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost></Vhosts>"#,
+            o.addr
+        ),
+    );
+    let s = start(&conf).await;
+    (o, conf, s)
+}
+
+#[tokio::test]
+async fn the_purge_method_needs_the_token_and_http_method_off_opens_it() {
+    // HttpMethod="ON" (the default) with a token: the allow-list is not enough.
+    let (o, _conf, s) = setup_manager(
+        "<Manager Port=\"0\" Listen=\"127.0.0.1\" Token=\"s3cret\">",
+        "127.0.0.1",
+    )
+    .await;
+    let a = s.http[0];
+    get(a, "a.com", "/m", &[]).await;
+    wait_stored(&s, "a.com/m").await;
+    for (auth, status) in [
+        (None, 401),
+        (Some("Bearer wrong!"), 401),
+        (Some("Bearer s3cre"), 401),
+        (Some("Basic s3cret"), 401),
+        (Some("Bearer s3cret"), 200),
+    ] {
+        let headers: Vec<(&str, &str)> = auth.map(|v| ("authorization", v)).into_iter().collect();
+        let r = request("PURGE", a, "a.com", "/m", &headers, bytes::Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(r.status.as_u16(), status, "{auth:?}");
+    }
+    get(a, "a.com", "/m", &[]).await;
+    assert_eq!(o.count(), 2, "purged once, by the request with the token");
+    s.shutdown.cancel();
+
+    // HttpMethod="OFF": STON's meaning, the methods skip the allow-list (here, loopback is
+    // not on it) and the token.
+    let (o, _conf, s) = setup_manager(
+        "<Manager Port=\"0\" Listen=\"127.0.0.1\" HttpMethod=\"OFF\" Token=\"s3cret\">",
+        "10.9.9.9",
+    )
+    .await;
+    let a = s.http[0];
+    get(a, "a.com", "/m", &[]).await;
+    wait_stored(&s, "a.com/m").await;
+    let r = request("PURGE", a, "a.com", "/m", &[], bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!((r.status.as_u16(), json_count(&r.body)), (200, 1));
+    get(a, "a.com", "/m", &[]).await;
+    assert_eq!(o.count(), 2);
+    s.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn the_manager_port_takes_the_purge_method_and_a_posted_url() {
+    let (o, _conf, s) = setup("").await;
+    let (a, m) = (s.http[0], s.manager.unwrap());
+    for p in ["/x", "/y", "/z"] {
+        get(a, "a.com", p, &[]).await;
+        wait_stored(&s, &format!("a.com{p}")).await;
+    }
+    // STON's `PURGE /path` to the manager port, the vhost in Host (its port ignored).
+    let r = request("PURGE", m, "A.com:10040", "/x", &[], bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status.as_u16(), json_count(&r.body)),
+        (200, 1),
+        "{:?}",
+        r.body
+    );
+    assert!(String::from_utf8_lossy(&r.body).contains("\"method\":\"purge\""));
+    // `POST /command/...` with the url in a form body, alone or after a query.
+    let r = request(
+        "POST",
+        m,
+        "127.0.0.1",
+        "/command/hardpurge",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        bytes::Bytes::from_static(b"url=a.com/y"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.status.as_u16(), json_count(&r.body)),
+        (200, 1),
+        "{:?}",
+        r.body
+    );
+    let r = request(
+        "POST",
+        m,
+        "127.0.0.1",
+        "/command/expireafter?sec=600",
+        &[],
+        bytes::Bytes::from_static(b"url=a.com/z"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.status.as_u16(), json_count(&r.body)),
+        (200, 1),
+        "{:?}",
+        r.body
+    );
+    // An empty POST still needs its url; a form past 64 KiB is refused.
+    let r = request(
+        "POST",
+        m,
+        "127.0.0.1",
+        "/command/purge",
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 400);
+    let big = bytes::Bytes::from(format!("url=a.com/{}", "a".repeat(70_000)));
+    let r = request("POST", m, "127.0.0.1", "/command/purge", &[], big)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 413);
+
+    for p in ["/x", "/y", "/z"] {
+        get(a, "a.com", p, &[]).await;
+    }
+    assert_eq!(o.count(), 5, "/x and /y refetched, /z still fresh");
+    s.shutdown.cancel();
+}
+
 /// A purge that arrives while the object is still filling reaches what that fill commits:
 /// the client already reading gets its whole answer, and the next request is not served the
 /// bytes fetched before the purge. For each of purge, expire and hardpurge, and by URL and by

@@ -105,6 +105,31 @@ impl Manager {
             .map(|a| a.role)
             .max()
     }
+
+    /// Whether a request whose `Authorization` field is `authorization` carries the
+    /// configured bearer token (always, when none is configured). The comparison takes the
+    /// same time wherever the first wrong byte is, so timing does not reveal the token.
+    pub fn token_ok(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let Some(given) = authorization.and_then(|a| a.strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        given.len() == token.len()
+            && given
+                .iter()
+                .zip(token.as_bytes())
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0
+    }
+
+    /// Whether a `PURGE`-style method from `ip` with this `Authorization` may act on a
+    /// service port: with `HttpMethod="ON"` (the default) only an Admin of the allow-list
+    /// with the token, when one is set; with `OFF`, STON's meaning, anyone.
+    pub fn allows_purge_method(&self, ip: IpAddr, authorization: Option<&[u8]>) -> bool {
+        !self.http_method || (self.role_of(ip) == Some(Role::Admin) && self.token_ok(authorization))
+    }
 }
 
 /// Role of a management caller, STON-style.

@@ -1286,3 +1286,67 @@ fn misspelt_attributes_are_named() {
     assert!(has("unknown attribute Stauts", "Status="), "{text:#?}");
     assert!(cfg.is_some(), "warnings only: {text:#?}");
 }
+
+#[test]
+fn the_manager_token_and_the_purge_methods_acl() {
+    let server = |manager: &str| {
+        format!(
+            "<Server><Host>\n<Manager Port=\"0\" {manager}>\n<Allow>10.0.0.1</Allow><Allow Role=\"User\">10.0.0.2</Allow>\n</Manager>\n</Host></Server>"
+        )
+    };
+    let (cfg, warnings) = ok(Some(&server("Token=\"s3cret\"")), "<Vhosts/>");
+    assert!(
+        !warnings.iter().any(|w| file_name(w) == "server.xml"),
+        "{warnings:#?}"
+    );
+    let m = cfg.server.manager;
+    let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+    for (given, ok) in [
+        (None, false),
+        (Some(&b"Bearer s3cret"[..]), true),
+        (Some(b"Bearer s3cre"), false),
+        (Some(b"Bearer s3cretX"), false),
+        (Some(b"bearer s3cret"), false),
+        (Some(b"s3cret"), false),
+    ] {
+        assert_eq!(m.token_ok(given), ok, "{given:?}");
+        // ON (the default): an Admin of the allow-list, with the token.
+        assert_eq!(
+            m.allows_purge_method(ip("10.0.0.1"), given),
+            ok,
+            "{given:?}"
+        );
+        assert!(
+            !m.allows_purge_method(ip("10.0.0.2"), given),
+            "a User may not purge"
+        );
+        assert!(
+            !m.allows_purge_method(ip("10.0.0.3"), given),
+            "not on the list"
+        );
+    }
+
+    // OFF: STON's meaning, anyone; and a warning that says so, on the attribute's line.
+    let (cfg, warnings) = ok(Some(&server("HttpMethod=\"OFF\"")), "<Vhosts/>");
+    assert!(
+        cfg.server
+            .manager
+            .allows_purge_method(ip("192.0.2.9"), None)
+    );
+    let ours: Vec<_> = warnings
+        .iter()
+        .filter(|w| file_name(w) == "server.xml")
+        .collect();
+    assert_eq!(ours.len(), 1, "{warnings:#?}");
+    assert_eq!(ours[0].line, 2);
+    assert!(
+        ours[0].message.contains("any client can purge"),
+        "{}",
+        ours[0]
+    );
+
+    // No token configured: any Authorization will do (or none).
+    let (cfg, _) = ok(Some(&server("")), "<Vhosts/>");
+    assert!(cfg.server.manager.token_ok(None));
+    assert!(cfg.server.manager.allows_purge_method(ip("10.0.0.1"), None));
+}

@@ -177,10 +177,17 @@ impl Proxy {
         entry.vhost = vh.cfg.name.clone();
 
         // STON's PURGE/EXPIRE/HARDPURGE methods on service ports, guarded by the manager's
-        // allow-list: they act on this vhost's object at this URL.
+        // allow-list and token (`<Manager HttpMethod="ON">`): they act on this vhost's object
+        // at this URL.
         if let Some(kind) = purge::method_kind(parts.method.as_str()) {
             entry.result = CacheResult::Denied;
-            if rt.cfg.server.manager.role_of(peer.addr.ip()) != Some(crate::config::Role::Admin) {
+            let authorization = parts.headers.get(header::AUTHORIZATION);
+            if !rt
+                .cfg
+                .server
+                .manager
+                .allows_purge_method(peer.addr.ip(), authorization.map(HeaderValue::as_bytes))
+            {
                 let r = respond::error(
                     StatusCode::UNAUTHORIZED,
                     "purge methods need an allowed management address\n",

@@ -162,6 +162,16 @@ impl P {
         }
         if let Some(b) = self.attr_on_off(el, "HttpMethod") {
             m.http_method = b;
+            if !b {
+                let line = el.attr("HttpMethod").map_or(el.line, |(_, l)| l);
+                self.warn(
+                    el,
+                    line,
+                    "HttpMethod=\"OFF\": PURGE, EXPIRE and HARDPURGE on service ports skip the \
+                     allow-list and token, so any client can purge",
+                    "write HttpMethod=\"ON\" unless every client of the service ports is trusted",
+                );
+            }
         }
         if let Some((v, line)) = el.attr("Listen")
             && let Some(ip) = self.ip(el, v, line, "Manager Listen")
