@@ -3169,6 +3169,61 @@ async fn ston_options_when_written() {
     all(tasks).await;
 }
 
+/// STON `<RefreshExpired>OFF`: a stale copy is served at once and revalidated behind the
+/// client's back, however long ago it expired, but never where stale is forbidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ston_refresh_expired_off_serves_stale_and_revalidates_in_the_background() {
+    let lab = Lab::start("<Options><RefreshExpired>OFF</RefreshExpired></Options>").await;
+    let mut tasks = Vec::new();
+    let s = lab.scenario("rx-off", |seen, n| {
+        let etag = format!("\"v{n}\"");
+        answer(
+            200,
+            &[("cache-control", "max-age=1"), ("etag", &etag)],
+            seen,
+            n,
+        )
+    });
+    tasks.push(task(async move {
+        s.get(&[]).await;
+        sleep_ms(1_500).await;
+        let g = s.get(&[]).await;
+        assert_eq!(n_of(&g), 1, "the stale copy answered at once");
+        let mut refreshed = false;
+        for _ in 0..50 {
+            sleep_ms(50).await;
+            if n_of(&s.get(&[]).await) == 2 {
+                refreshed = true;
+                break;
+            }
+        }
+        assert!(refreshed, "the background revalidation's answer is stored");
+        assert_eq!(
+            s.seen(2).header("if-none-match"),
+            "\"v1\"",
+            "the refresh is conditional"
+        );
+    }));
+    // must-revalidate still makes the client wait for the origin.
+    let s = lab.scenario("rx-off-must", |seen, n| {
+        answer(
+            200,
+            &[
+                ("cache-control", "max-age=1, must-revalidate"),
+                ("etag", "\"m\""),
+            ],
+            seen,
+            n,
+        )
+    });
+    tasks.push(task(async move {
+        s.get(&[]).await;
+        sleep_ms(1_500).await;
+        assert_eq!(n_of(&s.get(&[]).await), 2, "revalidated before answering");
+    }));
+    all(tasks).await;
+}
+
 /// RFC 5861 §4: an explicit `stale-if-error` window bounds serving stale for a 5xx, even
 /// with STON's `TTLExtensionBy5xx` (ON by default); within it the stale copy answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -120,6 +120,7 @@ pub fn policy_options(v: &Vhost) -> PolicyOptions {
             Some(list) => VaryMode::Fields(list.clone()),
         },
         no_cache_request_expire: o.no_cache_request_expire.unwrap_or(true),
+        refresh_expired: o.refresh_expired,
         ..PolicyOptions::default()
     }
 }

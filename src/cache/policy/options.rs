@@ -27,6 +27,11 @@ pub struct PolicyOptions {
     /// `no-cache`, `Pragma: no-cache`, request `max-age`) force revalidation. Default `true`,
     /// the RFC behaviour; `false` shields the origin from reload storms.
     pub no_cache_request_expire: bool,
+    /// STON `<RefreshExpired>` (default on): a request for a stale response waits for its
+    /// revalidation. Off: whatever may be served stale (not `must-revalidate`, not refused
+    /// by the request) is served at once and revalidated in the background, as if it
+    /// carried an unbounded `stale-while-revalidate`.
+    pub refresh_expired: bool,
 }
 
 impl Default for PolicyOptions {
@@ -38,6 +43,7 @@ impl Default for PolicyOptions {
             heuristic_cap: Duration::from_secs(24 * 60 * 60),
             vary_mode: VaryMode::Standard,
             no_cache_request_expire: true,
+            refresh_expired: true,
         }
     }
 }

@@ -193,6 +193,7 @@ pub fn decide_reuse_for(
     }
     if d.stale_while_revalidate
         .is_some_and(|window| staleness <= Duration::from_secs(window))
+        || !opts.refresh_expired
     {
         return Reuse::StaleWhileRevalidate;
     }
@@ -517,6 +518,58 @@ mod tests {
         for (cc, req, after, expected) in cases {
             let got = decide_reuse(&Method::GET, &hm(req), &stored(cc), at(T0 + after), &opts);
             assert_eq!(got, *expected, "stored {cc:?}, request {req:?}, +{after}s");
+        }
+    }
+
+    #[test]
+    fn ston_refresh_expired_off_serves_stale_at_once_where_stale_may_be_served() {
+        use Reuse::*;
+        let off = PolicyOptions {
+            refresh_expired: false,
+            ..PolicyOptions::default()
+        };
+        let cases: &[(&str, Headers, u64, Reuse)] = &[
+            ("max-age=60", &[], 10, Fresh),
+            // Stale, however old: served, revalidated behind the client's back.
+            ("max-age=60", &[], 61, StaleWhileRevalidate),
+            ("max-age=60", &[], 86_400 * 30, StaleWhileRevalidate),
+            // Never where the response or the request forbids stale.
+            ("max-age=60, must-revalidate", &[], 61, MustRevalidate),
+            ("max-age=60, proxy-revalidate", &[], 61, MustRevalidate),
+            ("s-maxage=60", &[], 61, MustRevalidate),
+            ("max-age=60, no-cache", &[], 10, MustRevalidate),
+            (
+                "max-age=60",
+                &[("cache-control", "min-fresh=1")],
+                61,
+                MustRevalidate,
+            ),
+            (
+                "max-age=60",
+                &[("cache-control", "no-cache")],
+                61,
+                MustRevalidate,
+            ),
+            (
+                "max-age=60",
+                &[("cache-control", "max-age=5")],
+                61,
+                MustRevalidate,
+            ),
+            ("private, max-age=60", &[], 61, Unusable),
+        ];
+        for (cc, req, after, expected) in cases {
+            let got = decide_reuse(&Method::GET, &hm(req), &stored(cc), at(T0 + after), &off);
+            assert_eq!(got, *expected, "stored {cc:?}, request {req:?}, +{after}s");
+            // On (the default), nothing stale is served without revalidation.
+            let on = decide_reuse(
+                &Method::GET,
+                &hm(req),
+                &stored(cc),
+                at(T0 + after),
+                &PolicyOptions::default(),
+            );
+            assert_ne!(on, StaleWhileRevalidate, "{cc:?} +{after}s");
         }
     }
 
