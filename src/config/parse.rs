@@ -113,8 +113,8 @@ const TTL: &[&str] = &[
     "ReceiveTimeout",
     "OriginBusy",
 ];
-/// STON settings Strata accepts and ignores (in `<Options>` or `<OriginOptions>`), so that
-/// STON configurations load without noise. Later work may give them meaning.
+/// STON settings Strata accepts but does not implement (in `<Options>` or
+/// `<OriginOptions>`): a STON configuration loads, with a warning naming each of them.
 const STON_ACCEPTED: &[&str] = &[
     "UserAgent",
     "XFFClientIPOnly",
@@ -270,6 +270,9 @@ pub fn apply_vhost_default(vhost: &Element, defaults: Option<&Element>) -> Eleme
 struct P {
     dir: PathBuf,
     diags: Vec<Diagnostic>,
+    /// STON settings read but not acted on: (file, line, the setting and why), reported as
+    /// one warning per file by [`P::report_not_honoured`].
+    not_honoured: Vec<(PathBuf, u32, String)>,
 }
 
 impl P {
@@ -289,6 +292,43 @@ impl P {
             msg.into(),
             fix.into(),
         ));
+    }
+
+    /// Notes a STON setting `what` that Strata reads but does not act on; `why` says what
+    /// Strata does instead (`None`: not implemented). STON configurations still load, and
+    /// the operator learns which of their settings have no effect here.
+    fn not_honoured(&mut self, el: &Element, line: u32, what: &str, why: Option<&str>) {
+        let item = match why {
+            Some(why) => format!("{what} (line {line}: {why})"),
+            None => format!("{what} (line {line})"),
+        };
+        self.not_honoured.push((el.file.to_path_buf(), line, item));
+    }
+
+    /// One warning per file listing its STON settings that have no effect, at the first
+    /// one's line: a STON configuration written out with every default would otherwise
+    /// bury the warnings that matter under dozens of these.
+    fn report_not_honoured(&mut self) {
+        let mut all = std::mem::take(&mut self.not_honoured);
+        all.sort();
+        all.dedup();
+        let mut files: Vec<PathBuf> = all.iter().map(|(f, _, _)| f.clone()).collect();
+        files.dedup();
+        for file in files {
+            let items: Vec<&(PathBuf, u32, String)> =
+                all.iter().filter(|(f, _, _)| *f == file).collect();
+            let list: Vec<&str> = items.iter().map(|(_, _, i)| i.as_str()).collect();
+            self.diags.push(Diagnostic::warning(
+                file.clone(),
+                items[0].1,
+                format!(
+                    "{} STON setting(s) Strata does not honour are ignored: {}",
+                    items.len(),
+                    list.join(", ")
+                ),
+                "remove them to silence this warning".to_string(),
+            ));
+        }
     }
 
     /// Warning for an element `parent` does not know.
@@ -668,6 +708,7 @@ pub fn build(dir: &Path, server: Option<&Element>, vhosts: &Element) -> (Config,
     let mut p = P {
         dir: dir.to_path_buf(),
         diags: Vec::new(),
+        not_honoured: Vec::new(),
     };
     let (server_cfg, vdefault) = match server {
         Some(s) => p.server(s),
@@ -684,6 +725,7 @@ pub fn build(dir: &Path, server: Option<&Element>, vhosts: &Element) -> (Config,
     for root in server.into_iter().chain([vhosts]) {
         p.attribute_typos(root);
     }
+    p.report_not_honoured();
     (cfg, finish(p.diags))
 }
 

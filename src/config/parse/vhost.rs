@@ -209,7 +209,20 @@ impl P {
                     link_seen = Some(c.line);
                     v.link = self.vhost_link(c);
                 }
-                "M2" => v.m2 = self.m2(c),
+                "M2" => {
+                    v.m2 = self.m2(c);
+                    if v.m2.as_ref().is_some_and(|m| m.active) {
+                        self.not_honoured(
+                            c,
+                            c.line,
+                            "<M2>",
+                            Some(
+                                "the backup pipe is not implemented yet: the endpoints are \
+                             checked, and nothing is copied to them",
+                            ),
+                        );
+                    }
+                }
                 "Stats" | "Log" | "Sub" => {}
                 _ => self.unknown(c, el, VHOST),
             }
@@ -470,11 +483,29 @@ impl P {
                 "IfRange" => {
                     if let Some(b) = self.on_off(c) {
                         o.if_range = b;
+                        if !b {
+                            self.not_honoured(
+                                c,
+                                c.line,
+                                "<IfRange>OFF</IfRange>",
+                                Some(
+                                    "Strata always sends If-Range when it completes a partly \
+                                 stored object, so a changed object is never mixed with the \
+                                 stored part",
+                                ),
+                            );
+                        }
                     }
                 }
                 "DnsMaxTTL" => {
                     if let Some(d) = self.duration(c, "60") {
                         o.dns_ttl = d;
+                        self.not_honoured(
+                            c,
+                            c.line,
+                            "<DnsMaxTTL>",
+                            Some("origin names are resolved again for every new connection"),
+                        );
                     }
                 }
                 "BalanceHashRules" => {
@@ -487,7 +518,9 @@ impl P {
                         }
                     }
                 }
-                n if STON_ACCEPTED.contains(&n) => {}
+                n if STON_ACCEPTED.contains(&n) => {
+                    self.not_honoured(c, c.line, &format!("<{n}>"), None);
+                }
                 _ => self.unknown(c, el, &known_with_ston(ORIGIN_OPTIONS)),
             }
         }
@@ -550,14 +583,47 @@ impl P {
                 "OriginalHeader" => {
                     if let Some(b) = self.on_off(c) {
                         o.original_header = Some(b);
+                        if !b {
+                            self.not_honoured(
+                                c,
+                                c.line,
+                                "<OriginalHeader>OFF</OriginalHeader>",
+                                Some(
+                                    "the origin's end-to-end header fields are kept as with ON; \
+                                 Set-Cookie is never served from the cache",
+                                ),
+                            );
+                        }
                     }
                 }
                 "IfRange" => {
                     let on = self.on_off(c).unwrap_or(o.if_range.0);
                     let purge = self.attr_on_off(c, "Purge").unwrap_or(false);
                     o.if_range = (on, purge);
+                    if !on {
+                        self.not_honoured(
+                            c,
+                            c.line,
+                            "<IfRange>OFF</IfRange> in <Options>",
+                            Some("a client's If-Range is always honoured, RFC 9110 section 13.1.5"),
+                        );
+                    }
+                    if purge {
+                        let line = c.attr("Purge").map_or(c.line, |(_, l)| l);
+                        self.not_honoured(
+                            c,
+                            line,
+                            "<IfRange Purge=\"ON\">",
+                            Some(
+                                "purging on a child's newer If-Range comes with the two-tier \
+                             work and is not implemented yet",
+                            ),
+                        );
+                    }
                 }
-                n if STON_ACCEPTED.contains(&n) => {}
+                n if STON_ACCEPTED.contains(&n) => {
+                    self.not_honoured(c, c.line, &format!("<{n}>"), None);
+                }
                 _ => self.unknown(c, el, &known_with_ston(OPTIONS)),
             }
         }
@@ -577,6 +643,15 @@ impl P {
                 .collect();
             if bad.is_empty() {
                 t.priority = Some(words);
+                self.not_honoured(
+                    el,
+                    line,
+                    "<TTL Priority>",
+                    Some(
+                        "the order is RFC 9111's: the response's own freshness, then the <TTL> \
+                     values",
+                    ),
+                );
             } else {
                 self.error(
                     el,
@@ -610,6 +685,16 @@ impl P {
             };
             if let Some(n) = self.seconds(c) {
                 *slot = Some(n);
+                if c.name == "OriginBusy" {
+                    self.not_honoured(
+                        c,
+                        c.line,
+                        "<TTL><OriginBusy>",
+                        Some(
+                            "there is no BusySessionCount: expired objects are always revalidated",
+                        ),
+                    );
+                }
             }
         }
     }
