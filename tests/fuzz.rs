@@ -276,13 +276,7 @@ async fn random_bytes_on_the_wire_never_stop_the_server() {
         resp(200, &[("cache-control", "max-age=60")], "ok")
     }))
     .await;
-    let conf = ConfDir::new(
-        &server_xml("", ""),
-        &format!(
-            r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost><Default>a.com</Default></Vhosts>"#,
-            o.addr
-        ),
-    );
+    let conf = a_com_conf(o.addr);
     let s = start(&conf).await;
     let addr = s.http[0];
     let good = "GET /p HTTP/1.1\r\nHost: a.com\r\nRange: bytes=0-1\r\nIf-None-Match: \"x\"\r\n\r\n";
@@ -619,23 +613,32 @@ async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> Option<Vec<u8>> {
     Some(got)
 }
 
-#[tokio::test]
-async fn hostile_management_requests_always_get_an_answer() {
-    let o = Origin::start(handler(|req, _| {
+/// A configuration of one vhost, a.com (also the `<Default>`), in front of `origin`.
+fn a_com_conf(origin: std::net::SocketAddr) -> ConfDir {
+    ConfDir::new(
+        &server_xml("", ""),
+        &format!(
+            r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen><Origin><Address>{origin}</Address></Origin></Vhost><Default>a.com</Default></Vhosts>"#
+        ),
+    )
+}
+
+/// An origin answering every path with the path itself, cacheable for a minute.
+async fn echo_origin() -> Origin {
+    Origin::start(handler(|req, _| {
         resp(
             200,
             &[("cache-control", "max-age=60")],
             req.uri().path().to_string(),
         )
     }))
-    .await;
-    let conf = ConfDir::new(
-        &server_xml("", ""),
-        &format!(
-            r#"<Vhosts><Vhost Name="a.com"><Listen>127.0.0.1:0</Listen><Origin><Address>{}</Address></Origin></Vhost><Default>a.com</Default></Vhosts>"#,
-            o.addr
-        ),
-    );
+    .await
+}
+
+#[tokio::test]
+async fn hostile_management_requests_always_get_an_answer() {
+    let o = echo_origin().await;
+    let conf = a_com_conf(o.addr);
     let s = start(&conf).await;
     let (addr, m) = (s.http[0], s.manager.expect("a manager"));
     for p in ["/p", "/img/a.jpg", "/img/b.png"] {
@@ -754,14 +757,7 @@ async fn the_longest_durations_a_configuration_may_name_run_without_overflow() {
     // Every duration at the most the parser accepts (a hundred years; more is refused,
     // see the config tests): timeouts, TTLs, the probe cycle. One origin is down, so the
     // exclusion, probe and error-TTL paths run too.
-    let o = Origin::start(handler(|req, _| {
-        resp(
-            200,
-            &[("cache-control", "max-age=60")],
-            req.uri().path().to_string(),
-        )
-    }))
-    .await;
+    let o = echo_origin().await;
     let max = strata::config::values::MAX_DURATION.as_secs();
     let conf = ConfDir::new(
         &server_xml("", &format!("<FillWaitTimeout>{max}</FillWaitTimeout>")),

@@ -393,6 +393,20 @@ async fn the_purge_method_needs_the_token_and_http_method_off_opens_it() {
     s.shutdown.cancel();
 }
 
+/// `POST` to the manager at `path` with `form` as an urlencoded body.
+async fn post_form(m: std::net::SocketAddr, path: &str, form: &str) -> Got {
+    request(
+        "POST",
+        m,
+        "127.0.0.1",
+        path,
+        &[("content-type", "application/x-www-form-urlencoded")],
+        bytes::Bytes::from(form.to_string()),
+    )
+    .await
+    .expect("an answer")
+}
+
 #[tokio::test]
 async fn the_manager_port_takes_the_purge_method_and_a_posted_url() {
     let (o, _conf, s) = setup("").await;
@@ -413,32 +427,14 @@ async fn the_manager_port_takes_the_purge_method_and_a_posted_url() {
     );
     assert!(String::from_utf8_lossy(&r.body).contains("\"method\":\"purge\""));
     // `POST /command/...` with the url in a form body, alone or after a query.
-    let r = request(
-        "POST",
-        m,
-        "127.0.0.1",
-        "/command/hardpurge",
-        &[("content-type", "application/x-www-form-urlencoded")],
-        bytes::Bytes::from_static(b"url=a.com/y"),
-    )
-    .await
-    .unwrap();
+    let r = post_form(m, "/command/hardpurge", "url=a.com/y").await;
     assert_eq!(
         (r.status.as_u16(), json_count(&r.body)),
         (200, 1),
         "{:?}",
         r.body
     );
-    let r = request(
-        "POST",
-        m,
-        "127.0.0.1",
-        "/command/expireafter?sec=600",
-        &[],
-        bytes::Bytes::from_static(b"url=a.com/z"),
-    )
-    .await
-    .unwrap();
+    let r = post_form(m, "/command/expireafter?sec=600", "url=a.com/z").await;
     assert_eq!(
         (r.status.as_u16(), json_count(&r.body)),
         (200, 1),
@@ -446,21 +442,10 @@ async fn the_manager_port_takes_the_purge_method_and_a_posted_url() {
         r.body
     );
     // An empty POST still needs its url; a form past 64 KiB is refused.
-    let r = request(
-        "POST",
-        m,
-        "127.0.0.1",
-        "/command/purge",
-        &[],
-        bytes::Bytes::new(),
-    )
-    .await
-    .unwrap();
+    let r = post_form(m, "/command/purge", "").await;
     assert_eq!(r.status, 400);
-    let big = bytes::Bytes::from(format!("url=a.com/{}", "a".repeat(70_000)));
-    let r = request("POST", m, "127.0.0.1", "/command/purge", &[], big)
-        .await
-        .unwrap();
+    let big = format!("url=a.com/{}", "a".repeat(70_000));
+    let r = post_form(m, "/command/purge", &big).await;
     assert_eq!(r.status, 413);
 
     for p in ["/x", "/y", "/z"] {
