@@ -418,7 +418,7 @@ pub struct OriginOptions {
     pub host: Option<String>,
     /// `<IfRange>`: add If-Range to range requests sent to the origin.
     pub if_range: bool,
-    /// `<DnsMaxTTL>`: how often names are re-resolved.
+    /// `<DnsMaxTTL>`: how long an origin name's system-resolver answer is reused (0: never).
     pub dns_ttl: Duration,
 }
 

@@ -191,7 +191,7 @@ fn ston_server_layout_loads() {
     assert_eq!((warnings.len(), ignored.len()), (1, 1), "{warnings:#?}");
     for (what, needle) in [
         ("<ETagHeader> (line", "<ETagHeader>"),
-        ("<DnsMaxTTL> (line", "<DnsMaxTTL"),
+        ("<UserAgent> (line", "<UserAgent"),
         ("<TTL Priority> (line", "<TTL Priority"),
     ] {
         let at = format!("{what} {}", line_of(STON_SERVER, needle));

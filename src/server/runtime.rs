@@ -46,7 +46,7 @@ impl RuntimeBuilder {
             .map(|v| {
                 let http = client::build(
                     tls.clone(),
-                    resolver.clone(),
+                    resolver.with_dns_ttl(v.origin_options.dns_ttl),
                     v.origin_options.connect_timeout,
                 );
                 let pool = Arc::new(OriginPool::new(v, http, cfg.dir.clone()));

@@ -500,12 +500,6 @@ impl P {
                 "DnsMaxTTL" => {
                     if let Some(d) = self.duration(c, "60") {
                         o.dns_ttl = d;
-                        self.not_honoured(
-                            c,
-                            c.line,
-                            "<DnsMaxTTL>",
-                            Some("origin names are resolved again for every new connection"),
-                        );
                     }
                 }
                 "BalanceHashRules" => {
