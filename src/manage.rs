@@ -6,7 +6,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
@@ -358,13 +357,11 @@ impl Manager {
 
     /// Applies `kind` to `targets` and answers with STON's JSON result under `method`.
     async fn purge(&self, method: &str, targets: &str, kind: PurgeKind) -> Response<Body> {
-        let started = Instant::now();
         let rt = self.proxy.runtime.load_full();
-        let (count, size) =
-            purge::apply(&rt, &self.proxy.store, &self.proxy.fills, targets, kind).await;
+        let p = &self.proxy;
         json(
             StatusCode::OK,
-            &purge::result_json(method, count, size, started.elapsed().as_millis()),
+            &purge::answer(&rt, &p.store, &p.fills, targets, kind, method).await,
         )
     }
 }

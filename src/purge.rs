@@ -2,7 +2,7 @@
 //! by `*` pattern, several targets separated by `|`. Used by the management API and by the
 //! `PURGE`-style methods on service ports.
 
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use crate::cache::fill::{AfterFill, Fills};
 use crate::cache::key;
@@ -121,6 +121,22 @@ pub fn method_kind(method: &str) -> Option<PurgeKind> {
         "HARDPURGE" | "ASYNCHARDPURGE" => Some(PurgeKind::HardPurge),
         _ => None,
     }
+}
+
+/// Applies `kind` to `targets` (as [`apply`]) and returns STON's JSON answer for it, named
+/// `method` and timed: what the manager's `/command/...`, the purge methods on the manager
+/// port and those on service ports all answer.
+pub async fn answer(
+    rt: &Runtime,
+    store: &Store,
+    fills: &Fills,
+    targets: &str,
+    kind: PurgeKind,
+    method: &str,
+) -> String {
+    let started = Instant::now();
+    let (count, size) = apply(rt, store, fills, targets, kind).await;
+    result_json(method, count, size, started.elapsed().as_millis())
 }
 
 /// The JSON answer STON gives for the purge family.

@@ -194,15 +194,9 @@ impl Proxy {
                 );
                 return self.finish(r, entry);
             }
-            let t0 = Instant::now();
             let target = format!("{}{}", vh.cfg.name, path_and_query);
-            let (count, size) = purge::apply(&rt, &self.store, &self.fills, &target, kind).await;
-            let body = purge::result_json(
-                &parts.method.as_str().to_ascii_lowercase(),
-                count,
-                size,
-                t0.elapsed().as_millis(),
-            );
+            let method = parts.method.as_str().to_ascii_lowercase();
+            let body = purge::answer(&rt, &self.store, &self.fills, &target, kind, &method).await;
             let mut r = Response::new(body::full(body));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
