@@ -317,7 +317,7 @@ async fn the_purge_method_on_a_service_port_is_guarded_by_the_allow_list() {
 }
 
 /// A service with `manager_tag` for the test's `<Manager>` and `allow` for its `<Allow>`,
-/// and one vhost a.com whose origin counts its requests.
+/// and one vhost a.com whose origin counts its requests, with `/m` fetched and stored.
 async fn setup_manager(
     manager_tag: &str,
     allow: &str,
@@ -343,6 +343,8 @@ async fn setup_manager(
         ),
     );
     let s = start(&conf).await;
+    get(s.http[0], "a.com", "/m", &[]).await;
+    wait_stored(&s, "a.com/m").await;
     (o, conf, s)
 }
 
@@ -355,8 +357,6 @@ async fn the_purge_method_needs_the_token_and_http_method_off_opens_it() {
     )
     .await;
     let a = s.http[0];
-    get(a, "a.com", "/m", &[]).await;
-    wait_stored(&s, "a.com/m").await;
     for (auth, status) in [
         (None, 401),
         (Some("Bearer wrong!"), 401),
@@ -382,8 +382,6 @@ async fn the_purge_method_needs_the_token_and_http_method_off_opens_it() {
     )
     .await;
     let a = s.http[0];
-    get(a, "a.com", "/m", &[]).await;
-    wait_stored(&s, "a.com/m").await;
     let r = request("PURGE", a, "a.com", "/m", &[], bytes::Bytes::new())
         .await
         .unwrap();

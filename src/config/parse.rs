@@ -312,14 +312,10 @@ impl P {
         let mut all = std::mem::take(&mut self.not_honoured);
         all.sort();
         all.dedup();
-        let mut files: Vec<PathBuf> = all.iter().map(|(f, _, _)| f.clone()).collect();
-        files.dedup();
-        for file in files {
-            let items: Vec<&(PathBuf, u32, String)> =
-                all.iter().filter(|(f, _, _)| *f == file).collect();
+        for items in all.chunk_by(|a, b| a.0 == b.0) {
             let list: Vec<&str> = items.iter().map(|(_, _, i)| i.as_str()).collect();
             self.diags.push(Diagnostic::warning(
-                file.clone(),
+                items[0].0.clone(),
                 items[0].1,
                 format!(
                     "{} STON setting(s) Strata does not honour are ignored: {}",
