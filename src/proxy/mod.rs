@@ -190,7 +190,7 @@ impl Proxy {
             {
                 let r = respond::error(
                     StatusCode::UNAUTHORIZED,
-                    "purge methods need an allowed management address\n",
+                    "purge methods need an allowed management address and, when one is set, the manager's token\n",
                 );
                 return self.finish(r, entry);
             }
