@@ -41,12 +41,18 @@ class Plan:
         self.cold_restarts = 1 if quick else 3
 
 
-# The hit loads of figures 1 and 2: (figure, label, path, body size, connections, with ref)
+# The hit loads of figures 1 and 2: (figure, label, path, body size, connections, with ref,
+# load generator). Large hits run twice: with hitload, which discards bodies in the kernel so
+# that the server is the bottleneck and the throughput measures it (the target rows), and
+# with wrk, which copies every body and is itself the bottleneck at these sizes (what each
+# server's segments cost a copying client; the CPU-per-GB target row).
 HIT_LOADS = [
-    ("1", "1 KiB", "/obj/1k.bin", KIB, 64, True),
-    ("1", "1 KiB", "/obj/1k.bin", KIB, 256, False),
-    ("2", "100 KiB", "/obj/100k.bin", 100 * KIB, 64, False),
-    ("2", "10 MiB", "/obj/10m.bin", 10 * MIB, 16, False),
+    ("1", "1 KiB", "/obj/1k.bin", KIB, 64, True, "wrk"),
+    ("1", "1 KiB", "/obj/1k.bin", KIB, 256, False, "wrk"),
+    ("2", "100 KiB", "/obj/100k.bin", 100 * KIB, 64, False, "hitload"),
+    ("2", "10 MiB", "/obj/10m.bin", 10 * MIB, 16, False, "hitload"),
+    ("2", "100 KiB", "/obj/100k.bin", 100 * KIB, 64, False, "wrk"),
+    ("2", "10 MiB", "/obj/10m.bin", 10 * MIB, 16, False, "wrk"),
 ]
 
 
@@ -157,7 +163,7 @@ def hit_figures(env, plan, results, counter, mode):
     try:
         for s in servers + [ref, disk_only]:
             s.start()
-        objects = sorted({(p, size) for _, _, p, size, _, _ in HIT_LOADS})
+        objects = sorted({(p, size) for _, _, p, size, _, _, _ in HIT_LOADS})
         warm(servers, objects, counter, results, f"{mode} warm-up")
         warm([disk_only], [(p, size) for p, size in objects if size == 10 * MIB], counter,
              results, f"{mode} warm-up")
@@ -165,15 +171,18 @@ def hit_figures(env, plan, results, counter, mode):
         runs = {}  # (load index, server name) -> [summary]
 
         def one(i, s, duration):
-            fig, label, path, size, conns, _ = HIT_LOADS[i]
+            fig, label, path, size, conns, _, client = HIT_LOADS[i]
             mark = counter.mark()
             cpu0, box0, wrk0 = load.server_cpu(s), load.machine_cpu(), load.children_cpu()
             tcp0 = load.tcp_counters()
-            r = load.wrk(s.url(path), conns, duration, threads=wrk_threads, cpus=wrk_cpus)
+            if client == "hitload":
+                r = load.hitload(s.url(path), conns, duration, cpus=wrk_cpus)
+            else:
+                r = load.wrk(s.url(path), conns, duration, threads=wrk_threads, cpus=wrk_cpus)
             r["cpu_s"] = load.server_cpu(s) - cpu0
             r["tcp"] = {k: v - tcp0[k] for k, v in load.tcp_counters().items()}
             # What else ran meanwhile (other people's builds on a shared box, the harness):
-            # machine busy time minus the server's and wrk's.
+            # machine busy time minus the server's and the load generator's.
             wrk_s = load.children_cpu() - wrk0
             r["wrk_cores"] = wrk_s / (r["duration_us"] / 1e6)
             r["other_cores"] = ((load.machine_cpu() - box0) - r["cpu_s"]
@@ -181,38 +190,49 @@ def hit_figures(env, plan, results, counter, mode):
             r["origin"], _, seen = counter.since(mark)
             check_alive([s])
             if r["errors"]:
-                results.warn(f"{mode} {label} @{conns}: {s.label} had {r['errors']} errors "
+                results.warn(f"{mode} {label} @{conns} ({client}): {s.label} had {r['errors']} errors "
                              f"(connect {r['connect']}, read {r['read']}, write {r['write']}, "
                              f"status>399 {r['status']}, timeout {r['timeout']})")
             if r["origin"] and s is not ref:
-                results.warn(f"{mode} {label} @{conns}: {s.label} sent {r['origin']} requests "
+                results.warn(f"{mode} {label} @{conns} ({client}): {s.label} sent {r['origin']} requests "
                              f"to the origin during a hit run (e.g. {seen})")
             return r
 
         def targets(i):
-            return (servers + ([ref] if HIT_LOADS[i][5] else [])
-                    + ([disk_only] if HIT_LOADS[i][3] == 10 * MIB else []))
+            _, _, _, size, _, with_ref, client = HIT_LOADS[i]
+            return (servers + ([ref] if with_ref else [])
+                    + ([disk_only] if size == 10 * MIB and client == "hitload" else []))
 
         for i in range(len(HIT_LOADS)):  # warm-up runs, not counted
             for s in targets(i):
                 if plan.warmup:
                     one(i, s, plan.warmup)
         for rnd in range(plan.rounds):
-            for i, (fig, label, path, size, conns, _) in enumerate(HIT_LOADS):
+            for i, (fig, label, path, size, conns, _, client) in enumerate(HIT_LOADS):
                 line = []
                 for s in targets(i):
                     r = one(i, s, plan.duration)
                     runs.setdefault((i, s.name), []).append(r)
                     line.append(f"{s.name} {r['rps']:,.0f}/s p99 {r['p99_us'] / 1000:.2f}ms")
-                print(f"  round {rnd + 1} {label} @{conns}: " + ", ".join(line), flush=True)
+                print(f"  round {rnd + 1} {label} @{conns} {client}: " + ", ".join(line),
+                      flush=True)
 
         other = max(0.0, median([r["other_cores"] for rs in runs.values() for r in rs]))
         results.notes.append(
             f"Figures 1-2 {mode}: other processes on the machine used a median "
-            f"{other:.2f} cores during the runs (machine busy time minus server and wrk).")
+            f"{other:.2f} cores during the runs (machine busy time minus server and load "
+            f"generator).")
         if pinned:
             results.notes.append(
-                "Figure 2, segments and merges at 10 MiB: the machine's TCP counters over each "
+                "Figure 2, two load generators. hitload (bench/hitload.rs) reads each "
+                "response's head, checks status and Content-Length, and discards the body in "
+                "the kernel (recv with MSG_TRUNC, woken per 256 KiB queued): the server is "
+                "the bottleneck, so its throughput rows measure the servers and carry the "
+                "target. wrk copies every body 8 KiB at a time and is itself the bottleneck "
+                "at these sizes: its rows show what each server's segments cost a copying "
+                "client on loopback, and the server CPU per GB at 10 MiB.")
+            results.notes.append(
+                "Figure 2, segments and merges at 10 MiB (wrk): the machine's TCP counters over each "
                 "run (Tcp OutSegs; TcpExt TCPRcvCoalesce + TCPBacklogCoalesce) per GB of body. "
                 "A segment sent from the page cache (sendfile, or splice from a pipe) holds 16 "
                 "page-sized fragments, "
@@ -231,7 +251,7 @@ def hit_figures(env, plan, results, counter, mode):
             results.warn(f"{mode}: the machine was not quiet: other processes used "
                          f"{other:.2f} cores (median) during the load runs; absolute numbers "
                          f"are low and ratios are noisier than usual")
-        for i, (fig, label, path, size, conns, with_ref) in enumerate(HIT_LOADS):
+        for i, (fig, label, path, size, conns, with_ref, client) in enumerate(HIT_LOADS):
             names = [s.name for s in targets(i)]
 
             def each(f):
@@ -284,11 +304,34 @@ def hit_figures(env, plan, results, counter, mode):
                     row(f"server cores busy, {key}", "cores", cores, fmt="{:.2f}"),
                     row(f"wrk cores busy, {key}", "cores", wrk_cores, fmt="{:.2f}"),
                 ]
-            else:
+            elif client == "hitload":
                 figname = "Figure 2: large hits"
-                key = f"{label}, {mode}, {conns} conns"
+                key = f"{label}, {mode}, {conns} conns, hitload"
                 rows = [
                     row(f"throughput, {key}", "MB/s", mbs, "high", 1.0),
+                    row(f"p99, {key}", "ms", p99, "low", fmt="{:.1f}"),
+                    row(f"server CPU per GB, {key}", "CPU s/GB", cpu_gb, "low", fmt="{:.3f}"),
+                    row(f"server cores busy, {key}", "cores", cores, fmt="{:.2f}"),
+                    row(f"hitload cores busy, {key}", "cores", wrk_cores, fmt="{:.2f}"),
+                ]
+                if size == 10 * MIB:
+                    def disk_tier(per_round):
+                        # The disk-only Strata in Strata's column, beside the same peers' runs.
+                        return {("strata" if n == "strata_disk" else n): v
+                                for n, v in per_round.items() if n != "strata"}
+                    where = f"{label} from the disk tier only, {mode}, {conns} conns, hitload"
+                    extra += [
+                        row(f"throughput, {where}", "MB/s", disk_tier(mbs), "high"),
+                        row(f"server CPU per GB, {where}", "CPU s/GB", disk_tier(cpu_gb), "low",
+                            fmt="{:.3f}"),
+                    ]
+                    for r in extra:
+                        r.flags = disk_tier(flags)
+            else:
+                figname = "Figure 2: large hits"
+                key = f"{label}, {mode}, {conns} conns, wrk"
+                rows = [
+                    row(f"throughput, {key}", "MB/s", mbs, "high"),
                     row(f"p99, {key}", "ms", p99, "low", fmt="{:.1f}"),
                     row(f"server CPU per GB, {key}", "CPU s/GB", cpu_gb, "low",
                         1.0 if size == 10 * MIB else None, fmt="{:.3f}"),
@@ -300,18 +343,6 @@ def hit_figures(env, plan, results, counter, mode):
                         per_gb(lambda r: r["wrk_cores"] * r["duration_us"] / 1e6), fmt="{:.3f}"),
                 ]
                 if size == 10 * MIB:
-                    def disk_tier(per_round):
-                        # The disk-only Strata in Strata's column, beside the same peers' runs.
-                        return {("strata" if n == "strata_disk" else n): v
-                                for n, v in per_round.items() if n != "strata"}
-                    where = f"{label} from the disk tier only, {mode}, {conns} conns"
-                    extra += [
-                        row(f"throughput, {where}", "MB/s", disk_tier(mbs), "high"),
-                        row(f"server CPU per GB, {where}", "CPU s/GB", disk_tier(cpu_gb), "low",
-                            fmt="{:.3f}"),
-                    ]
-                    for r in extra:
-                        r.flags = disk_tier(flags)
                     # Why the 10 MiB rows come out as they do (see the note on figure 2).
                     rows += [
                         row(f"loopback TCP segments per GB, {key}", "segments/GB",

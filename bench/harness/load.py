@@ -1,5 +1,6 @@
 """Load generation and measurement: wrk runs (fixed URL, or a list of URLs sent once each),
-a plain HTTP GET, the 200-client burst of figure 3, and the origin request counter."""
+hitload runs (bench/hitload.rs: large hits with bodies discarded in the kernel), a plain
+HTTP GET, the 200-client burst of figure 3, and the origin request counter."""
 
 import asyncio
 import json
@@ -17,6 +18,13 @@ LUA = os.path.join(os.path.dirname(HERE), "lua")
 
 class LoadError(RuntimeError):
     """The load generator itself failed (not the server)."""
+
+
+# The hitload binary (bench/run builds it: cargo build --release --example hitload).
+HITLOAD_BIN = None
+# hitload's SO_RCVLOWAT cap (see bench/hitload.rs): the client is woken per 256 KiB queued,
+# not per segment, whichever server sends.
+HITLOAD_LOWAT = 256 * 1024
 
 
 def _parse_wrk(out, tag):
@@ -38,6 +46,29 @@ def wrk(url, conns, duration, threads=1, cpus=None, timeout_s=5):
     if r.returncode != 0 or s is None:
         raise LoadError(f"wrk failed ({r.returncode}): {r.stdout[-500:]} {r.stderr[-500:]}")
     s["errors"] = s["connect"] + s["read"] + s["write"] + s["status"] + s["timeout"]
+    s["rps"] = s["requests"] / (s["duration_us"] / 1e6)
+    return s
+
+
+def hitload(url, conns, duration, cpus=None, timeout_s=5):
+    """Runs hitload against one URL: the same summary as wrk() (write errors are counted as
+    read errors; `length` counts bodies whose size did not match their Content-Length, added
+    to `status`)."""
+    if HITLOAD_BIN is None:
+        raise LoadError("hitload was not built (bench/run builds it)")
+    hostport, _, path = url.partition("://")[2].partition("/")
+    argv = [HITLOAD_BIN, "--addr", hostport, "--path", "/" + path, "--conns", str(conns),
+            "--duration", str(duration), "--timeout", str(timeout_s),
+            "--lowat", str(HITLOAD_LOWAT)]
+    if cpus is not None:
+        argv = ["taskset", "-c", str(cpus)] + argv
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    s = _parse_wrk(r.stdout, "HITLOADJSON")
+    if r.returncode != 0 or s is None:
+        raise LoadError(f"hitload failed ({r.returncode}): {r.stdout[-500:]} {r.stderr[-500:]}")
+    s["write"] = 0
+    s["status"] += s.pop("length")
+    s["errors"] = s["connect"] + s["read"] + s["status"] + s["timeout"]
     s["rps"] = s["requests"] / (s["duration_us"] / 1e6)
     return s
 

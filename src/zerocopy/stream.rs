@@ -18,9 +18,8 @@ pub struct ZcStream {
     tcp: TcpStream,
     lane: Lane,
     pipe: PipeState,
-    /// The pacing rate (bytes/s) to set before the first bytes sent from a file; 0 once set,
-    /// or when there is none (see [`pacing`]).
-    pace: u64,
+    /// Sets the pacing ceiling once the receiver turns out to be the bound (see [`pacing`]).
+    pacer: pacing::Pacer,
 }
 
 /// The connection's pipe for teed segments, made on its first large send.
@@ -34,8 +33,9 @@ enum PipeState {
 }
 
 impl ZcStream {
-    /// Wraps `tcp`; run the connection inside [`scope`] with the returned lane. From its
-    /// first bytes sent from a file on, the connection is paced at `pace` bytes/s (0: never).
+    /// Wraps `tcp`; run the connection inside [`scope`] with the returned lane. Once its
+    /// receiver holds back the bytes sent from files, the connection is paced at `pace`
+    /// bytes/s (0: never; see [`pacing::Pacer`]).
     pub fn new(tcp: TcpStream, pace: u64) -> (ZcStream, Lane) {
         let lane = Lane::default();
         (
@@ -43,20 +43,31 @@ impl ZcStream {
                 tcp,
                 lane: lane.clone(),
                 pipe: PipeState::Untried,
-                pace,
+                pacer: pacing::Pacer::new(pace),
             },
             lane,
         )
     }
 
-    /// Sets the connection's pacing rate the first time it is about to send from a file.
-    fn pace_once(&mut self) {
-        if self.pace != 0 {
-            if let Err(e) = pacing::cap(&self.tcp, self.pace) {
-                // Sending goes on unpaced: a ceiling, not a condition of correctness.
-                tracing::debug!(error = %e, "zero-copy: no pacing");
+    /// Counts `n` bytes sent from a file and, when the [`pacing::Pacer`] says so, caps the
+    /// connection's rate.
+    fn pace_if_receiver_bound(&mut self, n: usize) {
+        if !self.pacer.due(n) {
+            return;
+        }
+        match pacing::limits(&self.tcp) {
+            Ok(now) => {
+                if let Some(rate) = self.pacer.decide(now)
+                    && let Err(e) = pacing::cap(&self.tcp, rate)
+                {
+                    // Sending goes on unpaced: a ceiling, not a condition of correctness.
+                    tracing::debug!(error = %e, "zero-copy: no pacing");
+                }
             }
-            self.pace = 0;
+            Err(e) => {
+                tracing::debug!(error = %e, "zero-copy: no TCP_INFO, no pacing");
+                self.pacer.give_up();
+            }
         }
     }
 
@@ -210,7 +221,6 @@ impl AsyncWrite for ZcStream {
             Plan::Plain => {}
             Plan::Prefix(n) => return self.poll_write_more(cx, &bufs[..n]),
             Plan::File(span, at) => {
-                self.pace_once();
                 let len = bufs[0].len();
                 let waiting =
                     matches!(&self.pipe, PipeState::Ready(p) if p.holds(&span.file, at).is_some());
@@ -222,6 +232,7 @@ impl AsyncWrite for ZcStream {
                     }
                     if let Some(n) = sent {
                         SENT.fetch_add(n as u64, Ordering::Relaxed);
+                        self.pace_if_receiver_bound(n);
                         self.lane.sent(bufs[0].as_ptr() as usize, n);
                         return Poll::Ready(Ok(n));
                     }
@@ -281,32 +292,36 @@ mod tests {
             .expect("offer");
     }
 
-    /// A connection is paced from its first bytes sent from a file on, not before (copied
-    /// writes leave it alone), and not at all with no rate.
+    /// A receiver that reads slowly holds its connection back by its window: once that
+    /// shows in the bytes sent from a file, the connection is paced; never without a rate.
     #[tokio::test]
-    async fn pacing_starts_with_the_first_bytes_sent_from_a_file() {
-        let data = pattern(300 * 1024);
+    async fn a_connection_held_back_by_its_receiver_is_paced() {
+        let data = pattern(10 * 1024 * 1024);
+        assert!(data.len() as u64 >= 4 * pacing::CHECK_EVERY);
         let Some((_tmp, sf)) = shm_file(&data) else {
             return;
         };
         for pace in [0u64, 250_000_000] {
             let (mut zc, lane, mut client) = paced_pair(pace).await;
             let reader = tokio::spawn(async move {
-                let mut got = Vec::new();
-                client.read_to_end(&mut got).await.unwrap();
-                got.len()
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut total = 0;
+                loop {
+                    let n = client.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return total;
+                    }
+                    total += n;
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
             });
             zc.write_all(b"copied head").await.unwrap();
-            assert_eq!(
-                pacing::current(&zc.tcp).unwrap(),
-                u64::MAX,
-                "paced too early"
-            );
+            assert_eq!(pacing::current(&zc.tcp).unwrap(), u64::MAX);
             let body = Bytes::from(data.clone());
             offer_held(&lane, &sf, &body).await;
             zc.write_all(&body).await.unwrap();
             let want = if pace == 0 { u64::MAX } else { pace };
-            assert_eq!(pacing::current(&zc.tcp).unwrap(), want);
+            assert_eq!(pacing::current(&zc.tcp).unwrap(), want, "pace {pace}");
             zc.shutdown().await.unwrap();
             drop(zc);
             assert_eq!(reader.await.unwrap(), 11 + data.len());
