@@ -8,6 +8,7 @@ import random
 import shutil
 import threading
 import time
+from typing import NamedTuple
 
 from . import load, procs
 from .results import Row, median
@@ -41,18 +42,30 @@ class Plan:
         self.cold_restarts = 1 if quick else 3
 
 
-# The hit loads of figures 1 and 2: (figure, label, path, body size, connections, with ref,
-# load generator). Large hits run twice: with hitload, which discards bodies in the kernel so
+class HitLoad(NamedTuple):
+    """One load of figures 1 and 2."""
+    fig: str                 # "1" or "2"
+    label: str               # the object, as the tables name it
+    path: str
+    size: int                # body bytes
+    conns: int
+    with_ref: bool           # the static nginx runs it too (a reference ceiling)
+    client: str              # "wrk" or "hitload"
+    modes: tuple = ("pinned", "unpinned")
+
+
+# Large hits run with two load generators: hitload, which discards bodies in the kernel so
 # that the server is the bottleneck and the throughput measures it (the target rows), and
-# with wrk, which copies every body and is itself the bottleneck at these sizes (what each
-# server's segments cost a copying client; the CPU-per-GB target row).
+# wrk, which copies every body and is itself the bottleneck at these sizes (what each
+# server's segments cost a copying client; the CPU-per-GB target row). The 100 KiB wrk load
+# runs pinned only: it carries no target, and the full run must stay under 10 minutes.
 HIT_LOADS = [
-    ("1", "1 KiB", "/obj/1k.bin", KIB, 64, True, "wrk"),
-    ("1", "1 KiB", "/obj/1k.bin", KIB, 256, False, "wrk"),
-    ("2", "100 KiB", "/obj/100k.bin", 100 * KIB, 64, False, "hitload"),
-    ("2", "10 MiB", "/obj/10m.bin", 10 * MIB, 16, False, "hitload"),
-    ("2", "100 KiB", "/obj/100k.bin", 100 * KIB, 64, False, "wrk"),
-    ("2", "10 MiB", "/obj/10m.bin", 10 * MIB, 16, False, "wrk"),
+    HitLoad("1", "1 KiB", "/obj/1k.bin", KIB, 64, True, "wrk"),
+    HitLoad("1", "1 KiB", "/obj/1k.bin", KIB, 256, False, "wrk"),
+    HitLoad("2", "100 KiB", "/obj/100k.bin", 100 * KIB, 64, False, "hitload"),
+    HitLoad("2", "10 MiB", "/obj/10m.bin", 10 * MIB, 16, False, "hitload"),
+    HitLoad("2", "100 KiB", "/obj/100k.bin", 100 * KIB, 64, False, "wrk", ("pinned",)),
+    HitLoad("2", "10 MiB", "/obj/10m.bin", 10 * MIB, 16, False, "wrk"),
 ]
 
 
@@ -163,7 +176,8 @@ def hit_figures(env, plan, results, counter, mode):
     try:
         for s in servers + [ref, disk_only]:
             s.start()
-        objects = sorted({(p, size) for _, _, p, size, _, _, _ in HIT_LOADS})
+        loads = [h for h in HIT_LOADS if mode in h.modes]
+        objects = sorted({(h.path, h.size) for h in loads})
         warm(servers, objects, counter, results, f"{mode} warm-up")
         warm([disk_only], [(p, size) for p, size in objects if size == 10 * MIB], counter,
              results, f"{mode} warm-up")
@@ -171,12 +185,19 @@ def hit_figures(env, plan, results, counter, mode):
         runs = {}  # (load index, server name) -> [summary]
 
         def one(i, s, duration):
-            fig, label, path, size, conns, _, client = HIT_LOADS[i]
+            fig, label, path, size, conns, _, client, _ = loads[i]
             mark = counter.mark()
             cpu0, box0, wrk0 = load.server_cpu(s), load.machine_cpu(), load.children_cpu()
             tcp0 = load.tcp_counters()
             if client == "hitload":
                 r = load.hitload(s.url(path), conns, duration, cpus=wrk_cpus)
+                # Every body it counted must have been the object's size.
+                wrong = r["requests"] * size - r["bytes"]
+                if wrong:
+                    r["status"] += 1
+                    r["errors"] += 1
+                    results.warn(f"{mode} {label} @{conns} (hitload): {s.label} sent "
+                                 f"{r['bytes']} body bytes for {r['requests']} responses")
             else:
                 r = load.wrk(s.url(path), conns, duration, threads=wrk_threads, cpus=wrk_cpus)
             r["cpu_s"] = load.server_cpu(s) - cpu0
@@ -199,16 +220,18 @@ def hit_figures(env, plan, results, counter, mode):
             return r
 
         def targets(i):
-            _, _, _, size, _, with_ref, client = HIT_LOADS[i]
-            return (servers + ([ref] if with_ref else [])
-                    + ([disk_only] if size == 10 * MIB and client == "hitload" else []))
+            h = loads[i]
+            return (servers + ([ref] if h.with_ref else [])
+                    + ([disk_only] if h.size == 10 * MIB and h.client == "hitload" else []))
 
-        for i in range(len(HIT_LOADS)):  # warm-up runs, not counted
+        warmed = set()  # (server, path): one warm-up run per server and object
+        for i, h in enumerate(loads):  # warm-up runs, not counted
             for s in targets(i):
-                if plan.warmup:
+                if plan.warmup and (s.name, h.path) not in warmed:
+                    warmed.add((s.name, h.path))
                     one(i, s, plan.warmup)
         for rnd in range(plan.rounds):
-            for i, (fig, label, path, size, conns, _, client) in enumerate(HIT_LOADS):
+            for i, (fig, label, path, size, conns, _, client, _) in enumerate(loads):
                 line = []
                 for s in targets(i):
                     r = one(i, s, plan.duration)
@@ -251,7 +274,7 @@ def hit_figures(env, plan, results, counter, mode):
             results.warn(f"{mode}: the machine was not quiet: other processes used "
                          f"{other:.2f} cores (median) during the load runs; absolute numbers "
                          f"are low and ratios are noisier than usual")
-        for i, (fig, label, path, size, conns, with_ref, client) in enumerate(HIT_LOADS):
+        for i, (fig, label, path, size, conns, with_ref, client, _) in enumerate(loads):
             names = [s.name for s in targets(i)]
 
             def each(f):
