@@ -282,15 +282,19 @@ impl Manager {
                      strata_store_disk_write_errors_total {}\n",
                     s.disk_write_errors
                 ));
-                // Zero-copy: bytes sent from cache files, and the pipes holding their pages
+                // Zero-copy: bytes sent from cache files, the connections paced because
+                // their receiver held them back, and the pipes holding the files' pages
                 // (none at all means large hits are being copied).
                 body.push_str(&format!(
                     "# TYPE strata_zero_copy_sent_bytes_total counter\n\
                      strata_zero_copy_sent_bytes_total {}\n\
+                     # TYPE strata_zero_copy_paced_connections_total counter\n\
+                     strata_zero_copy_paced_connections_total {}\n\
                      # TYPE strata_zero_copy_pipes gauge\n\
                      strata_zero_copy_pipes{{kind=\"master\"}} {}\n\
                      strata_zero_copy_pipes{{kind=\"connection\"}} {}\n",
                     crate::zerocopy::sent_bytes(),
+                    crate::zerocopy::paced_connections(),
                     crate::zerocopy::tee::masters_alive(),
                     crate::zerocopy::tee::connection_pipes_alive(),
                 ));

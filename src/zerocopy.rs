@@ -53,6 +53,9 @@ pub const MIN_SEND: usize = 256 * 1024;
 /// Bytes sent from files since the process started (all connections).
 static SENT: AtomicU64 = AtomicU64::new(0);
 
+/// Connections paced since the process started (see [`pacing::Pacer`]).
+static PACED: AtomicU64 = AtomicU64::new(0);
+
 /// `1/divisor` of the process's open-files limit (unbounded when the limit is): the share of
 /// descriptors one kind of zero-copy handle (the store's verified files, the pipes) may hold
 /// beside the connections.
@@ -65,6 +68,12 @@ pub fn fd_share(divisor: u64) -> u64 {
 /// Bytes sent from files since the process started: what zero-copy saved from copying.
 pub fn sent_bytes() -> u64 {
     SENT.load(Ordering::Relaxed)
+}
+
+/// Connections whose receiver held them back, so that they were paced, since the process
+/// started.
+pub fn paced_connections() -> u64 {
+    PACED.load(Ordering::Relaxed)
 }
 
 /// Helpers for the zero-copy unit tests.

@@ -278,16 +278,18 @@ async fn zero_copy_off_copies_every_byte() {
     assert_eq!(origin.count(), 1);
 }
 
-/// `<ZeroCopyPacing>` caps a connection sending from files at its rate: at 16 Mbit/s (2 MB/s)
-/// a 2 MiB hit cannot arrive in much under a second (the kernel paces every segment after the
-/// first). A lower bound only: a slow machine makes it longer, never shorter.
+/// `<ZeroCopyPacing>` caps a connection sending from files once its receiver holds it back:
+/// a client that reads slowly gets its connection paced (the manager counts it), and from
+/// then on the rest of a 16 MiB hit arrives no faster than the rate, 16 Mbit/s (2 MB/s),
+/// however fast the client reads. A lower bound only: a slow machine makes it longer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zero_copy_sends_are_paced_at_the_configured_rate() {
+async fn a_connection_whose_receiver_holds_it_back_is_paced_at_the_configured_rate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _serial = SERIAL.lock().await;
     let Ok(disk) = tempfile::tempdir_in("/dev/shm") else {
         return;
     };
-    let big = pattern(2 * 1024 * 1024, 61);
+    let big = pattern(16 * 1024 * 1024, 61);
     let origin = origin_of(big.clone()).await;
     let cache = "<MemorySize>64MB</MemorySize><ZeroCopyPacing>16</ZeroCopyPacing>";
     let (_conf, s) = strata(disk.path(), cache, &origin).await;
@@ -296,18 +298,40 @@ async fn zero_copy_sends_are_paced_at_the_configured_rate() {
         until_sent_from_files(s.http[0], "/big", &big, before).await,
         "never sent from its files"
     );
-    let before = strata::zerocopy::sent_bytes();
-    let t0 = Instant::now();
-    let g = get(s.http[0], "a.com", "/big", &[]).await;
-    let took = t0.elapsed();
-    assert!(g.body == big, "body differs");
-    assert!(
-        strata::zerocopy::sent_bytes() - before >= 1024 * 1024,
-        "this hit went out from files"
+    let paced_before = strata::zerocopy::paced_connections();
+
+    let mut c = tokio::net::TcpStream::connect(s.http[0]).await.unwrap();
+    c.write_all(b"GET /big HTTP/1.1\r\nHost: a.com\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::with_capacity(big.len() + 4096);
+    let mut buf = vec![0u8; 64 * 1024];
+    // Slowly (64 KiB a millisecond at most) until the connection is paced or 10 MiB are in.
+    while strata::zerocopy::paced_connections() == paced_before && got.len() < 10 << 20 {
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed after {} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        strata::zerocopy::paced_connections(),
+        paced_before + 1,
+        "a slow reader's connection was not paced"
     );
+    let manager = s.manager.expect("manager");
+    assert!(metric(manager, "strata_zero_copy_paced_connections_total").await > paced_before);
+    // Then as fast as it can: at least 6 MiB are left, and what the kernel had not sent yet
+    // leaves at 2 MB/s.
+    let at = got.len();
+    let t0 = Instant::now();
+    c.read_to_end(&mut got).await.unwrap();
+    let took = t0.elapsed();
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(got[head_end..] == big[..], "body differs");
     assert!(
         took >= Duration::from_millis(700),
-        "2 MiB at 2 MB/s arrived in {took:?}"
+        "the last {} bytes arrived in {took:?}",
+        got.len() - at
     );
 }
 

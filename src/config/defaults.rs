@@ -14,8 +14,8 @@ pub const FALLBACK_HOST_NAME: &str = "strata";
 pub const DEFAULT_MAX_CDN_LOOP_HOPS: u32 = 8;
 
 /// `<ZeroCopyPacing>` when not configured, in Mbit/s (see `zerocopy::pacing`): the best rate of
-/// a sweep on loopback (bench figure 2, 16 connections), and a ceiling no single client of an
-/// edge is likely to reach over a real network.
+/// a sweep on loopback against a client that held its connections back (wrk, bench figure 2,
+/// 16 connections). Only such connections are paced.
 pub const ZERO_COPY_PACING_MBIT: u64 = 2500;
 
 /// The system host name (`/proc/sys/kernel/hostname`, `/etc/hostname`, `$HOSTNAME`), or

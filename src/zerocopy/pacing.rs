@@ -23,11 +23,11 @@
 //! kernel's own account of what held each connection back (`TCP_INFO`: time with data in
 //! flight, and how much of it the receiver's window was closed) and sets the ceiling once the
 //! receiver is the bound. A receiver that takes bytes as fast as they come (a client that
-//! does not copy them, a lower tier on a fast link) is never paced: on 10 MiB hits to a client
-//! that discards bodies in the kernel (bench figure 2, 2026-11-27), pacing every connection
-//! from its first file byte held Strata at 4,689 MB/s, unpaced or watched it sent 6,594 and
-//! 6,356; to wrk, watched is as good as paced throughout (3,626 against 3,574 MB/s). Small
-//! hits are never zero-copy and so never paced.
+//! does not copy them, a lower tier on a fast link) is left unpaced. 10 MiB hits, pinned, 16
+//! connections (bench figure 2, 2026-11-27): to a client that discards bodies in the kernel,
+//! paced from the first file byte 4,689 MB/s, watched 5,392, unpaced 6,128 (a second A/B:
+//! watched 6,356, unpaced 6,594); to wrk, watched 3,626 against paced throughout 3,574.
+//! Small hits are never zero-copy and so never paced.
 
 use std::io;
 use std::os::fd::AsRawFd;

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use super::file::SendFile;
 use super::lane::{CHANGED, Lane, Plan};
-use super::{SENT, pacing, tee};
+use super::{PACED, SENT, pacing, tee};
 
 /// A client's TCP stream that sends offered bytes from their files.
 pub struct ZcStream {
@@ -57,11 +57,14 @@ impl ZcStream {
         }
         match pacing::limits(&self.tcp) {
             Ok(now) => {
-                if let Some(rate) = self.pacer.decide(now)
-                    && let Err(e) = pacing::cap(&self.tcp, rate)
-                {
-                    // Sending goes on unpaced: a ceiling, not a condition of correctness.
-                    tracing::debug!(error = %e, "zero-copy: no pacing");
+                if let Some(rate) = self.pacer.decide(now) {
+                    match pacing::cap(&self.tcp, rate) {
+                        Ok(()) => {
+                            PACED.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // Sending goes on unpaced: a ceiling, not a condition of correctness.
+                        Err(e) => tracing::debug!(error = %e, "zero-copy: no pacing"),
+                    }
                 }
             }
             Err(e) => {
