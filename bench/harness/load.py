@@ -34,42 +34,43 @@ def _parse_wrk(out, tag):
     return None
 
 
+def _run_load(name, argv, tag, duration, cpus):
+    """Runs a load generator (on `cpus`, if given) and returns the JSON summary it printed
+    after `tag`, with rps added; raises LoadError when it failed."""
+    if cpus is not None:
+        argv = ["taskset", "-c", str(cpus)] + argv
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    s = _parse_wrk(r.stdout, tag)
+    if r.returncode != 0 or s is None:
+        raise LoadError(f"{name} failed ({r.returncode}): {r.stdout[-500:]} {r.stderr[-500:]}")
+    s["rps"] = s["requests"] / (s["duration_us"] / 1e6)
+    return s
+
+
 def wrk(url, conns, duration, threads=1, cpus=None, timeout_s=5):
     """Runs wrk against one URL. Returns its summary: requests, duration_us, bytes, the error
     counts (connect, read, write, status = HTTP status > 399, timeout), p50_us, p99_us."""
     argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", f"--timeout={timeout_s}s",
             "-s", os.path.join(LUA, "stats.lua"), url]
-    if cpus is not None:
-        argv = ["taskset", "-c", str(cpus)] + argv
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
-    s = _parse_wrk(r.stdout, "WRKJSON")
-    if r.returncode != 0 or s is None:
-        raise LoadError(f"wrk failed ({r.returncode}): {r.stdout[-500:]} {r.stderr[-500:]}")
+    s = _run_load("wrk", argv, "WRKJSON", duration, cpus)
     s["errors"] = s["connect"] + s["read"] + s["write"] + s["status"] + s["timeout"]
-    s["rps"] = s["requests"] / (s["duration_us"] / 1e6)
     return s
 
 
 def hitload(url, conns, duration, cpus=None, timeout_s=5):
-    """Runs hitload against one URL: the same summary as wrk() (write errors are counted as
-    read errors; `length` counts bodies whose size did not match their Content-Length, added
-    to `status`)."""
+    """Runs hitload against one URL: the same summary as wrk() (no write errors: a failed
+    write counts as a read error; `status` also counts bodies whose size did not match their
+    Content-Length)."""
     if HITLOAD_BIN is None:
         raise LoadError("hitload was not built (bench/run builds it)")
     hostport, _, path = url.partition("://")[2].partition("/")
     argv = [HITLOAD_BIN, "--addr", hostport, "--path", "/" + path, "--conns", str(conns),
             "--duration", str(duration), "--timeout", str(timeout_s),
             "--lowat", str(HITLOAD_LOWAT)]
-    if cpus is not None:
-        argv = ["taskset", "-c", str(cpus)] + argv
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
-    s = _parse_wrk(r.stdout, "HITLOADJSON")
-    if r.returncode != 0 or s is None:
-        raise LoadError(f"hitload failed ({r.returncode}): {r.stdout[-500:]} {r.stderr[-500:]}")
+    s = _run_load("hitload", argv, "HITLOADJSON", duration, cpus)
     s["write"] = 0
     s["status"] += s.pop("length")
     s["errors"] = s["connect"] + s["read"] + s["status"] + s["timeout"]
-    s["rps"] = s["requests"] / (s["duration_us"] / 1e6)
     return s
 
 
