@@ -15,7 +15,7 @@ pub const DEFAULT_MAX_CDN_LOOP_HOPS: u32 = 8;
 
 /// `<ZeroCopyPacing>` when not configured, in Mbit/s (see `zerocopy::pacing`): the best rate of
 /// a sweep on loopback against a client that held its connections back (wrk, bench figure 2,
-/// 16 connections). Only such connections are paced.
+/// 16 connections, under BBR). Only such connections are paced, and only under BBR.
 pub const ZERO_COPY_PACING_MBIT: u64 = 2500;
 
 /// The system host name (`/proc/sys/kernel/hostname`, `/etc/hostname`, `$HOSTNAME`), or

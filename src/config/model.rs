@@ -210,8 +210,9 @@ pub struct CacheConfig {
     /// extension; default ON).
     pub zero_copy: bool,
     /// `<Cache><ZeroCopyPacing>`: the sending rate ceiling, in bytes per second, of a
-    /// connection that sends cached bytes from their files and whose receiver's window holds
-    /// it back (written in Mbit/s; OFF or 0: none). See `zerocopy::pacing` for why (Strata
+    /// connection that sends cached bytes from their files, whose receiver's window holds
+    /// it back and whose congestion control paces it anyway, i.e. BBR (written in Mbit/s;
+    /// OFF or 0: none). See `zerocopy::pacing` for why (Strata
     /// extension; default 2500 Mbit/s).
     pub zero_copy_pacing: u64,
 }
