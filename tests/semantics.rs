@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use common::*;
-use http::{HeaderMap, Response};
+use http::{HeaderMap, HeaderValue, Response};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
@@ -3203,6 +3203,36 @@ async fn ston_refresh_expired_off_serves_stale_and_revalidates_in_the_background
             "\"v1\"",
             "the refresh is conditional"
         );
+    }));
+    // A partly stored object (a 206) too: its stale part answers at once, and the part is
+    // fetched again behind the client's back.
+    let s = lab.scenario("rx-off-part", |seen, n| {
+        let body = if n == 1 { "0123456789" } else { "ABCDEFGHIJ" };
+        let mut r = ranged(seen, body, &format!("\"p{n}\""))?;
+        r.headers_mut()
+            .insert("cache-control", HeaderValue::from_static("max-age=1"));
+        Some(r)
+    });
+    tasks.push(task(async move {
+        s.get(&[("range", "bytes=0-4")]).await;
+        settle_range(&s, "bytes=0-4").await;
+        sleep_ms(1_500).await;
+        let g = s.get(&[("range", "bytes=0-4")]).await;
+        assert_eq!(
+            (g.status.as_u16(), &g.body[..]),
+            (206, &b"01234"[..]),
+            "the stale part answered at once"
+        );
+        let mut refreshed = false;
+        for _ in 0..50 {
+            sleep_ms(50).await;
+            if s.get(&[("range", "bytes=0-4")]).await.body[..] == b"ABCDE"[..] {
+                refreshed = true;
+                break;
+            }
+        }
+        assert!(refreshed, "the part was fetched again in the background");
+        assert_eq!(s.seen(2).header("range"), "bytes=0-4");
     }));
     // must-revalidate still makes the client wait for the origin.
     let s = lab.scenario("rx-off-must", |seen, n| {

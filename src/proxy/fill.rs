@@ -538,6 +538,10 @@ impl Proxy {
             };
             let primary = key::cache_key(&vh.cfg.name, &ctx.path_and_query, vh.key_rules);
             let (key, stored) = this.lookup(&ctx, &primary).await;
+            // A partly stored object is fetched again, not revalidated: a 304 could refresh
+            // its head but never complete it, and the request does what a client's would
+            // once it is not servable stale any more.
+            let stored = stored.filter(|m| m.complete);
             if let Some(key) = key {
                 let reply = this.fill(&ctx, &primary, &key, stored).await;
                 // Drain the body so the fill completes even though no client reads it.

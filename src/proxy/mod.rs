@@ -312,31 +312,27 @@ impl Proxy {
             return Box::pin(self.pass_through(ctx, None)).await;
         };
         // A partly stored object (an earlier 206): fresh, it answers what it holds and
-        // fetches only what it lacks; stale, it is refetched like a miss. (Nothing revalidates
-        // a partial object in the background, so `<RefreshExpired>OFF` does not apply to it:
-        // it would be served stale for ever.)
+        // fetches only what it lacks; stale but servable stale (`stale-while-revalidate`,
+        // `<RefreshExpired>OFF`), the same, and it is fetched again in the background;
+        // otherwise it is refetched like a miss.
         let stored = match stored {
             Some(meta) if !meta.complete => {
-                let fresh = match meta.expires_override_ms {
-                    Some(at) => ms(now) < at,
-                    None => {
-                        let policy = PolicyOptions {
-                            refresh_expired: true,
-                            ..ctx.vh.policy.clone()
-                        };
-                        matches!(
-                            policy::decide_reuse_for(
-                                &ctx.method,
-                                &ctx.directives,
-                                &respond::facts(&meta).reuse(&policy),
-                                now,
-                                &policy
-                            ),
-                            Reuse::Fresh | Reuse::StaleWhileRevalidate
-                        )
-                    }
+                let reuse = match meta.expires_override_ms {
+                    Some(at) if ms(now) < at => Reuse::Fresh,
+                    Some(_) => Reuse::MustRevalidate,
+                    None => policy::decide_reuse_for(
+                        &ctx.method,
+                        &ctx.directives,
+                        &respond::facts(&meta).reuse(&ctx.vh.policy),
+                        now,
+                        &ctx.vh.policy,
+                    ),
                 };
-                if fresh && !self.fills.is_filling(&key) {
+                let servable = matches!(reuse, Reuse::Fresh | Reuse::StaleWhileRevalidate);
+                if servable && !self.fills.is_filling(&key) {
+                    if reuse == Reuse::StaleWhileRevalidate {
+                        self.revalidate_in_background(ctx, &key, meta.clone());
+                    }
                     return Box::pin(self.from_partial(ctx, &primary, &key, meta, only_if_cached))
                         .await;
                 }
