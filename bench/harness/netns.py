@@ -12,11 +12,14 @@ the run ends (a namespace dies with its last process).
 """
 
 import ctypes
+import fcntl
 import os
-import subprocess
+import socket
+import struct
 
 CLONE_NEWNET = 0x40000000
 SYSCTL = "/proc/sys/net/ipv4/tcp_congestion_control"
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 
 
 def congestion_control():
@@ -28,25 +31,40 @@ def congestion_control():
         return "?"
 
 
+def loopback_up():
+    """Brings `lo` up (a new namespace starts with it down), as `ip link set lo up` does."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        # struct ifreq: the name (16 bytes), then a union whose first member is the flags.
+        ifr = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack("16sH22x", fcntl.ioctl(s, SIOCGIFFLAGS, ifr))[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
+
+
 def enter(cc):
     """Moves this process (and every process it starts from now on) into a new network
     namespace whose loopback is up and whose TCP congestion control is `cc`, unless `cc` is
     "host" or already the host's. Call it before any thread starts. Returns the line the
-    results header shows; when the namespace cannot be made (not root, no unshare), says so
-    and the run goes on under the host's setting."""
+    results header shows; when the namespace cannot be made or set up (not root, no such
+    control), the process stays in (or goes back to) the host's, and the line says why."""
     host = congestion_control()
     if cc in ("host", host):
         return f"{host} (the host's)"
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        return f"{host} (the host's: could not make a network namespace for {cc}: " \
-               f"{os.strerror(err)})"
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
     try:
-        subprocess.run(["ip", "link", "set", "lo", "up"], check=True, capture_output=True)
-        with open(SYSCTL, "w") as f:
-            f.write(cc)
-    except (OSError, subprocess.CalledProcessError) as e:
-        # Half made: loopback may be down. A run here would measure nothing; stop.
-        raise RuntimeError(f"network namespace for {cc}: {e}") from e
+        if libc.unshare(CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        try:
+            loopback_up()
+            with open(SYSCTL, "w") as f:
+                f.write(cc)
+        except OSError:
+            if libc.setns(home, CLONE_NEWNET) != 0:
+                raise RuntimeError("left in a half-made network namespace") from None
+            raise
+    except OSError as e:
+        return f"{host} (the host's: could not set {cc} in a network namespace of its own: " \
+               f"{e.strerror or e})"
+    finally:
+        os.close(home)
     return f"{congestion_control()}, in the run's own network namespace (the host's: {host})"
