@@ -36,6 +36,9 @@ use tokio::net::TcpStream;
 
 /// Largest response head accepted.
 const HEAD_MAX: usize = 16 * 1024;
+/// Bytes a head is read in at a time: a head is a few hundred bytes and the body usually
+/// follows it in the same segment; reading 16 KiB at once would copy that much of every body.
+const HEAD_STEP: usize = 1024;
 /// Bytes discarded per `recv` at most (the buffer is never written: `MSG_TRUNC`).
 const SINK: usize = 4 * 1024 * 1024;
 
@@ -128,8 +131,9 @@ fn parse_args() -> Result<Args, String> {
 async fn read_head(stream: &mut TcpStream, buf: &mut [u8]) -> Result<(u16, u64, u64), Failure> {
     let mut filled = 0;
     loop {
+        let end = (filled + HEAD_STEP).min(buf.len());
         let n = stream
-            .read(&mut buf[filled..])
+            .read(&mut buf[filled..end])
             .await
             .map_err(|_| Failure::Read)?;
         if n == 0 {
