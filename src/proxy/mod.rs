@@ -317,17 +317,7 @@ impl Proxy {
         // otherwise it is refetched like a miss.
         let stored = match stored {
             Some(meta) if !meta.complete => {
-                let reuse = match meta.expires_override_ms {
-                    Some(at) if ms(now) < at => Reuse::Fresh,
-                    Some(_) => Reuse::MustRevalidate,
-                    None => policy::decide_reuse_for(
-                        &ctx.method,
-                        &ctx.directives,
-                        &respond::facts(&meta).reuse(&ctx.vh.policy),
-                        now,
-                        &ctx.vh.policy,
-                    ),
-                };
+                let reuse = stored_reuse(ctx, &meta, now);
                 let servable = matches!(reuse, Reuse::Fresh | Reuse::StaleWhileRevalidate);
                 if servable && !self.fills.is_filling(&key) {
                     if reuse == Reuse::StaleWhileRevalidate {
@@ -341,23 +331,7 @@ impl Proxy {
             other => other,
         };
         if let Some(meta) = &stored {
-            let facts = respond::facts(meta);
-            // The purge family's expire/expireafter override the response's own freshness.
-            let reuse = match meta.expires_override_ms {
-                Some(at) if ms(now) >= at => Reuse::MustRevalidate,
-                Some(_) => Reuse::Fresh,
-                None => {
-                    let analysis = facts.reuse(&ctx.vh.policy);
-                    policy::decide_reuse_for(
-                        &ctx.method,
-                        &ctx.directives,
-                        &analysis,
-                        now,
-                        &ctx.vh.policy,
-                    )
-                }
-            };
-            match reuse {
+            match stored_reuse(ctx, meta, now) {
                 // A newer answer is on its way (a client forced a reload): the most recent
                 // response is the one to use (RFC 9111 §4), so read that fill instead.
                 Reuse::Fresh if !only_if_cached && self.fills.is_filling(&key) => {
@@ -476,6 +450,23 @@ impl Proxy {
             }
         }
         (count, bytes)
+    }
+}
+
+/// What to do with the stored object `meta` for this request: the purge family's
+/// expire/expireafter override the response's own freshness; otherwise RFC 9111 with the
+/// vhost's options. The same for complete and partly stored objects.
+fn stored_reuse(ctx: &Ctx<'_>, meta: &ObjectMeta, now: SystemTime) -> Reuse {
+    match meta.expires_override_ms {
+        Some(at) if ms(now) >= at => Reuse::MustRevalidate,
+        Some(_) => Reuse::Fresh,
+        None => policy::decide_reuse_for(
+            &ctx.method,
+            &ctx.directives,
+            &respond::facts(meta).reuse(&ctx.vh.policy),
+            now,
+            &ctx.vh.policy,
+        ),
     }
 }
 
