@@ -15,4 +15,5 @@ pub mod purge;
 pub mod router;
 pub mod server;
 pub mod stats;
+pub mod yielding;
 pub mod zerocopy;

@@ -86,6 +86,8 @@ fn check(conf: &Path) -> ExitCode {
 fn run(conf: PathBuf) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // A worker that slept held no core: `<WorkerYield>`'s budget starts again.
+        .on_thread_unpark(strata::yielding::worker_woke)
         .build()
     {
         Ok(rt) => rt,

@@ -298,6 +298,12 @@ impl Manager {
                     crate::zerocopy::tee::masters_alive(),
                     crate::zerocopy::tee::connection_pipes_alive(),
                 ));
+                // Workers that gave their core away between requests (`<WorkerYield>`).
+                body.push_str(&format!(
+                    "# TYPE strata_worker_yields_total counter\n\
+                     strata_worker_yields_total {}\n",
+                    crate::yielding::yields()
+                ));
                 let mut r = Response::new(body::full(body));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,

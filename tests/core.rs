@@ -1108,3 +1108,53 @@ async fn a_health_checker_excludes_and_readmits_independently_of_traffic() {
     assert_eq!(get(s.http[0], "a.com", "/c", &[]).await.status, 200);
     s.shutdown.cancel();
 }
+
+/// `<Host><WorkerYield>` reaches the serving path of the real binary: with a 1 µs budget
+/// the workers serving a stream of hits give their core away between requests (counted in
+/// `strata_worker_yields_total`); with OFF none ever does.
+#[tokio::test]
+async fn worker_yield_gives_the_core_away_between_requests_and_off_never_does() {
+    let origin = Origin::start(handler(|_, _| {
+        resp(200, &[("cache-control", "max-age=600")], "hit me")
+    }))
+    .await;
+    for (setting, yields) in [("1", true), ("OFF", false)] {
+        let conf = ConfDir::new(
+            &server_xml(&format!("<WorkerYield>{setting}</WorkerYield>"), ""),
+            &format!(
+                "<Vhosts>{}</Vhosts>",
+                vhost("y.com", "", &origin.addr.to_string())
+            ),
+        );
+        let strata = ChildStrata::start(conf.path()).await;
+        let addr = strata.addr;
+        // Eight clients at once keep the workers busy, so that each serves several
+        // requests in a row.
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let mut statuses = Vec::new();
+                    for _ in 0..25 {
+                        statuses.push(get(addr, "y.com", "/a", &[]).await.status);
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        for c in clients {
+            let statuses = c.await.expect("client");
+            assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        }
+        let m = get(strata.manager().await, "127.0.0.1", "/metrics", &[]).await;
+        let text = String::from_utf8_lossy(&m.body);
+        let n: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("strata_worker_yields_total ")?.parse().ok())
+            .unwrap_or_else(|| panic!("no strata_worker_yields_total in {text}"));
+        if yields {
+            assert!(n > 0, "200 requests, a 1 µs budget and no yield");
+        } else {
+            assert_eq!(n, 0, "<WorkerYield>OFF yielded");
+        }
+    }
+}

@@ -13,6 +13,11 @@ pub const FALLBACK_HOST_NAME: &str = "strata";
 /// Default `<Host><MaxCdnLoopHops>`.
 pub const DEFAULT_MAX_CDN_LOOP_HOPS: u32 = 8;
 
+/// `<Host><WorkerYield>` when not configured, in microseconds: 100–300 µs cut the 1 KiB p99
+/// with servers and client sharing cores from ~4 ms to ~1.5–2.3 ms at equal throughput
+/// (bench figure 1, unpinned); 1 ms did nothing.
+pub const DEFAULT_WORKER_YIELD_US: u64 = 200;
+
 /// `<ZeroCopyPacing>` when not configured, in Mbit/s (see `zerocopy::pacing`): the best rate of
 /// a sweep on loopback against a client that held its connections back (wrk, bench figure 2,
 /// 16 connections, under BBR). Only such connections are paced, and only under BBR.
@@ -91,6 +96,7 @@ impl Default for ServerConfig {
             listen_ip: None,
             resolve: Vec::new(),
             max_cdn_loop_hops: DEFAULT_MAX_CDN_LOOP_HOPS,
+            worker_yield: Some(Duration::from_micros(DEFAULT_WORKER_YIELD_US)),
             log: LogConfig::default(),
             https: Vec::new(),
             origin_ca: None,

@@ -59,6 +59,10 @@ pub struct ServerConfig {
     pub cdn_loop_token: String,
     /// `<Host><MaxCdnLoopHops>`: requests already carrying this many CDN-Loop entries are not forwarded.
     pub max_cdn_loop_hops: u32,
+    /// `<Host><WorkerYield>`: how long a worker thread may hold its core without sleeping
+    /// before it gives the core away between two requests (see `yielding`); `None` = OFF
+    /// (Strata extension).
+    pub worker_yield: Option<Duration>,
     /// `<Host><LogDir>`: where logs go (Strata extension; not `<Log>`, which STON uses for
     /// per-vhost log settings under `<VHostDefault>`).
     pub log: LogConfig,

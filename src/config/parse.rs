@@ -37,6 +37,7 @@ const HOST: &[&str] = &[
     "Resolve",
     "CdnLoop",
     "MaxCdnLoopHops",
+    "WorkerYield",
     "LogDir",
     "OriginCa",
 ];

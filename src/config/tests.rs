@@ -886,6 +886,42 @@ fn size_and_duration_units() {
 }
 
 #[test]
+fn worker_yield_takes_microseconds_or_off() {
+    let (cfg, diags, _d) = check(None, "<Vhosts/>");
+    assert!(errors(&diags).is_empty(), "{diags:#?}");
+    assert_eq!(
+        cfg.expect("config").server.worker_yield,
+        Some(Duration::from_micros(200)),
+        "on by default"
+    );
+    for (text, want) in [
+        ("50", Some(Duration::from_micros(50))),
+        (" 1000000 ", Some(Duration::from_secs(1))),
+        ("off", None),
+        ("OFF", None),
+    ] {
+        let server = format!("<Server><Host><WorkerYield>{text}</WorkerYield></Host></Server>");
+        let (cfg, diags, _d) = check(Some(&server), "<Vhosts/>");
+        assert!(errors(&diags).is_empty(), "{text:?}: {diags:#?}");
+        assert_eq!(cfg.expect("config").server.worker_yield, want, "{text:?}");
+    }
+    for bad in ["0", "1000001", "200us", "-5", ""] {
+        let server = format!("<Server>\n<Host>\n<WorkerYield>{bad}</WorkerYield></Host></Server>");
+        let (_, diags, _d) = check(Some(&server), "<Vhosts/>");
+        let errs = errors(&diags);
+        assert_eq!(errs.len(), 1, "{bad:?}: {diags:#?}");
+        assert_eq!(errs[0].line, 3, "{bad:?}");
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("<WorkerYield>200</WorkerYield>"),
+            "the fix shows a value: {}",
+            errs[0]
+        );
+    }
+}
+
+#[test]
 fn listen_and_conditions_and_params() {
     let sa = |s: &str| s.parse::<SocketAddr>().expect("addr");
     assert_eq!(parse_listen("*:80"), Ok(Listen::Any(80)));

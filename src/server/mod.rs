@@ -29,6 +29,7 @@ use crate::log::AccessLog;
 use crate::manage::Manager;
 use crate::proxy::{Peer, Proxy};
 use crate::stats::Stats;
+use crate::yielding;
 use crate::zerocopy::{self, ZcStream};
 use runtime::RuntimeBuilder;
 use tls::{CertTable, SniResolver};
@@ -422,21 +423,31 @@ fn spawn_accept(
                     return;
                 }
                 // Plain TCP may send cached bytes straight from their files (paced at this rate).
-                let zero_copy = {
-                    let cache = &proxy.runtime.load().cfg.server.cache;
-                    cache.zero_copy.then_some(cache.zero_copy_pacing)
+                let (zero_copy, worker_yield) = {
+                    let server = &proxy.runtime.load().cfg.server;
+                    let cache = &server.cache;
+                    (
+                        cache.zero_copy.then_some(cache.zero_copy_pacing),
+                        server.worker_yield,
+                    )
+                };
+                let conn = Conn {
+                    proxy,
+                    peer,
+                    watcher,
+                    worker_yield,
                 };
                 match (tls, zero_copy) {
                     (None, Some(pace)) => {
                         let (stream, lane) = ZcStream::new(stream, pace);
-                        zerocopy::scope(lane, serve(stream, &builder, proxy, peer, watcher)).await
+                        zerocopy::scope(lane, serve(stream, &builder, conn)).await
                     }
-                    (None, None) => serve(stream, &builder, proxy, peer, watcher).await,
+                    (None, None) => serve(stream, &builder, conn).await,
                     (Some(acceptor), _) => {
                         match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                             .await
                         {
-                            Ok(Ok(s)) => serve(s, &builder, proxy, peer, watcher).await,
+                            Ok(Ok(s)) => serve(s, &builder, conn).await,
                             Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                             Err(_) => tracing::debug!("TLS handshake timed out"),
                         }
@@ -447,19 +458,30 @@ fn spawn_accept(
     });
 }
 
-async fn serve<S>(
-    stream: S,
-    builder: &auto::Builder<TokioExecutor>,
+/// What serving one accepted connection needs besides its stream.
+struct Conn {
     proxy: Arc<Proxy>,
     peer: Peer,
     watcher: hyper_util::server::graceful::Watcher,
-) where
+    /// `<Host><WorkerYield>` when the connection was accepted.
+    worker_yield: Option<Duration>,
+}
+
+async fn serve<S>(stream: S, builder: &auto::Builder<TokioExecutor>, conn: Conn)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Conn {
+        proxy,
+        peer,
+        watcher,
+        worker_yield,
+    } = conn;
     // hyper's server cannot send an origin's 1xx: the handle writes them around it.
     let io = interim::InterimIo::new(stream);
     let conn_interim = io.handle();
     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        yielding::between_requests(worker_yield);
         let proxy = proxy.clone();
         let interim = conn_interim.for_request(&req);
         async move { Ok::<_, Infallible>(proxy.handle(req, peer, interim).await) }

@@ -2,9 +2,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::{CACHE, CLEANUP, HOST, HTTPS, MANAGER, P, SERVER, STORAGE, VHOST_DEFAULT};
-use crate::config::defaults::{DEFAULT_MAX_CDN_LOOP_HOPS, default_cdn_loop_token};
+use crate::config::defaults::{
+    DEFAULT_MAX_CDN_LOOP_HOPS, DEFAULT_WORKER_YIELD_US, default_cdn_loop_token,
+};
 use crate::config::model::*;
 use crate::config::values::{
     parse_https_listen, parse_ip_matcher, parse_resolve_addr, valid_cdn_loop_token, valid_host_name,
@@ -132,6 +135,26 @@ impl P {
                         } else {
                             s.max_cdn_loop_hops = n;
                         }
+                    }
+                }
+                "WorkerYield" => {
+                    let v = c.text.trim();
+                    match v.parse::<u64>() {
+                        _ if v.eq_ignore_ascii_case("OFF") => s.worker_yield = None,
+                        Ok(us @ 1..=1_000_000) => {
+                            s.worker_yield = Some(Duration::from_micros(us));
+                        }
+                        _ => self.error(
+                            c,
+                            c.line,
+                            format!(
+                                "<WorkerYield> value \"{}\" is not a time in microseconds from 1 to 1000000",
+                                shorten(v)
+                            ),
+                            format!(
+                                "write e.g. <WorkerYield>{DEFAULT_WORKER_YIELD_US}</WorkerYield>, or OFF"
+                            ),
+                        ),
                     }
                 }
                 "LogDir" => {
