@@ -35,6 +35,21 @@
 //! bursts: 10 MiB hits to wrk under CUBIC, pinned (2026-11-27), capped 3,101 MB/s at 0.194
 //! server CPU s/GB, uncapped 2,503 at 0.081 (nginx 2,505 at 0.093); to hitload, unpinned,
 //! capped 10,846 MB/s, uncapped 13,155 (nginx 12,158).
+//!
+//! Under BBR a zero-copy flow also starts with a short queue of unsent bytes
+//! (`TCP_NOTSENT_LOWAT`, [`SHORT_QUEUE`]), given back when the flow is capped. A file sent by
+//! reference fills the socket's whole send buffer at once (megabytes, autotuned), and on a
+//! core shared with the receiver BBR's pacing then sends it far slower than the path allows:
+//! 10 MiB hits to hitload (bench figure 2) under BBR, servers and client sharing both cores
+//! (2026-11-27): full buffer 6,757 MB/s, at most 256 KiB unsent 10,437 (Varnish, which
+//! copies, 9,236); pinned 6,551 and 7,833 (nginx 6,483). The bytes in flight are not limited
+//! (the window decides those), so a long path is not slowed. The cost is a wakeup each time
+//! the queue drains below half, which a receiver that reads a little at a time makes
+//! frequent: 10 MiB to wrk, server CPU per GB with the queue kept short 0.144 pinned and
+//! 0.159 unpinned against 0.105 and 0.095 without (nginx 0.137, 0.112); such a flow is the
+//! one the ceiling is for, and once capped its queue is given back (0.124 and 0.115). Under
+//! CUBIC the queue gains little (14.9 → 15.8 GB/s to hitload at 64 KiB) and costs wrk's
+//! flows as much, and nothing is changed.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -51,6 +66,18 @@ pub const CHECK_EVERY: u64 = 2 * 1024 * 1024;
 /// The share of a connection's busy time spent waiting for the receiver's window above which
 /// it is paced (see [`receiver_bound`]).
 pub const RWND_LIMITED_SHARE: f64 = 0.25;
+
+/// The most bytes a zero-copy flow under a pacing congestion control keeps unsent in its
+/// socket until it is capped (`TCP_NOTSENT_LOWAT`; see the module's comment): a sweep under
+/// BBR gave 64 KiB 10,251 MB/s, 256 KiB 9,453–10,764, 512 KiB 9,196, 1 MiB 6,968, unset
+/// 4,884–6,757 (10 MiB hits to hitload, unpinned).
+pub const SHORT_QUEUE: u32 = 256 * 1024;
+
+/// Whether a zero-copy connection starts with a short unsent queue: when it may be capped
+/// (a ceiling configured, `rate` > 0) and its congestion control paces it.
+pub fn starts_short(rate: u64, kernel_paces: bool) -> bool {
+    rate > 0 && kernel_paces
+}
 
 /// What the kernel says a connection's sending was limited by, since it was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -71,11 +98,14 @@ pub fn receiver_bound(before: Limits, now: Limits) -> bool {
 }
 
 /// A connection's pacing decision: no ceiling until its receiver proves to be what holds
-/// it back, then the ceiling for the rest of the connection. Plain data; the stream does the
-/// I/O (`TCP_INFO`, `SO_MAX_PACING_RATE`).
+/// it back, then the ceiling for the rest of the connection (and its unsent queue given back
+/// if it started short). Plain data; the stream does the I/O (`TCP_INFO`,
+/// `SO_MAX_PACING_RATE`, `TCP_NOTSENT_LOWAT`).
 #[derive(Debug)]
 pub struct Pacer {
     rate: u64,
+    /// The connection started with a short unsent queue ([`starts_short`]).
+    short_queue: bool,
     state: PacerState,
 }
 
@@ -88,9 +118,19 @@ enum PacerState {
     Watching { unchecked: u64, last: Limits },
 }
 
+/// The ceiling a look at a connection calls for (see [`Pacer::decide`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cap {
+    /// Bytes/s.
+    pub rate: u64,
+    /// Give the unsent queue its default length back: it started short.
+    pub restore_queue: bool,
+}
+
 impl Pacer {
-    /// A pacer that may cap the connection at `rate` bytes/s (0: never).
-    pub fn new(rate: u64) -> Pacer {
+    /// A pacer that may cap the connection at `rate` bytes/s (0: never); `short_queue`:
+    /// the connection started with a short unsent queue.
+    pub fn new(rate: u64, short_queue: bool) -> Pacer {
         let state = if rate == 0 {
             PacerState::Done
         } else {
@@ -99,7 +139,11 @@ impl Pacer {
                 last: Limits::default(),
             }
         };
-        Pacer { rate, state }
+        Pacer {
+            rate,
+            short_queue,
+            state,
+        }
     }
 
     /// Counts `n` bytes sent from files; true when it is time to look at the connection's
@@ -117,10 +161,10 @@ impl Pacer {
     }
 
     /// Given the connection's limits now and whether its congestion control paces it
-    /// already ([`congestion_control_paces`]), the rate to cap it at, once: when the kernel
+    /// already ([`congestion_control_paces`]), the ceiling to set, once: when the kernel
     /// paces it and its receiver was the bound since the last look. A flow the kernel does
     /// not pace is never capped (see the module's comment).
-    pub fn decide(&mut self, now: Limits, kernel_paces: bool) -> Option<u64> {
+    pub fn decide(&mut self, now: Limits, kernel_paces: bool) -> Option<Cap> {
         let PacerState::Watching { last, .. } = &mut self.state else {
             return None;
         };
@@ -130,7 +174,10 @@ impl Pacer {
         }
         if receiver_bound(*last, now) {
             self.state = PacerState::Done;
-            Some(self.rate)
+            Some(Cap {
+                rate: self.rate,
+                restore_queue: self.short_queue,
+            })
         } else {
             *last = now;
             None
@@ -195,6 +242,49 @@ pub fn limits(tcp: &TcpStream) -> io::Result<Limits> {
         busy_us: info.tcpi_busy_time,
         rwnd_limited_us: info.tcpi_rwnd_limited,
     })
+}
+
+/// Limits the bytes `tcp` keeps unsent to `bytes` (`TCP_NOTSENT_LOWAT`); 0 gives it the
+/// system's default back (`net.ipv4.tcp_notsent_lowat`, unlimited unless set).
+pub fn set_unsent_queue(tcp: &TcpStream, bytes: u32) -> io::Result<()> {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid open socket descriptor (borrowed from `tcp` for the call) and a
+    // pointer to a live int with its exact size, as tcp(7) documents for this option.
+    let r = unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The bytes `tcp` keeps unsent at most (`TCP_NOTSENT_LOWAT`; 0: the system's default).
+pub fn unsent_queue(tcp: &TcpStream) -> io::Result<u32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: as in `set_unsent_queue`; `len` tells the kernel the size of `v`.
+    let r = unsafe {
+        libc::getsockopt(
+            tcp.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        Ok(u32::try_from(v).unwrap_or(0))
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Caps `tcp`'s sending rate at `bytes_per_sec` (the kernel paces every later segment).
@@ -272,13 +362,19 @@ mod tests {
 
     #[test]
     fn a_pacer_looks_every_check_interval_and_caps_once() {
-        let mut p = Pacer::new(1_000);
+        let mut p = Pacer::new(1_000, false);
         assert!(!p.due((CHECK_EVERY - 1) as usize));
         assert!(p.due(1));
         // A fast receiver: no ceiling, and the next look compares with this one.
         assert_eq!(p.decide(at(10_000, 100), true), None);
         assert!(p.due(CHECK_EVERY as usize));
-        assert_eq!(p.decide(at(20_000, 6_000), true), Some(1_000));
+        assert_eq!(
+            p.decide(at(20_000, 6_000), true),
+            Some(Cap {
+                rate: 1_000,
+                restore_queue: false
+            })
+        );
         // Set once: nothing more to look at.
         assert!(!p.due(10 * CHECK_EVERY as usize));
         assert_eq!(p.decide(at(30_000, 16_000), true), None);
@@ -286,18 +382,47 @@ mod tests {
 
     #[test]
     fn a_pacer_without_a_rate_or_without_tcp_info_never_caps() {
-        let mut none = Pacer::new(0);
+        let mut none = Pacer::new(0, false);
         assert!(!none.due(10 * CHECK_EVERY as usize));
         assert_eq!(none.decide(at(1_000, 1_000), true), None);
-        let mut blind = Pacer::new(1_000);
+        let mut blind = Pacer::new(1_000, true);
         blind.give_up();
         assert!(!blind.due(10 * CHECK_EVERY as usize));
         assert_eq!(blind.decide(at(1_000, 1_000), true), None);
     }
 
     #[test]
+    fn a_flow_that_started_with_a_short_queue_gets_it_back_when_capped() {
+        let mut p = Pacer::new(1_000, true);
+        assert!(p.due(CHECK_EVERY as usize));
+        assert_eq!(
+            p.decide(at(10_000, 100), true),
+            None,
+            "a fast receiver keeps it"
+        );
+        assert!(p.due(CHECK_EVERY as usize));
+        assert_eq!(
+            p.decide(at(20_000, 9_000), true),
+            Some(Cap {
+                rate: 1_000,
+                restore_queue: true
+            })
+        );
+    }
+
+    #[test]
+    fn only_a_flow_that_may_be_capped_and_is_paced_by_its_kernel_starts_short() {
+        assert!(starts_short(1_000, true));
+        assert!(!starts_short(1_000, false), "CUBIC: nothing changed");
+        assert!(
+            !starts_short(0, true),
+            "<ZeroCopyPacing>OFF: nothing to give it back"
+        );
+    }
+
+    #[test]
     fn a_flow_its_congestion_control_does_not_pace_is_never_capped() {
-        let mut p = Pacer::new(1_000);
+        let mut p = Pacer::new(1_000, false);
         assert!(p.due(CHECK_EVERY as usize));
         // Held back by its receiver all the time, but under CUBIC: left alone for good.
         assert_eq!(p.decide(at(10_000, 9_000), false), None);

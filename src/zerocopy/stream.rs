@@ -35,15 +35,24 @@ enum PipeState {
 impl ZcStream {
     /// Wraps `tcp`; run the connection inside [`scope`] with the returned lane. Once its
     /// receiver holds back the bytes sent from files, the connection is paced at `pace`
-    /// bytes/s (0: never; see [`pacing::Pacer`]).
+    /// bytes/s (0: never; see [`pacing::Pacer`]); until then a flow its congestion control
+    /// paces keeps a short unsent queue ([`pacing::SHORT_QUEUE`]).
     pub fn new(tcp: TcpStream, pace: u64) -> (ZcStream, Lane) {
         let lane = Lane::default();
+        let paces = pacing::congestion_control(&tcp)
+            .map(|name| pacing::congestion_control_paces(&name))
+            .unwrap_or(false);
+        // A way of sending, not a condition of correctness: on failure the queue stays long.
+        let short_queue = pacing::starts_short(pace, paces)
+            && pacing::set_unsent_queue(&tcp, pacing::SHORT_QUEUE)
+                .inspect_err(|e| tracing::debug!(error = %e, "zero-copy: no short unsent queue"))
+                .is_ok();
         (
             ZcStream {
                 tcp,
                 lane: lane.clone(),
                 pipe: PipeState::Untried,
-                pacer: pacing::Pacer::new(pace),
+                pacer: pacing::Pacer::new(pace, short_queue),
             },
             lane,
         )
@@ -59,7 +68,14 @@ impl ZcStream {
             .map(|name| pacing::congestion_control_paces(&name));
         match pacing::limits(&self.tcp).and_then(|now| Ok((now, paces?))) {
             Ok((now, paces)) => {
-                if let Some(rate) = self.pacer.decide(now, paces) {
+                if let Some(pacing::Cap {
+                    rate,
+                    restore_queue,
+                }) = self.pacer.decide(now, paces)
+                {
+                    if restore_queue && let Err(e) = pacing::set_unsent_queue(&self.tcp, 0) {
+                        tracing::debug!(error = %e, "zero-copy: the unsent queue stays short");
+                    }
                     match pacing::cap(&self.tcp, rate) {
                         Ok(()) => {
                             PACED.fetch_add(1, Ordering::Relaxed);
@@ -275,15 +291,23 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn pair() -> (ZcStream, Lane, TcpStream) {
-        paced_pair(0).await
+        paced_pair(0, None).await.unwrap()
     }
 
-    async fn paced_pair(pace: u64) -> (ZcStream, Lane, TcpStream) {
+    /// A connected pair whose server side runs under the congestion control `cc` (when
+    /// given) from before it is wrapped; `None` when this kernel lacks that control.
+    async fn paced_pair(pace: u64, cc: Option<&str>) -> Option<(ZcStream, Lane, TcpStream)> {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
-        let (zc, lane) = ZcStream::new(s.unwrap().0, pace);
-        (zc, lane, c.unwrap())
+        let s = s.unwrap().0;
+        if let Some(cc) = cc
+            && !set_congestion_control(&s, cc)
+        {
+            return None;
+        }
+        let (zc, lane) = ZcStream::new(s, pace);
+        Some((zc, lane, c.unwrap()))
     }
 
     /// Offers `body` on `lane` as held by `sf` from byte 7 (after `shm_file`'s header).
@@ -315,7 +339,8 @@ mod tests {
 
     /// A receiver that reads slowly holds its connection back by its window: once that
     /// shows in the bytes sent from a file, the connection is paced, when its congestion
-    /// control paces it anyway (BBR); never without a rate, never under CUBIC.
+    /// control paces it anyway (BBR); never without a rate, never under CUBIC. A BBR flow
+    /// that may be capped starts with a short unsent queue and gets it back when capped.
     #[tokio::test]
     async fn a_connection_held_back_by_its_receiver_is_paced() {
         let data = pattern(10 * 1024 * 1024);
@@ -323,18 +348,24 @@ mod tests {
         let Some((_tmp, sf)) = shm_file(&data) else {
             return;
         };
+        let short = pacing::SHORT_QUEUE;
         let cases = [
-            (0u64, "bbr", u64::MAX),
-            (250_000_000, "bbr", 250_000_000),
-            (250_000_000, "cubic", u64::MAX),
+            // (pace, control, ceiling at the end, unsent queue at the start)
+            (0u64, "bbr", u64::MAX, 0),
+            (250_000_000, "bbr", 250_000_000, short),
+            (250_000_000, "cubic", u64::MAX, 0),
         ];
-        for (pace, cc, want) in cases {
-            let (mut zc, lane, mut client) = paced_pair(pace).await;
-            if !set_congestion_control(&zc.tcp, cc) {
+        for (pace, cc, want, queue) in cases {
+            let Some((mut zc, lane, mut client)) = paced_pair(pace, Some(cc)).await else {
                 // Only a kernel built without the module: the other cases still run.
                 eprintln!("no {cc} congestion control here: case skipped");
                 continue;
-            }
+            };
+            assert_eq!(
+                pacing::unsent_queue(&zc.tcp).unwrap(),
+                queue,
+                "pace {pace} under {cc}"
+            );
             let reader = tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
                 let mut total = 0;
@@ -357,6 +388,8 @@ mod tests {
                 want,
                 "pace {pace} under {cc}"
             );
+            // Capped or never short: the queue has its default length (again).
+            assert_eq!(pacing::unsent_queue(&zc.tcp).unwrap(), 0, "{cc}");
             zc.shutdown().await.unwrap();
             drop(zc);
             assert_eq!(reader.await.unwrap(), 11 + data.len());
