@@ -98,52 +98,40 @@ pub fn receiver_bound(before: Limits, now: Limits) -> bool {
 }
 
 /// A connection's pacing decision: no ceiling until its receiver proves to be what holds
-/// it back, then the ceiling for the rest of the connection (and its unsent queue given back
-/// if it started short). Plain data; the stream does the I/O (`TCP_INFO`,
-/// `SO_MAX_PACING_RATE`, `TCP_NOTSENT_LOWAT`).
+/// it back, then the ceiling for the rest of the connection. Only a connection that may be
+/// capped is watched, which is the one that starts with a short unsent queue
+/// ([`starts_short`]); capping it gives the queue back. Plain data; the stream does the I/O
+/// (`TCP_INFO`, `SO_MAX_PACING_RATE`, `TCP_NOTSENT_LOWAT`).
 #[derive(Debug)]
 pub struct Pacer {
     rate: u64,
-    /// The connection started with a short unsent queue ([`starts_short`]).
-    short_queue: bool,
     state: PacerState,
 }
 
 /// Where a [`Pacer`] stands.
 #[derive(Debug, PartialEq, Eq)]
 enum PacerState {
-    /// Nothing left to decide: no ceiling configured, the ceiling set, or no `TCP_INFO`.
+    /// Nothing left to decide: no ceiling configured, a flow the kernel does not pace, the
+    /// ceiling set, or no `TCP_INFO`.
     Done,
     /// Watching: bytes sent from files since the last look, and the limits seen then.
     Watching { unchecked: u64, last: Limits },
 }
 
-/// The ceiling a look at a connection calls for (see [`Pacer::decide`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cap {
-    /// Bytes/s.
-    pub rate: u64,
-    /// Give the unsent queue its default length back: it started short.
-    pub restore_queue: bool,
-}
-
 impl Pacer {
-    /// A pacer that may cap the connection at `rate` bytes/s (0: never); `short_queue`:
-    /// the connection started with a short unsent queue.
-    pub fn new(rate: u64, short_queue: bool) -> Pacer {
-        let state = if rate == 0 {
-            PacerState::Done
-        } else {
+    /// A pacer that may cap the connection at `rate` bytes/s (0: never), when its
+    /// congestion control paces it already (`kernel_paces`, [`congestion_control_paces`]);
+    /// a flow the kernel does not pace is never capped (see the module's comment).
+    pub fn new(rate: u64, kernel_paces: bool) -> Pacer {
+        let state = if starts_short(rate, kernel_paces) {
             PacerState::Watching {
                 unchecked: 0,
                 last: Limits::default(),
             }
+        } else {
+            PacerState::Done
         };
-        Pacer {
-            rate,
-            short_queue,
-            state,
-        }
+        Pacer { rate, state }
     }
 
     /// Counts `n` bytes sent from files; true when it is time to look at the connection's
@@ -160,24 +148,15 @@ impl Pacer {
         true
     }
 
-    /// Given the connection's limits now and whether its congestion control paces it
-    /// already ([`congestion_control_paces`]), the ceiling to set, once: when the kernel
-    /// paces it and its receiver was the bound since the last look. A flow the kernel does
-    /// not pace is never capped (see the module's comment).
-    pub fn decide(&mut self, now: Limits, kernel_paces: bool) -> Option<Cap> {
+    /// Given the connection's limits now, the rate to cap it at, once: when its receiver
+    /// was the bound since the last look. The caller gives the unsent queue back with it.
+    pub fn decide(&mut self, now: Limits) -> Option<u64> {
         let PacerState::Watching { last, .. } = &mut self.state else {
             return None;
         };
-        if !kernel_paces {
-            self.state = PacerState::Done;
-            return None;
-        }
         if receiver_bound(*last, now) {
             self.state = PacerState::Done;
-            Some(Cap {
-                rate: self.rate,
-                restore_queue: self.short_queue,
-            })
+            Some(self.rate)
         } else {
             *last = now;
             None
@@ -362,52 +341,27 @@ mod tests {
 
     #[test]
     fn a_pacer_looks_every_check_interval_and_caps_once() {
-        let mut p = Pacer::new(1_000, false);
+        let mut p = Pacer::new(1_000, true);
         assert!(!p.due((CHECK_EVERY - 1) as usize));
         assert!(p.due(1));
         // A fast receiver: no ceiling, and the next look compares with this one.
-        assert_eq!(p.decide(at(10_000, 100), true), None);
+        assert_eq!(p.decide(at(10_000, 100)), None);
         assert!(p.due(CHECK_EVERY as usize));
-        assert_eq!(
-            p.decide(at(20_000, 6_000), true),
-            Some(Cap {
-                rate: 1_000,
-                restore_queue: false
-            })
-        );
+        assert_eq!(p.decide(at(20_000, 6_000)), Some(1_000));
         // Set once: nothing more to look at.
         assert!(!p.due(10 * CHECK_EVERY as usize));
-        assert_eq!(p.decide(at(30_000, 16_000), true), None);
+        assert_eq!(p.decide(at(30_000, 16_000)), None);
     }
 
     #[test]
     fn a_pacer_without_a_rate_or_without_tcp_info_never_caps() {
-        let mut none = Pacer::new(0, false);
+        let mut none = Pacer::new(0, true);
         assert!(!none.due(10 * CHECK_EVERY as usize));
-        assert_eq!(none.decide(at(1_000, 1_000), true), None);
+        assert_eq!(none.decide(at(1_000, 1_000)), None);
         let mut blind = Pacer::new(1_000, true);
         blind.give_up();
         assert!(!blind.due(10 * CHECK_EVERY as usize));
-        assert_eq!(blind.decide(at(1_000, 1_000), true), None);
-    }
-
-    #[test]
-    fn a_flow_that_started_with_a_short_queue_gets_it_back_when_capped() {
-        let mut p = Pacer::new(1_000, true);
-        assert!(p.due(CHECK_EVERY as usize));
-        assert_eq!(
-            p.decide(at(10_000, 100), true),
-            None,
-            "a fast receiver keeps it"
-        );
-        assert!(p.due(CHECK_EVERY as usize));
-        assert_eq!(
-            p.decide(at(20_000, 9_000), true),
-            Some(Cap {
-                rate: 1_000,
-                restore_queue: true
-            })
-        );
+        assert_eq!(blind.decide(at(1_000, 1_000)), None);
     }
 
     #[test]
@@ -423,11 +377,10 @@ mod tests {
     #[test]
     fn a_flow_its_congestion_control_does_not_pace_is_never_capped() {
         let mut p = Pacer::new(1_000, false);
-        assert!(p.due(CHECK_EVERY as usize));
         // Held back by its receiver all the time, but under CUBIC: left alone for good.
-        assert_eq!(p.decide(at(10_000, 9_000), false), None);
         assert!(!p.due(10 * CHECK_EVERY as usize));
-        assert_eq!(p.decide(at(20_000, 19_000), true), None);
+        assert_eq!(p.decide(at(10_000, 9_000)), None);
+        assert_eq!(p.decide(at(20_000, 19_000)), None);
     }
 
     #[test]

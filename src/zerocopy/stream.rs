@@ -39,20 +39,22 @@ impl ZcStream {
     /// paces keeps a short unsent queue ([`pacing::SHORT_QUEUE`]).
     pub fn new(tcp: TcpStream, pace: u64) -> (ZcStream, Lane) {
         let lane = Lane::default();
+        // Read once: nothing changes a connection's congestion control after this.
         let paces = pacing::congestion_control(&tcp)
             .map(|name| pacing::congestion_control_paces(&name))
             .unwrap_or(false);
         // A way of sending, not a condition of correctness: on failure the queue stays long.
-        let short_queue = pacing::starts_short(pace, paces)
-            && pacing::set_unsent_queue(&tcp, pacing::SHORT_QUEUE)
-                .inspect_err(|e| tracing::debug!(error = %e, "zero-copy: no short unsent queue"))
-                .is_ok();
+        if pacing::starts_short(pace, paces)
+            && let Err(e) = pacing::set_unsent_queue(&tcp, pacing::SHORT_QUEUE)
+        {
+            tracing::debug!(error = %e, "zero-copy: no short unsent queue");
+        }
         (
             ZcStream {
                 tcp,
                 lane: lane.clone(),
                 pipe: PipeState::Untried,
-                pacer: pacing::Pacer::new(pace, short_queue),
+                pacer: pacing::Pacer::new(pace, paces),
             },
             lane,
         )
@@ -64,16 +66,12 @@ impl ZcStream {
         if !self.pacer.due(n) {
             return;
         }
-        let paces = pacing::congestion_control(&self.tcp)
-            .map(|name| pacing::congestion_control_paces(&name));
-        match pacing::limits(&self.tcp).and_then(|now| Ok((now, paces?))) {
-            Ok((now, paces)) => {
-                if let Some(pacing::Cap {
-                    rate,
-                    restore_queue,
-                }) = self.pacer.decide(now, paces)
-                {
-                    if restore_queue && let Err(e) = pacing::set_unsent_queue(&self.tcp, 0) {
+        match pacing::limits(&self.tcp) {
+            Ok(now) => {
+                if let Some(rate) = self.pacer.decide(now) {
+                    // The short unsent queue it started with costs a receiver-bound flow a
+                    // wakeup per drained half: give the default back.
+                    if let Err(e) = pacing::set_unsent_queue(&self.tcp, 0) {
                         tracing::debug!(error = %e, "zero-copy: the unsent queue stays short");
                     }
                     match pacing::cap(&self.tcp, rate) {
@@ -86,7 +84,7 @@ impl ZcStream {
                 }
             }
             Err(e) => {
-                tracing::debug!(error = %e, "zero-copy: no TCP_INFO or TCP_CONGESTION, no pacing");
+                tracing::debug!(error = %e, "zero-copy: no TCP_INFO, no pacing");
                 self.pacer.give_up();
             }
         }
