@@ -177,46 +177,15 @@ pub fn congestion_control_paces(name: &[u8]) -> bool {
 
 /// The name of `tcp`'s congestion control (`TCP_CONGESTION`), NUL-padded.
 pub fn congestion_control(tcp: &TcpStream) -> io::Result<[u8; 16]> {
-    let mut name = [0u8; 16];
-    let mut len = name.len() as libc::socklen_t;
-    // SAFETY: a valid open socket descriptor (borrowed from `tcp` for the call) and a live
-    // buffer whose size is in `len`; the kernel writes at most `len` bytes.
-    let r = unsafe {
-        libc::getsockopt(
-            tcp.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_CONGESTION,
-            name.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if r == 0 {
-        Ok(name)
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    get_option(tcp, libc::IPPROTO_TCP, libc::TCP_CONGESTION, [0u8; 16])
 }
 
 /// The connection's [`Limits`] from `TCP_INFO` (zeros on kernels older than 4.10, which
 /// therefore never pace).
 pub fn limits(tcp: &TcpStream) -> io::Result<Limits> {
     // SAFETY: tcp_info is plain old data; all zeros is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: a valid open socket descriptor (borrowed from `tcp` for the call), a pointer to
-    // a live tcp_info and its size in `len`; the kernel writes at most `len` bytes.
-    let r = unsafe {
-        libc::getsockopt(
-            tcp.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let zeros: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let info = get_option(tcp, libc::IPPROTO_TCP, libc::TCP_INFO, zeros)?;
     Ok(Limits {
         busy_us: info.tcpi_busy_time,
         rwnd_limited_us: info.tcpi_rwnd_limited,
@@ -227,82 +196,88 @@ pub fn limits(tcp: &TcpStream) -> io::Result<Limits> {
 /// system's default back (`net.ipv4.tcp_notsent_lowat`, unlimited unless set).
 pub fn set_unsent_queue(tcp: &TcpStream, bytes: u32) -> io::Result<()> {
     let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: a valid open socket descriptor (borrowed from `tcp` for the call) and a
-    // pointer to a live int with its exact size, as tcp(7) documents for this option.
-    let r = unsafe {
-        libc::setsockopt(
-            tcp.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    set_option(tcp, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, v)
 }
 
 /// The bytes `tcp` keeps unsent at most (`TCP_NOTSENT_LOWAT`; 0: the system's default).
 pub fn unsent_queue(tcp: &TcpStream) -> io::Result<u32> {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: as in `set_unsent_queue`; `len` tells the kernel the size of `v`.
-    let r = unsafe {
-        libc::getsockopt(
-            tcp.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if r == 0 {
-        Ok(u32::try_from(v).unwrap_or(0))
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    let v: libc::c_int = get_option(tcp, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, 0)?;
+    Ok(u32::try_from(v).unwrap_or(0))
 }
 
 /// Caps `tcp`'s sending rate at `bytes_per_sec` (the kernel paces every later segment).
 pub fn cap(tcp: &TcpStream, bytes_per_sec: u64) -> io::Result<()> {
-    let rate: u64 = bytes_per_sec;
-    // SAFETY: a valid open socket descriptor (borrowed from `tcp` for the call) and a
-    // pointer to a live u64 with its exact size, as setsockopt(2) documents for this option.
+    set_option(tcp, libc::SOL_SOCKET, SO_MAX_PACING_RATE, bytes_per_sec)
+}
+
+/// The rate `tcp` is capped at (`u64::MAX` when it is not).
+pub fn current(tcp: &TcpStream) -> io::Result<u64> {
+    get_option(tcp, libc::SOL_SOCKET, SO_MAX_PACING_RATE, 0u64)
+}
+
+/// A value a socket option is read into or written from as raw bytes.
+///
+/// # Safety
+/// Every bit pattern of the type must be a valid value (the kernel writes bytes into it)
+/// and it must have no padding (the kernel reads all of its bytes).
+unsafe trait OptionValue: Copy {}
+// SAFETY: integers and byte arrays: every bit pattern valid, no padding.
+unsafe impl OptionValue for u64 {}
+// SAFETY: as above.
+unsafe impl OptionValue for libc::c_int {}
+// SAFETY: as above.
+unsafe impl OptionValue for [u8; 16] {}
+// SAFETY: a C struct of integers, every bit pattern valid; only ever read from the kernel.
+unsafe impl OptionValue for libc::tcp_info {}
+
+/// Reads the socket option `name` at `level` of `tcp`, starting from `value` (the kernel may
+/// write fewer bytes than the type holds).
+fn get_option<T: OptionValue>(
+    tcp: &TcpStream,
+    level: libc::c_int,
+    name: libc::c_int,
+    mut value: T,
+) -> io::Result<T> {
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: a valid open socket descriptor (borrowed from `tcp` for the call), a pointer
+    // to a live `T` and its size in `len`; the kernel writes at most `len` bytes, and any
+    // bytes are a valid `T` (`OptionValue`).
     let r = unsafe {
-        libc::setsockopt(
+        libc::getsockopt(
             tcp.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_MAX_PACING_RATE,
-            (&rate as *const u64).cast(),
-            std::mem::size_of::<u64>() as libc::socklen_t,
+            level,
+            name,
+            (&mut value as *mut T).cast(),
+            &mut len,
         )
     };
     if r == 0 {
-        Ok(())
+        Ok(value)
     } else {
         Err(io::Error::last_os_error())
     }
 }
 
-/// The rate `tcp` is capped at (`u64::MAX` when it is not).
-pub fn current(tcp: &TcpStream) -> io::Result<u64> {
-    let mut rate: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: as in `cap`; `len` tells the kernel the size of `rate`.
+/// Sets the socket option `name` at `level` of `tcp` to `value`.
+fn set_option<T: OptionValue>(
+    tcp: &TcpStream,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: T,
+) -> io::Result<()> {
+    // SAFETY: a valid open socket descriptor (borrowed from `tcp` for the call) and a
+    // pointer to a live `T` with its exact size, which has no padding (`OptionValue`).
     let r = unsafe {
-        libc::getsockopt(
+        libc::setsockopt(
             tcp.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_MAX_PACING_RATE,
-            (&mut rate as *mut u64).cast(),
-            &mut len,
+            level,
+            name,
+            (&value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if r == 0 {
-        Ok(rate)
+        Ok(())
     } else {
         Err(io::Error::last_os_error())
     }
