@@ -1145,12 +1145,7 @@ async fn worker_yield_gives_the_core_away_between_requests_and_off_never_does() 
             let statuses = c.await.expect("client");
             assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
         }
-        let m = get(strata.manager().await, "127.0.0.1", "/metrics", &[]).await;
-        let text = String::from_utf8_lossy(&m.body);
-        let n: u64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("strata_worker_yields_total ")?.parse().ok())
-            .unwrap_or_else(|| panic!("no strata_worker_yields_total in {text}"));
+        let n = metric(strata.manager().await, "strata_worker_yields_total").await;
         if yields {
             assert!(n > 0, "200 requests, a 1 µs budget and no yield");
         } else {

@@ -350,16 +350,6 @@ async fn a_connection_whose_receiver_holds_it_back_is_paced_at_the_configured_ra
     );
 }
 
-/// The value of the unlabelled metric `name` on the manager at `manager`.
-async fn metric(manager: std::net::SocketAddr, name: &str) -> u64 {
-    let m = get(manager, "127.0.0.1", "/metrics", &[]).await;
-    assert_eq!(m.status, 200);
-    let text = String::from_utf8_lossy(&m.body);
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-}
-
 /// What one client connection got for its requests: each response's status and body, or the
 /// error that ended the connection.
 type ConnOutcome = Result<Vec<(u16, bytes::Bytes)>, String>;

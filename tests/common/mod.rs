@@ -453,3 +453,13 @@ where
     });
     addr
 }
+
+/// The value of the unlabelled metric `name` on the manager at `manager`.
+pub async fn metric(manager: SocketAddr, name: &str) -> u64 {
+    let m = get(manager, "127.0.0.1", "/metrics", &[]).await;
+    assert_eq!(m.status, 200);
+    let text = String::from_utf8_lossy(&m.body);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
