@@ -19,6 +19,7 @@ import struct
 
 CLONE_NEWNET = 0x40000000
 SYSCTL = "/proc/sys/net/ipv4/tcp_congestion_control"
+ALLOWED = "/proc/sys/net/ipv4/tcp_allowed_congestion_control"
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 
 
@@ -40,6 +41,54 @@ def loopback_up():
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
 
 
+def _write(path, value):
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def set_default(cc, home):
+    """Sets `cc` as the default congestion control of this process's (new) namespace.
+
+    Outside the host's namespace the kernel accepts only a control on the host's allowed list
+    (`tcp_allowed_congestion_control`), which holds the kernel's built-in default and what
+    the host chose: a kernel built with BBR as its default lists "reno bbr", and CUBIC,
+    though available, is refused (EPERM). Then the host's list (read and written through the
+    host's namespace, `home`) gets `cc` for the instant of the write and is put back at once:
+    the namespace keeps its default, and sockets made in it take that default without the
+    list being consulted again."""
+    try:
+        _write(SYSCTL, cc)
+        return
+    except PermissionError:
+        pass
+    libc = ctypes.CDLL(None, use_errno=True)
+    mine = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        # /proc/sys/net shows the namespace of the thread that opens it.
+        if libc.setns(home, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        try:
+            with open(ALLOWED) as f:
+                allowed = f.read().strip()
+            if cc in allowed.split():
+                raise PermissionError(f"{cc} is already allowed and still refused")
+            host_list = open(ALLOWED, "w")
+        finally:
+            if libc.setns(mine, CLONE_NEWNET) != 0:
+                raise RuntimeError("could not go back to the run's namespace") from None
+        with host_list:
+            host_list.write(f"{allowed} {cc}")
+            host_list.flush()
+            try:
+                _write(SYSCTL, cc)
+            finally:
+                host_list.seek(0)
+                host_list.write(allowed)
+                host_list.flush()
+    finally:
+        os.close(mine)
+
+
 def enter(cc):
     """Moves this process (and every process it starts from now on) into a new network
     namespace whose loopback is up and whose TCP congestion control is `cc`, unless `cc` is
@@ -56,8 +105,7 @@ def enter(cc):
             raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
         try:
             loopback_up()
-            with open(SYSCTL, "w") as f:
-                f.write(cc)
+            set_default(cc, home)
         except OSError:
             if libc.setns(home, CLONE_NEWNET) != 0:
                 raise RuntimeError("left in a half-made network namespace") from None
