@@ -21,6 +21,7 @@ CLONE_NEWNET = 0x40000000
 SYSCTL = "/proc/sys/net/ipv4/tcp_congestion_control"
 ALLOWED = "/proc/sys/net/ipv4/tcp_allowed_congestion_control"
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def congestion_control():
@@ -39,6 +40,13 @@ def loopback_up():
         ifr = struct.pack("16sH22x", b"lo", 0)
         flags = struct.unpack("16sH22x", fcntl.ioctl(s, SIOCGIFFLAGS, ifr))[1]
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
+
+
+def _checked(rc):
+    """Raises the C library's errno as an OSError when a call returned non-zero."""
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def _write(path, value):
@@ -61,12 +69,10 @@ def set_default(cc, home):
         return
     except PermissionError:
         pass
-    libc = ctypes.CDLL(None, use_errno=True)
     mine = os.open("/proc/self/ns/net", os.O_RDONLY)
     try:
         # /proc/sys/net shows the namespace of the thread that opens it.
-        if libc.setns(home, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        _checked(LIBC.setns(home, CLONE_NEWNET))
         try:
             with open(ALLOWED) as f:
                 allowed = f.read().strip()
@@ -74,7 +80,7 @@ def set_default(cc, home):
                 raise PermissionError(f"{cc} is already allowed and still refused")
             host_list = open(ALLOWED, "w")
         finally:
-            if libc.setns(mine, CLONE_NEWNET) != 0:
+            if LIBC.setns(mine, CLONE_NEWNET) != 0:
                 raise RuntimeError("could not go back to the run's namespace") from None
         with host_list:
             host_list.write(f"{allowed} {cc}")
@@ -98,16 +104,14 @@ def enter(cc):
     host = congestion_control()
     if cc in ("host", host):
         return f"{host} (the host's)"
-    libc = ctypes.CDLL(None, use_errno=True)
     home = os.open("/proc/self/ns/net", os.O_RDONLY)
     try:
-        if libc.unshare(CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        _checked(LIBC.unshare(CLONE_NEWNET))
         try:
             loopback_up()
             set_default(cc, home)
         except OSError:
-            if libc.setns(home, CLONE_NEWNET) != 0:
+            if LIBC.setns(home, CLONE_NEWNET) != 0:
                 raise RuntimeError("left in a half-made network namespace") from None
             raise
     except OSError as e:
