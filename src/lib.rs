@@ -2,6 +2,7 @@
 //! configuration. A request flows `server` → `router` → `proxy` → `cache` → `origin` and
 //! back; `manage` is the operator's side door. See `design.md` in the shared docs.
 
+pub mod affinity;
 pub mod body;
 pub mod cache;
 pub mod chain;

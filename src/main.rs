@@ -88,6 +88,8 @@ fn run(conf: PathBuf) -> ExitCode {
         .enable_all()
         // A worker that slept held no core: `<WorkerYield>`'s budget starts again.
         .on_thread_unpark(strata::yielding::worker_woke)
+        // `<WorkerAffinity>`: a thread started by a pinned worker gets every core back.
+        .on_thread_start(strata::affinity::thread_started)
         .build()
     {
         Ok(rt) => rt,

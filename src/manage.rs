@@ -304,6 +304,12 @@ impl Manager {
                      strata_worker_yields_total {}\n",
                     crate::yielding::yields()
                 ));
+                // Worker threads kept on a core of their own (`<WorkerAffinity>`).
+                body.push_str(&format!(
+                    "# TYPE strata_workers_pinned gauge\n\
+                     strata_workers_pinned {}\n",
+                    crate::affinity::pinned()
+                ));
                 let mut r = Response::new(body::full(body));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,

@@ -1153,3 +1153,109 @@ async fn worker_yield_gives_the_core_away_between_requests_and_off_never_does() 
         }
     }
 }
+
+/// The cores a thread of `pid` may run on (`Cpus_allowed_list` of its status file).
+fn thread_cores(pid: u32, tid: &str) -> Vec<usize> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let mut cores = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (usize, usize) = (a.parse().expect("core"), b.parse().expect("core"));
+        cores.extend(a..=b);
+    }
+    cores
+}
+
+/// `<Host><WorkerAffinity>` in the real binary: with ON (the default) and as many workers as
+/// cores (the default count), each worker that served requests runs on a core of its own,
+/// one per core, and tokio's other threads keep every core; with OFF no thread is pinned.
+#[tokio::test]
+async fn worker_affinity_gives_each_worker_a_core_and_off_pins_none() {
+    let origin = Origin::start(handler(|_, _| {
+        resp(200, &[("cache-control", "max-age=600")], "hit me")
+    }))
+    .await;
+    let allowed = rustix::thread::sched_getaffinity(None).expect("affinity");
+    let cores: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|c| allowed.is_set(*c))
+        .collect();
+    // The child runs tokio's default worker count. Workers that do not cover the cores,
+    // or a single core, are left to the kernel: nothing is pinned then, even with ON.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut want: Vec<usize> = if cores.len() >= 2 && workers >= cores.len() {
+        (0..workers).map(|n| cores[n % cores.len()]).collect()
+    } else {
+        Vec::new()
+    };
+    want.sort_unstable();
+    let expect_pinned = want.len();
+    for (setting, on) in [("ON", true), ("OFF", false)] {
+        let conf = ConfDir::new(
+            &server_xml(&format!("<WorkerAffinity>{setting}</WorkerAffinity>"), ""),
+            &format!(
+                "<Vhosts>{}</Vhosts>",
+                vhost("p.com", "", &origin.addr.to_string())
+            ),
+        );
+        let strata = ChildStrata::start(conf.path()).await;
+        let addr = strata.addr;
+        let manager = strata.manager().await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut pinned = 0;
+        // Bursts of concurrent clients until every worker has served a request (or the
+        // deadline): a worker pins itself before its first one.
+        while Instant::now() < deadline {
+            let clients: Vec<_> = (0..16)
+                .map(|_| {
+                    tokio::spawn(async move {
+                        let mut ok = true;
+                        for _ in 0..10 {
+                            ok &= get(addr, "p.com", "/a", &[]).await.status == 200;
+                        }
+                        ok
+                    })
+                })
+                .collect();
+            for c in clients {
+                assert!(c.await.expect("client"), "a request failed");
+            }
+            pinned = metric(manager, "strata_workers_pinned").await;
+            if !on || pinned >= expect_pinned as u64 {
+                break;
+            }
+        }
+        let tids: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", strata.pid()))
+            .expect("tasks")
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        let masks: Vec<Vec<usize>> = tids.iter().map(|t| thread_cores(strata.pid(), t)).collect();
+        let mut single: Vec<usize> = masks
+            .iter()
+            .filter(|m| m.len() == 1 && cores.len() > 1)
+            .map(|m| m[0])
+            .collect();
+        single.sort_unstable();
+        if on {
+            assert_eq!(pinned, expect_pinned as u64, "strata_workers_pinned");
+            assert_eq!(
+                single, want,
+                "one pinned thread per worker, round the cores: {masks:?}"
+            );
+            // The main thread and the blocking pool keep every core.
+            assert!(
+                masks.iter().filter(|m| **m == cores).count() >= 1,
+                "{masks:?}"
+            );
+        } else {
+            assert_eq!(pinned, 0, "<WorkerAffinity>OFF pinned a worker");
+            assert!(single.is_empty(), "OFF, yet pinned: {masks:?}");
+        }
+    }
+}

@@ -97,6 +97,7 @@ impl Default for ServerConfig {
             resolve: Vec::new(),
             max_cdn_loop_hops: DEFAULT_MAX_CDN_LOOP_HOPS,
             worker_yield: Some(Duration::from_micros(DEFAULT_WORKER_YIELD_US)),
+            worker_affinity: true,
             log: LogConfig::default(),
             https: Vec::new(),
             origin_ca: None,

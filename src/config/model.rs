@@ -63,6 +63,9 @@ pub struct ServerConfig {
     /// before it gives the core away between two requests (see `yielding`); `None` = OFF
     /// (Strata extension).
     pub worker_yield: Option<Duration>,
+    /// `<Host><WorkerAffinity>`: keep each worker thread on a core of its own when the
+    /// workers cover the cores (see `affinity`). Default ON (Strata extension).
+    pub worker_affinity: bool,
     /// `<Host><LogDir>`: where logs go (Strata extension; not `<Log>`, which STON uses for
     /// per-vhost log settings under `<VHostDefault>`).
     pub log: LogConfig,

@@ -38,6 +38,7 @@ const HOST: &[&str] = &[
     "CdnLoop",
     "MaxCdnLoopHops",
     "WorkerYield",
+    "WorkerAffinity",
     "LogDir",
     "OriginCa",
 ];

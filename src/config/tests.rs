@@ -922,6 +922,36 @@ fn worker_yield_takes_microseconds_or_off() {
 }
 
 #[test]
+fn worker_affinity_is_on_or_off() {
+    let (cfg, diags, _d) = check(None, "<Vhosts/>");
+    assert!(errors(&diags).is_empty(), "{diags:#?}");
+    assert!(cfg.expect("config").server.worker_affinity, "on by default");
+    for (text, want) in [("OFF", false), ("off", false), ("ON", true)] {
+        let server =
+            format!("<Server><Host><WorkerAffinity>{text}</WorkerAffinity></Host></Server>");
+        let (cfg, diags, _d) = check(Some(&server), "<Vhosts/>");
+        assert!(errors(&diags).is_empty(), "{text:?}: {diags:#?}");
+        assert_eq!(
+            cfg.expect("config").server.worker_affinity,
+            want,
+            "{text:?}"
+        );
+    }
+    let server = "<Server>\n<Host>\n<WorkerAffinity>2</WorkerAffinity></Host></Server>";
+    let (_, diags, _d) = check(Some(server), "<Vhosts/>");
+    let errs = errors(&diags);
+    assert_eq!(errs.len(), 1, "{diags:#?}");
+    assert_eq!(errs[0].line, 3);
+    assert!(
+        errs[0]
+            .to_string()
+            .contains("<WorkerAffinity>ON</WorkerAffinity>"),
+        "the fix shows a value: {}",
+        errs[0]
+    );
+}
+
+#[test]
 fn listen_and_conditions_and_params() {
     let sa = |s: &str| s.parse::<SocketAddr>().expect("addr");
     assert_eq!(parse_listen("*:80"), Ok(Listen::Any(80)));

@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::affinity;
 use crate::cache::fill::Fills;
 use crate::cache::store::{DiskConfig as StoreDisk, Store, StoreConfig};
 use crate::config::{self, Config};
@@ -423,12 +424,13 @@ fn spawn_accept(
                     return;
                 }
                 // Plain TCP may send cached bytes straight from their files (paced at this rate).
-                let (zero_copy, worker_yield) = {
+                let (zero_copy, worker_yield, worker_affinity) = {
                     let server = &proxy.runtime.load().cfg.server;
                     let cache = &server.cache;
                     (
                         cache.zero_copy.then_some(cache.zero_copy_pacing),
                         server.worker_yield,
+                        server.worker_affinity,
                     )
                 };
                 let conn = Conn {
@@ -436,6 +438,7 @@ fn spawn_accept(
                     peer,
                     watcher,
                     worker_yield,
+                    worker_affinity,
                 };
                 match (tls, zero_copy) {
                     (None, Some(pace)) => {
@@ -465,6 +468,8 @@ struct Conn {
     watcher: hyper_util::server::graceful::Watcher,
     /// `<Host><WorkerYield>` when the connection was accepted.
     worker_yield: Option<Duration>,
+    /// `<Host><WorkerAffinity>` when the connection was accepted.
+    worker_affinity: bool,
 }
 
 async fn serve<S>(stream: S, builder: &auto::Builder<TokioExecutor>, conn: Conn)
@@ -476,11 +481,13 @@ where
         peer,
         watcher,
         worker_yield,
+        worker_affinity,
     } = conn;
     // hyper's server cannot send an origin's 1xx: the handle writes them around it.
     let io = interim::InterimIo::new(stream);
     let conn_interim = io.handle();
     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        affinity::between_requests(worker_affinity);
         yielding::between_requests(worker_yield);
         let proxy = proxy.clone();
         let interim = conn_interim.for_request(&req);

@@ -157,6 +157,11 @@ impl P {
                         ),
                     }
                 }
+                "WorkerAffinity" => {
+                    if let Some(on) = self.on_off(c) {
+                        s.worker_affinity = on;
+                    }
+                }
                 "LogDir" => {
                     if let Some(v) = self.text(c, "../var/log") {
                         s.log.dir = Some(PathBuf::from(v));
