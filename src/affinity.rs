@@ -12,8 +12,9 @@
 //! When: only when the workers cover the cores the process may use (as many workers as
 //! allowed cores, or more); with fewer workers than cores (one worker on a many-core box),
 //! or a single allowed core, the kernel places them. Worker `n` (numbered in the order the
-//! threads first serve a request) goes on allowed core `n mod cores`. OFF (also after a
-//! reload) gives every pinned worker back the process's own set of cores.
+//! threads first serve a request) goes on allowed core `n mod cores`. OFF (also by a reload:
+//! a worker applies the setting its connection was accepted under, at that connection's next
+//! request) gives every pinned worker back the process's own set of cores.
 //!
 //! The decision is [`core_for`], plain data; [`between_requests`] applies it on the calling
 //! worker thread, so only threads that serve requests are ever pinned (never tokio's
@@ -41,8 +42,22 @@ enum Applied {
     Nothing,
     /// The thread runs on the core given (`<WorkerAffinity>ON`, cores covered).
     Pinned(usize),
-    /// The thread may run on every core the process may use.
+    /// `<WorkerAffinity>ON`, but the kernel places the thread: the workers do not cover the
+    /// cores, there is one core, or the system refused.
+    LeftToKernel,
+    /// `<WorkerAffinity>OFF`: the thread may run on every core the process may use.
     Free,
+}
+
+impl Applied {
+    /// A thread that runs on every core, under the setting `on`.
+    fn unpinned(on: bool) -> Applied {
+        if on {
+            Applied::LeftToKernel
+        } else {
+            Applied::Free
+        }
+    }
 }
 
 /// Worker numbers handed out so far (one per thread, kept across reloads).
@@ -90,7 +105,7 @@ pub fn between_requests(on: bool) {
     let applied = APPLIED.with(Cell::get);
     let settled = match applied {
         Applied::Nothing => false,
-        Applied::Pinned(_) => on,
+        Applied::Pinned(_) | Applied::LeftToKernel => on,
         Applied::Free => !on,
     };
     if !settled {
@@ -101,7 +116,7 @@ pub fn between_requests(on: bool) {
 fn apply(on: bool, applied: Applied) {
     let Some((set, cores)) = allowed() else {
         // Affinity cannot be read here: leave the kernel in charge, and do not ask again.
-        APPLIED.with(|a| a.set(Applied::Free));
+        APPLIED.with(|a| a.set(Applied::unpinned(on)));
         return;
     };
     let target = if on {
@@ -127,7 +142,7 @@ fn apply(on: bool, applied: Applied) {
                 Ok(()) => Applied::Pinned(core),
                 Err(e) => {
                     tracing::warn!(core, error = %e, "cannot pin a worker thread; leaving it to the kernel");
-                    Applied::Free
+                    Applied::LeftToKernel
                 }
             }
         }
@@ -137,14 +152,14 @@ fn apply(on: bool, applied: Applied) {
             {
                 tracing::warn!(error = %e, "cannot unpin a worker thread");
             }
-            Applied::Free
+            Applied::unpinned(on)
         }
     };
     match (applied, next) {
-        (Applied::Pinned(_), Applied::Free) => {
+        (Applied::Pinned(_), Applied::Free | Applied::LeftToKernel) => {
             PINNED.fetch_sub(1, Ordering::Relaxed);
         }
-        (Applied::Nothing | Applied::Free, Applied::Pinned(_)) => {
+        (Applied::Nothing | Applied::Free | Applied::LeftToKernel, Applied::Pinned(_)) => {
             PINNED.fetch_add(1, Ordering::Relaxed);
         }
         _ => {}
@@ -184,9 +199,12 @@ mod tests {
 
     #[test]
     fn a_thread_pins_itself_and_off_frees_it() {
-        // A thread outside any runtime sees no workers: nothing to pin, ever.
+        // A thread outside any runtime sees no workers: left to the kernel, and settled
+        // (asked again only when the setting changes).
         std::thread::spawn(|| {
             between_requests(true);
+            assert_eq!(APPLIED.with(Cell::get), Applied::LeftToKernel);
+            between_requests(false);
             assert_eq!(APPLIED.with(Cell::get), Applied::Free);
         })
         .join()
@@ -233,7 +251,11 @@ mod tests {
             assert!(cores.contains(&core));
             assert!(on.1.is_set(core) && on.1.count() == 1);
         } else {
-            assert_eq!(on.0, Applied::Free, "a single core is left to the kernel");
+            assert_eq!(
+                on.0,
+                Applied::LeftToKernel,
+                "a single core is left to the kernel"
+            );
         }
         assert_eq!(
             blocking, original,
