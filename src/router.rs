@@ -1,6 +1,7 @@
 //! Host → vhost: picks the virtual host that answers a request (name, exact alias,
 //! pattern alias, then `<Default>`), as STON documents the lookup order.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -55,7 +56,7 @@ impl Router {
     /// The vhost for a Host header value (port stripped, case-insensitive).
     pub fn route(&self, host: Option<&str>) -> Option<usize> {
         let host = host.map(normalize_host).unwrap_or_default();
-        if let Some(&i) = self.exact.get(host.as_str()) {
+        if let Some(&i) = self.exact.get(&*host) {
             return Some(i);
         }
         for (suffix, i) in &self.patterns {
@@ -70,7 +71,7 @@ impl Router {
     /// The vhost a Host names (name or alias), without falling back to `<Default>`.
     pub fn route_exact(&self, host: &str) -> Option<usize> {
         let host = normalize_host(host);
-        if let Some(&i) = self.exact.get(host.as_str()) {
+        if let Some(&i) = self.exact.get(&*host) {
             return Some(i);
         }
         self.patterns
@@ -85,8 +86,9 @@ impl Router {
     }
 }
 
-/// Lower-cases a Host value and strips its port (`Example.com:8080` → `example.com`).
-pub fn normalize_host(host: &str) -> String {
+/// Lower-cases a Host value and strips its port (`Example.com:8080` → `example.com`);
+/// borrowed from `host` when that is all it takes.
+pub fn normalize_host(host: &str) -> Cow<'_, str> {
     let host = host.trim();
     let without_port = if let Some(rest) = host.strip_prefix('[') {
         // IPv6 literal: keep the brackets, drop what follows `]`.
@@ -100,7 +102,13 @@ pub fn normalize_host(host: &str) -> String {
             _ => host,
         }
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let host = without_port.trim_end_matches('.');
+    // Clients send lower case nearly always: then the name is used where it lies.
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 #[cfg(test)]

@@ -75,6 +75,8 @@ pub struct Proxy {
     pub log: AccessLog,
     /// Per-vhost counters.
     pub stats: Arc<Stats>,
+    /// Counts a finished response in `stats`; made once, since every answer's body holds it.
+    pub record: crate::log::OnEnd,
 }
 
 /// What the request path knows about the client connection.
@@ -283,14 +285,11 @@ impl Proxy {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        let stats = self.stats.clone();
-        let on_end: crate::log::OnEnd = Arc::new(move |e, bytes| {
-            stats.record(e, bytes);
-        });
         let log = self.log.clone();
+        let record = self.record.clone();
         resp.map(|b| {
             use http_body_util::BodyExt;
-            LoggedBody::new(b, entry, log, Some(on_end)).boxed_unsync()
+            LoggedBody::new(b, entry, log, Some(record)).boxed_unsync()
         })
     }
 

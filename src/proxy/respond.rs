@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
@@ -142,7 +143,8 @@ pub fn facts(meta: &ObjectMeta) -> Arc<StoredView> {
         StoredView {
             facts: ResponseFacts {
                 status: meta.status,
-                headers: header_map(&meta.headers),
+                // No stored answer is sent chunked again: dropped here once, not per hit.
+                headers: without_transfer_encoding(header_map(&meta.headers)),
                 request_time: t(meta.request_time_ms),
                 response_time: t(meta.response_time_ms),
             },
@@ -152,6 +154,11 @@ pub fn facts(meta: &ObjectMeta) -> Arc<StoredView> {
     meta.derived
         .get_or_init(make, StoredView::heap_bytes)
         .unwrap_or_else(|| Arc::new(make()))
+}
+
+fn without_transfer_encoding(mut h: HeaderMap) -> HeaderMap {
+    h.remove(header::TRANSFER_ENCODING);
+    h
 }
 
 /// Answers from a committed object. None when its bytes cannot be read (missing or corrupt
@@ -296,9 +303,8 @@ fn build(
 ) -> Reply {
     let status = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
     let facts = facts(&meta);
+    // Content-Length is replaced below by the length of what this answer sends.
     let mut headers = facts.headers.clone();
-    headers.remove(header::CONTENT_LENGTH);
-    headers.remove(header::TRANSFER_ENCODING);
     if vh.cfg.options.age_header != Some(false) {
         // RFC 9111 §5.1 (capped at 2^31 s, §1.2.2); the analysis holds the parsed inputs.
         let age = facts.reuse(&vh.policy).age(now).as_secs().min(1 << 31);
@@ -403,9 +409,10 @@ fn build(
             (StatusCode::PARTIAL_CONTENT, body)
         }
         RangeRequest::Full => {
-            if let Some(len) = total {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            }
+            match total {
+                Some(len) => headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len)),
+                None => headers.remove(header::CONTENT_LENGTH),
+            };
             let body = if head || total == Some(0) || status_has_no_body(status) {
                 body::empty()
             } else if let Some((b, file)) = inline {
@@ -462,14 +469,23 @@ fn not_modified_headers(h: &HeaderMap) -> HeaderMap {
 }
 
 fn append_via(h: &mut HeaderMap, via: &HeaderValue) {
-    let joined = match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(old) => {
-            HeaderValue::from_str(&format!("{old}, {}", via.to_str().unwrap_or("strata"))).ok()
+    // One lookup: this runs on every hit.
+    match h.entry(header::VIA) {
+        Entry::Vacant(e) => {
+            e.insert(via.clone());
         }
-        None => Some(via.clone()),
-    };
-    if let Some(v) = joined {
-        h.insert(header::VIA, v);
+        Entry::Occupied(mut e) => {
+            let joined = match e.get().to_str() {
+                Ok(old) => {
+                    HeaderValue::from_str(&format!("{old}, {}", via.to_str().unwrap_or("strata")))
+                        .ok()
+                }
+                Err(_) => Some(via.clone()),
+            };
+            if let Some(v) = joined {
+                e.insert(v);
+            }
+        }
     }
 }
 

@@ -97,12 +97,15 @@ pub async fn start(conf_dir: &Path) -> Result<Running, ServerError> {
 
     let builder = RuntimeBuilder::new().map_err(|e| ServerError::Other(e.to_string()))?;
     let (rt, rt_stop) = builder.build(cfg.clone()).map_err(ServerError::Other)?;
+    let stats = Arc::new(Stats::default());
+    let counted = stats.clone();
     let proxy = Arc::new(Proxy {
         runtime: ArcSwap::from_pointee(rt),
         store: store.clone(),
         fills: Arc::new(Fills::default()),
         log,
-        stats: Arc::new(Stats::default()),
+        stats,
+        record: Arc::new(move |e, bytes| counted.record(e, bytes)),
     });
 
     let shutdown = CancellationToken::new();
