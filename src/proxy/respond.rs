@@ -140,11 +140,13 @@ impl StoredView {
 pub fn facts(meta: &ObjectMeta) -> Arc<StoredView> {
     let make = || {
         let t = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        let mut headers = header_map(&meta.headers);
+        // No stored answer is sent chunked again: dropped here once, not per hit.
+        headers.remove(header::TRANSFER_ENCODING);
         StoredView {
             facts: ResponseFacts {
                 status: meta.status,
-                // No stored answer is sent chunked again: dropped here once, not per hit.
-                headers: without_transfer_encoding(header_map(&meta.headers)),
+                headers,
                 request_time: t(meta.request_time_ms),
                 response_time: t(meta.response_time_ms),
             },
@@ -154,11 +156,6 @@ pub fn facts(meta: &ObjectMeta) -> Arc<StoredView> {
     meta.derived
         .get_or_init(make, StoredView::heap_bytes)
         .unwrap_or_else(|| Arc::new(make()))
-}
-
-fn without_transfer_encoding(mut h: HeaderMap) -> HeaderMap {
-    h.remove(header::TRANSFER_ENCODING);
-    h
 }
 
 /// Answers from a committed object. None when its bytes cannot be read (missing or corrupt
