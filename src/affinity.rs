@@ -155,11 +155,12 @@ fn apply(on: bool, applied: Applied) {
             Applied::unpinned(on)
         }
     };
-    match (applied, next) {
-        (Applied::Pinned(_), Applied::Free | Applied::LeftToKernel) => {
+    let pinned = |a: Applied| matches!(a, Applied::Pinned(_));
+    match (pinned(applied), pinned(next)) {
+        (true, false) => {
             PINNED.fetch_sub(1, Ordering::Relaxed);
         }
-        (Applied::Nothing | Applied::Free | Applied::LeftToKernel, Applied::Pinned(_)) => {
+        (false, true) => {
             PINNED.fetch_add(1, Ordering::Relaxed);
         }
         _ => {}
