@@ -1049,14 +1049,19 @@ async fn a_disk_tier_that_dies_costs_at_most_one_response() {
     std::fs::remove_dir_all(&cache).expect("remove the disk tier");
     std::fs::write(&cache, b"not a directory").expect("plant a file");
 
+    // The origin answered 200 and the store failed under it: the client gets that 200 with
+    // a body cut short (never a complete answer of other bytes, nor an error page blaming
+    // the origin), however fast the dead disk refuses the first chunk.
     let first = request("GET", addr, "a.com", "/big", &[], Bytes::new()).await;
     if let Ok(g) = &first {
-        assert!(g.body == big_body, "wrong bytes as a complete body");
+        panic!(
+            "the fill failed mid-body, yet the client got a complete answer: status {}, {} \
+             bytes, origin's bytes: {}",
+            g.status,
+            g.body.len(),
+            g.body == big_body
+        );
     }
-    assert!(
-        first.is_err(),
-        "the fill failed mid-body: the client must see it"
-    );
     for _ in 0..3 {
         let g = get(addr, "a.com", "/big", &[]).await;
         assert!(

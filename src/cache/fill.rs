@@ -312,8 +312,14 @@ impl FillGuard {
     }
 
     /// The answer is stored: spawns the fill task that writes `body` into `store` (and
-    /// `sinks`), and returns the fill to read from. The task runs on even if every client
-    /// goes away, so one disconnect never aborts the fill for the others.
+    /// `sinks`), and returns the fill to read from with the object's first snapshot. The task
+    /// runs on even if every client goes away, so one disconnect never aborts the fill for
+    /// the others.
+    ///
+    /// The snapshot is handed back rather than read from the fill's state because the task
+    /// may already have failed (a dead disk refuses the first chunk at once): the leader then
+    /// still answers with the origin's head and a body that fails, as it would a moment later,
+    /// instead of a different answer that depends on timing.
     ///
     /// When the store refuses the object (e.g. larger than the disk quota, or than the memory
     /// tier may hold on a memory-only store) the body comes back in [`NotStored`] to be passed
@@ -325,7 +331,7 @@ impl FillGuard {
         object: NewObject,
         body: Body,
         sinks: Vec<Box<dyn FillSink>>,
-    ) -> Result<Arc<Fill>, NotStored> {
+    ) -> Result<(Arc<Fill>, Arc<ObjectMeta>), NotStored> {
         let Some(fill) = self.fill.clone() else {
             let e = StoreError::Io(Arc::new(std::io::Error::other("fill already resolved")));
             return Err(NotStored { error: e, body });
@@ -344,8 +350,9 @@ impl FillGuard {
             }
         };
         self.fill = None;
+        let first = writer.meta();
         fill.state.send_replace(FillState::Streaming {
-            meta: writer.meta(),
+            meta: first.clone(),
             written: 0,
         });
         let task_fill = fill.clone();
@@ -370,7 +377,7 @@ impl FillGuard {
                 }
             }
         });
-        Ok(fill)
+        Ok((fill, first))
     }
 }
 

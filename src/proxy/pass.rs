@@ -4,13 +4,13 @@
 
 use std::time::SystemTime;
 
-use http::{HeaderMap, Method, Response, StatusCode};
+use http::{HeaderMap, Method, Response};
 use hyper::body::Incoming;
 
 use super::respond::{self, Reply};
 use super::{Ctx, Proxy, forward, interim_sink, loop_detected, new_object, origin_error};
 use crate::body::{self, Body};
-use crate::cache::fill::{FillGuard, FillState, Join};
+use crate::cache::fill::{FillGuard, Join};
 use crate::cache::key;
 use crate::cache::policy::{self, ResponseFacts};
 use crate::log::CacheResult;
@@ -145,11 +145,16 @@ impl Proxy {
             times,
             respond::content_length(&parts.headers),
         );
-        let fill = match guard
+        match guard
             .stream(self.store.clone(), object, body, Vec::new())
             .await
         {
-            Ok(fill) => fill,
+            Ok((fill, meta)) => {
+                let mut reply =
+                    respond::from_fill(&self.store, ctx.vh, method, req, meta, fill, result);
+                respond::add_unstored_fields(&mut reply, &parts.headers);
+                reply
+            }
             Err(not_stored) => {
                 // Too large for the store (or it is closing): pass the answer through.
                 tracing::debug!(
@@ -157,17 +162,8 @@ impl Proxy {
                     "cannot store object; answering without caching"
                 );
                 let resp = Response::from_parts(parts, not_stored.body);
-                return respond::passed(resp, ctx.vh, method, CacheResult::ClientRefreshMiss);
+                respond::passed(resp, ctx.vh, method, CacheResult::ClientRefreshMiss)
             }
-        };
-        match fill.head(ctx.rt.cfg.server.cache.fill_wait).await {
-            Some(FillState::Streaming { meta, .. }) | Some(FillState::Done(meta)) => {
-                let mut reply =
-                    respond::from_fill(&self.store, ctx.vh, method, req, meta, fill, result);
-                respond::add_unstored_fields(&mut reply, &parts.headers);
-                reply
-            }
-            _ => Reply::error(StatusCode::BAD_GATEWAY, "origin fetch failed\n"),
         }
     }
 }
