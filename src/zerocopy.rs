@@ -43,12 +43,14 @@ pub use file::{FileSpan, SendFile, memory_backed};
 pub use lane::{Lane, active, body, offer, scope};
 pub use stream::ZcStream;
 
-/// Frames smaller than this are copied. Measured on 100 KiB hits (figure 2 of the bench),
-/// `sendfile` cost *more* server CPU per byte than the copy (0.50 vs 0.42 CPU s/GB pinned,
-/// 0.58 vs 0.50 unpinned): two more syscalls per response (`fstat`, the head on its own) and
-/// a reference taken and dropped on every 4 KiB page, by both cores, for a hot object's few
-/// pages. From a chunk-sized frame (1 MiB) on, the saved copy dominates.
-pub const MIN_SEND: usize = 256 * 1024;
+/// Frames smaller than this are copied. Each zero-copy response costs three more system
+/// calls than a copied one (the file's `fstat` stamp check, the head sent on its own, the
+/// `tee` before the `splice`) and a page reference taken and dropped per 4 KiB, so small
+/// frames are cheaper copied. At 100 KiB hits (figure 2 of the bench, CUBIC, 2026-11-28,
+/// interleaved A/Bs against the copy) the zero-copy send won: unpinned 4,345 vs 4,129 MB/s
+/// at 0.309 vs 0.334 server CPU s/GB, pinned 3,192 vs 2,933 MB/s at 0.309 vs 0.340; under BBR
+/// they were level. Below 64 KiB a frame holds too few pages for the saved copy to pay.
+pub const MIN_SEND: usize = 64 * 1024;
 
 /// Bytes sent from files since the process started (all connections).
 static SENT: AtomicU64 = AtomicU64::new(0);

@@ -151,6 +151,47 @@ async fn large_hits_are_sent_from_files_whole_and_in_ranges() {
     assert_eq!(origin.count(), 2);
 }
 
+/// The bench's 100 KiB hits go out from files (cheaper than the copy there); a body under
+/// `MIN_SEND` is copied, however often it is hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_from_min_send_up_go_from_files_and_smaller_ones_are_copied() {
+    let _serial = SERIAL.lock().await;
+    let Ok(disk) = tempfile::tempdir_in("/dev/shm") else {
+        return;
+    };
+    let min = strata::zerocopy::MIN_SEND;
+    let hundred = pattern(100 * 1024, 35);
+    let under = pattern(min - 1, 36);
+    assert!(
+        hundred.len() >= min,
+        "the bench's 100 KiB hits are over the threshold"
+    );
+    let origin = origin_of_big_and(hundred.clone(), under.clone()).await;
+    let (_conf, s) = strata(disk.path(), "<MemorySize>64MB</MemorySize>", &origin).await;
+    let addr = s.http[0];
+
+    let before = strata::zerocopy::sent_bytes();
+    assert!(
+        until_sent_from_files(addr, "/big", &hundred, before).await,
+        "a 100 KiB hit was never sent from its file"
+    );
+    let before = strata::zerocopy::sent_bytes();
+    for _ in 0..20 {
+        let g = get(addr, "a.com", "/other", &[]).await;
+        assert!(
+            g.status == 200 && g.body == under,
+            "wrong answer under MIN_SEND"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        strata::zerocopy::sent_bytes(),
+        before,
+        "a body under MIN_SEND went out from a file"
+    );
+    assert_eq!(origin.count(), 2, "every later GET was a hit");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_file_damaged_after_its_check_is_never_sent() {
     let _serial = SERIAL.lock().await;

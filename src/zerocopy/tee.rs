@@ -82,7 +82,8 @@ struct Master {
     at: u64,
     len: usize,
     /// The read end; `None` when making it failed (so it is not retried for this offset).
-    read: Option<OwnedFd>,
+    /// Shared so a `tee` runs outside the file's lock (see [`Masters::tee`]).
+    read: Option<Arc<OwnedFd>>,
 }
 
 impl Drop for Master {
@@ -119,10 +120,13 @@ impl Masters {
             }
         };
         let m = &masters[i];
-        let read = m.read.as_ref()?;
-        // A tee duplicates buffer references only (no page is looked up or copied), so
-        // holding the lock across it costs other connections of this file microseconds.
-        match rustix::pipe::tee(read, into, len.min(m.len), SpliceFlags::NONBLOCK) {
+        let (read, have) = (m.read.clone()?, m.len);
+        // The tee runs after the lock is released: the workers serving one hot object tee
+        // from the same master at once, and a lock held across the system call made them
+        // queue on a futex (0.65 futex calls per 100 KiB hit with two workers). The pipe
+        // itself stays open while teed from, even if the master is dropped meanwhile.
+        drop(masters);
+        match rustix::pipe::tee(&*read, into, len.min(have), SpliceFlags::NONBLOCK) {
             Ok(n) if n > 0 => Some(n),
             _ => None,
         }
@@ -145,7 +149,7 @@ impl Master {
             Ok(read) => Master {
                 at,
                 len,
-                read: Some(read),
+                read: Some(Arc::new(read)),
             },
             Err(e) => {
                 LIVE.fetch_sub(1, Ordering::Relaxed);
@@ -344,6 +348,40 @@ mod tests {
             );
         }
         assert_eq!(masters.0.lock().unwrap().len(), 1, "one master, reused");
+    }
+
+    #[test]
+    fn threads_tee_one_master_at_once_and_each_gets_its_bytes() {
+        let data: Vec<u8> = (0..SEGMENT).map(|i| (i % 251) as u8).collect();
+        let Some((_tmp, file)) = shm_file(&data) else {
+            return;
+        };
+        let (masters, file, data) = (Arc::new(Masters::default()), Arc::new(file), Arc::new(data));
+        let start = Arc::new(std::sync::Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (masters, file, data, start) =
+                    (masters.clone(), file.clone(), data.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    for _ in 0..20 {
+                        let (read, write) = new_pipe().unwrap();
+                        let n = masters.tee(&file, 0, SEGMENT, &write).unwrap();
+                        drop(write);
+                        let mut got = vec![0u8; n];
+                        let mut at = 0;
+                        while at < n {
+                            at += rustix::io::read(&read, &mut got[at..]).unwrap();
+                        }
+                        assert!(got == data[..n], "bytes differ");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(masters.count(), 1, "one master, shared");
     }
 
     #[test]
