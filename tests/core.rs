@@ -51,15 +51,17 @@ async fn echo_server(name: &'static str) -> (Origin, ConfDir, strata::server::Ru
 
 /// Strata with one vhost `a.com` in front of the origin at `origin`.
 async fn a_com_server(origin: SocketAddr) -> (ConfDir, strata::server::Running) {
-    let conf = ConfDir::new(
-        &server_xml("", ""),
-        &format!(
-            "<Vhosts>{}</Vhosts>",
-            vhost("a.com", "", &origin.to_string())
-        ),
-    );
+    let conf = one_vhost_conf("", "a.com", origin);
     let s = start(&conf).await;
     (conf, s)
+}
+
+/// A configuration of one vhost `name` in front of `origin`, with `host_xml` in `<Host>`.
+fn one_vhost_conf(host_xml: &str, name: &str, origin: SocketAddr) -> ConfDir {
+    ConfDir::new(
+        &server_xml(host_xml, ""),
+        &format!("<Vhosts>{}</Vhosts>", vhost(name, "", &origin.to_string())),
+    )
 }
 
 fn vhost(name: &str, extra: &str, origin: &str) -> String {
@@ -1119,12 +1121,10 @@ async fn worker_yield_gives_the_core_away_between_requests_and_off_never_does() 
     }))
     .await;
     for (setting, yields) in [("1", true), ("OFF", false)] {
-        let conf = ConfDir::new(
-            &server_xml(&format!("<WorkerYield>{setting}</WorkerYield>"), ""),
-            &format!(
-                "<Vhosts>{}</Vhosts>",
-                vhost("y.com", "", &origin.addr.to_string())
-            ),
+        let conf = one_vhost_conf(
+            &format!("<WorkerYield>{setting}</WorkerYield>"),
+            "y.com",
+            origin.addr,
         );
         let strata = ChildStrata::start(conf.path()).await;
         let addr = strata.addr;
@@ -1197,12 +1197,10 @@ async fn worker_affinity_gives_each_worker_a_core_and_off_pins_none() {
     want.sort_unstable();
     let expect_pinned = want.len();
     for (setting, on) in [("ON", true), ("OFF", false)] {
-        let conf = ConfDir::new(
-            &server_xml(&format!("<WorkerAffinity>{setting}</WorkerAffinity>"), ""),
-            &format!(
-                "<Vhosts>{}</Vhosts>",
-                vhost("p.com", "", &origin.addr.to_string())
-            ),
+        let conf = one_vhost_conf(
+            &format!("<WorkerAffinity>{setting}</WorkerAffinity>"),
+            "p.com",
+            origin.addr,
         );
         let strata = ChildStrata::start(conf.path()).await;
         let addr = strata.addr;
