@@ -49,7 +49,7 @@ pub use stream::ZcStream;
 /// frames are cheaper copied. At 100 KiB hits (figure 2 of the bench, CUBIC, 2026-11-28,
 /// interleaved A/Bs against the copy) the zero-copy send won: unpinned 4,345 vs 4,129 MB/s
 /// at 0.309 vs 0.334 server CPU s/GB, pinned 3,192 vs 2,933 MB/s at 0.309 vs 0.340; under BBR
-/// they were level. Below 64 KiB a frame holds too few pages for the saved copy to pay.
+/// they were level. Frames under 64 KiB (16 pages) were not measured and stay copied.
 pub const MIN_SEND: usize = 64 * 1024;
 
 /// Bytes sent from files since the process started (all connections).
